@@ -1,0 +1,508 @@
+//! A store in an S3 bucket (any S3-compatible server) through aws-sdk-s3.
+//!
+//! Checksums are computed only when the operation requires them, payloads are sent
+//! unsigned over TLS (TLS already protects them; signing costs a core at 1 GB/s),
+//! and every request is retried by our own loop with exponential backoff on 5xx,
+//! 429, SlowDown, timeouts and connection failures.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_credential_types::Credentials;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::StorageClass;
+use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use bytes::Bytes;
+
+use crate::{ObjectInfo, RetryPolicy, Store, StoreError, validate_key};
+
+/// Settings of an S3 store.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    /// Endpoint URL (`http://127.0.0.1:9000`); `None` for AWS itself.
+    pub endpoint: Option<String>,
+    /// Region; defaults to `us-east-1`.
+    pub region: Option<String>,
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket (without leading or trailing `/`).
+    pub prefix: String,
+    /// Path-style addressing (`host/bucket/key`), needed by most S3-compatible servers.
+    pub path_style: bool,
+    /// PEM file with extra CA certificates to trust (besides the system roots).
+    pub ca_bundle: Option<PathBuf>,
+    /// Static access key id and secret; `None` uses the SDK's default chain
+    /// (environment, web identity, instance metadata).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Storage class for written objects (`STANDARD`, `STANDARD_IA`, ...).
+    pub storage_class: Option<String>,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Send payloads unsigned; `None` = only when the endpoint uses TLS.
+    pub unsigned_payload: Option<bool>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print credentials.
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("path_style", &self.path_style)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("static_credentials", &self.access_key_id.is_some())
+            .field("storage_class", &self.storage_class)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+/// A store in an S3 bucket under a prefix.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    endpoint: String,
+    storage_class: Option<StorageClass>,
+    retry: RetryPolicy,
+    unsigned_payload: bool,
+}
+
+/// Outcome of one attempt, classified for the retry loop.
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+    Fail(StoreError),
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> (bool, Option<u16>) {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (true, None)
+        }
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or_default();
+            let retry = status >= 500
+                || status == 429
+                || matches!(
+                    code,
+                    "SlowDown"
+                        | "RequestTimeout"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "Throttling"
+                );
+            (retry, Some(status))
+        }
+        _ => (false, None),
+    }
+}
+
+impl S3Store {
+    /// Connects (lazily) to the bucket described by `config`.
+    pub async fn new(config: S3Config) -> Result<S3Store, StoreError> {
+        if config.bucket.is_empty() {
+            return Err(StoreError::Config("S3 bucket name is empty".into()));
+        }
+        let region = config
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .operation_attempt_timeout(Duration::from_secs(600))
+                    .build(),
+            );
+        match (&config.access_key_id, &config.secret_access_key) {
+            (Some(ak), Some(sk)) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    ak.clone(),
+                    sk.clone(),
+                    config.session_token.clone(),
+                    None,
+                    "holdfast-static",
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(StoreError::Config(
+                    "S3 access key id and secret access key must be given together".into(),
+                ));
+            }
+        }
+        if let Some(ca) = &config.ca_bundle {
+            let pem = std::fs::read(ca).map_err(|e| {
+                StoreError::Config(format!("reading CA bundle {}: {e}", ca.display()))
+            })?;
+            let ctx = TlsContext::builder()
+                .with_trust_store(
+                    TrustStore::empty()
+                        .with_native_roots(true)
+                        .with_pem_certificate(pem),
+                )
+                .build()
+                .map_err(|e| StoreError::Config(format!("CA bundle {}: {e}", ca.display())))?;
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
+                .tls_context(ctx)
+                .build_https();
+            loader = loader.http_client(http);
+        }
+        let sdk = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(config.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(ep) = &config.endpoint {
+            b = b.endpoint_url(ep.clone());
+        }
+        let endpoint = config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "https://s3.amazonaws.com".into());
+        let unsigned_payload = config
+            .unsigned_payload
+            .unwrap_or_else(|| endpoint.starts_with("https://"));
+        Ok(S3Store {
+            client: Client::from_conf(b.build()),
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.trim_matches('/').to_string(),
+            endpoint,
+            storage_class: config.storage_class.as_deref().map(StorageClass::from),
+            retry: config.retry,
+            unsigned_payload,
+        })
+    }
+
+    /// The underlying SDK client (for tests and bucket administration).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the bucket if it does not exist (test and first-use helper).
+    pub async fn ensure_bucket(&self) -> Result<(), StoreError> {
+        if self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let code = e.code().unwrap_or_default().to_string();
+                if code == "BucketAlreadyOwnedByYou" || code == "BucketAlreadyExists" {
+                    Ok(())
+                } else {
+                    Err(self.err("create bucket", "", DisplayErrorContext(&e).to_string()))
+                }
+            }
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn err(&self, op: &'static str, key: &str, message: String) -> StoreError {
+        StoreError::S3 {
+            op,
+            key: key.to_string(),
+            bucket: self.bucket.clone(),
+            message,
+        }
+    }
+
+    /// Runs `f` until it succeeds, fails permanently, or attempts run out.
+    async fn with_retry<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        mut f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let max = self.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            match f().await {
+                Attempt::Done(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(msg) => {
+                    if attempt >= max {
+                        return Err(self.err(
+                            op,
+                            key,
+                            format!("giving up after {attempt} attempts: {msg}"),
+                        ));
+                    }
+                    let delay = self.retry.backoff(attempt);
+                    tracing::debug!(op, key, attempt, ?delay, error = %msg, "retrying S3 request");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn sdk_attempt<T, E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: SdkError<E, HttpResponse>,
+    ) -> Attempt<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (retry, status) = classify(&e);
+        let msg = DisplayErrorContext(&e).to_string();
+        if status == Some(404) {
+            return Attempt::Fail(StoreError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        if retry {
+            Attempt::Retry(msg)
+        } else {
+            Attempt::Fail(self.err(op, key, msg))
+        }
+    }
+
+    async fn get_inner(&self, key: &str, range: Option<(u64, u64)>) -> Result<Bytes, StoreError> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        let op = if range.is_some() {
+            "get range of"
+        } else {
+            "get"
+        };
+        let data = self
+            .with_retry(op, key, || async {
+                let mut req = self.client.get_object().bucket(&self.bucket).key(&full);
+                if let Some((off, len)) = range {
+                    if len == 0 {
+                        return Attempt::Done(Bytes::new());
+                    }
+                    req = req.range(format!("bytes={}-{}", off, off + len - 1));
+                }
+                match req.send().await {
+                    Ok(resp) => match resp.body.collect().await {
+                        Ok(b) => Attempt::Done(b.into_bytes()),
+                        Err(e) => Attempt::Retry(format!("reading body: {e}")),
+                    },
+                    Err(e) => {
+                        if let SdkError::ServiceError(se) = &e
+                            && se.err().is_no_such_key()
+                        {
+                            return Attempt::Fail(StoreError::NotFound {
+                                key: key.to_string(),
+                            });
+                        }
+                        self.sdk_attempt(op, key, e)
+                    }
+                }
+            })
+            .await?;
+        if let Some((off, len)) = range
+            && data.len() as u64 != len
+        {
+            return Err(StoreError::ShortRead {
+                key: key.to_string(),
+                offset: off,
+                wanted: len,
+                got: data.len() as u64,
+            });
+        }
+        Ok(data)
+    }
+}
+
+#[async_trait]
+impl Store for S3Store {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.get_inner(key, None).await
+    }
+
+    async fn get_range(&self, key: &str, offset: u64, length: u64) -> Result<Bytes, StoreError> {
+        self.get_inner(key, Some((offset, length))).await
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        self.with_retry("put", key, || async {
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .content_length(data.len() as i64)
+                .body(ByteStream::from(data.clone()));
+            if let Some(sc) = &self.storage_class {
+                req = req.storage_class(sc.clone());
+            }
+            let res = if self.unsigned_payload {
+                req.customize().disable_payload_signing().send().await
+            } else {
+                req.send().await
+            };
+            match res {
+                Ok(_) => Attempt::Done(()),
+                Err(e) => self.sdk_attempt("put", key, e),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let full_prefix = if self.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{}/{prefix}", self.prefix)
+        };
+        let strip = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.len() + 1
+        };
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .with_retry("list", prefix, || async {
+                    let req = self
+                        .client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(&full_prefix)
+                        .set_continuation_token(token.clone());
+                    match req.send().await {
+                        Ok(r) => Attempt::Done(r),
+                        Err(e) => self.sdk_attempt("list", prefix, e),
+                    }
+                })
+                .await?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key()
+                    && k.len() >= strip
+                {
+                    out.push(ObjectInfo {
+                        key: k[strip..].to_string(),
+                        size: u64::try_from(obj.size().unwrap_or(0)).unwrap_or(0),
+                    });
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        let r = self
+            .with_retry("delete", key, || async {
+                match self
+                    .client
+                    .delete_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                {
+                    Ok(_) => Attempt::Done(()),
+                    Err(e) => self.sdk_attempt("delete", key, e),
+                }
+            })
+            .await;
+        match r {
+            Err(StoreError::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        let r = self
+            .with_retry("head", key, || async {
+                match self
+                    .client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send()
+                    .await
+                {
+                    Ok(r) => {
+                        Attempt::Done(u64::try_from(r.content_length().unwrap_or(0)).unwrap_or(0))
+                    }
+                    Err(e) => {
+                        if let SdkError::ServiceError(se) = &e
+                            && se.err().is_not_found()
+                        {
+                            return Attempt::Fail(StoreError::NotFound {
+                                key: key.to_string(),
+                            });
+                        }
+                        self.sdk_attempt("head", key, e)
+                    }
+                }
+            })
+            .await;
+        match r {
+            Ok(n) => Ok(Some(n)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3:{}/{}", self.endpoint, self.bucket)
+        } else {
+            format!("s3:{}/{}/{}", self.endpoint, self.bucket, self.prefix)
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Test helpers: start a throw-away MinIO server on 127.0.0.1 (used by this crate's
+//! and holdfast-repo's tests). Not used in production code paths.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Access key and secret of the test server.
+pub const MINIO_USER: &str = "holdfast-test";
+/// Secret key of the test server.
+pub const MINIO_PASSWORD: &str = "holdfast-test-secret";
+
+/// Finds a MinIO binary: `$HOLDFAST_MINIO`, then `~/.cache/holdfast/tools/minio-*`
+/// (a binary or a directory holding `minio` or `bin/minio`), then `minio` on PATH.
+pub fn find_minio() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("HOLDFAST_MINIO") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    if let Ok(home) = std::env::var("HOME") {
+        let tools = PathBuf::from(home).join(".cache/holdfast/tools");
+        if let Ok(rd) = std::fs::read_dir(&tools) {
+            let mut cands: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("minio-") || n == "minio")
+                })
+                .collect();
+            cands.sort();
+            for c in cands.into_iter().rev() {
+                for p in [c.clone(), c.join("minio"), c.join("bin/minio")] {
+                    if p.is_file() {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("minio"))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running MinIO server; killed and its data removed on drop.
+pub struct MinioServer {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    /// The server's address.
+    pub port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl MinioServer {
+    /// Starts MinIO in a fresh temporary directory, or returns `None` (after printing
+    /// why) when no binary is found.
+    pub fn start() -> Option<MinioServer> {
+        let Some(bin) = find_minio() else {
+            eprintln!(
+                "SKIP: no minio binary found (set HOLDFAST_MINIO or build it into ~/.cache/holdfast/tools/minio-<version>)"
+            );
+            return None;
+        };
+        match Self::start_with(&bin) {
+            Ok(s) => Some(s),
+            Err(e) => panic!("starting minio {}: {e}", bin.display()),
+        }
+    }
+
+    fn start_with(bin: &std::path::Path) -> std::io::Result<MinioServer> {
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = std::env::temp_dir().join(format!("holdfast-minio-{}", hex::encode(rnd)));
+        std::fs::create_dir_all(&dir)?;
+        let dir = TempDir(dir);
+        let port = free_port()?;
+        let console = free_port()?;
+        let child = Command::new(bin)
+            .arg("server")
+            .arg("--quiet")
+            .arg("--address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--console-address")
+            .arg(format!("127.0.0.1:{console}"))
+            .arg(dir.0.join("data"))
+            .env("MINIO_ROOT_USER", MINIO_USER)
+            .env("MINIO_ROOT_PASSWORD", MINIO_PASSWORD)
+            .env("MINIO_BROWSER", "off")
+            .env("HOME", &dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut server = MinioServer {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if server.live() {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "minio exited early: {status}"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("minio not live after 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn live(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!(
+            "GET /minio/health/ready HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1 200")
+    }
+
+    /// An [`crate::S3Config`] for `bucket`/`prefix` on this server.
+    pub fn config(&self, bucket: &str, prefix: &str) -> crate::S3Config {
+        crate::S3Config {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            path_style: true,
+            access_key_id: Some(MINIO_USER.into()),
+            secret_access_key: Some(MINIO_PASSWORD.into()),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for MinioServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
