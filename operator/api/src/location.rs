@@ -1,0 +1,223 @@
+//! BackupStorageLocation: where copies of backups are kept (an S3-compatible bucket and prefix).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Duration, LabelSelector, SecretKeyRef, SecretRef, conditions_schema};
+
+/// A BackupStorageLocation names an S3-compatible bucket (and prefix) that holds backup copies
+/// and everything needed to restore them. Each source namespace gets its own encrypted
+/// repository under the location.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "holdfast.dev",
+    version = "v1alpha1",
+    kind = "BackupStorageLocation",
+    namespaced,
+    status = "BackupStorageLocationStatus",
+    shortname = "bsl",
+    category = "holdfast",
+    doc = "A BackupStorageLocation is an S3-compatible bucket and prefix that holds backup copies.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Available or Unavailable"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why the location is unavailable"),
+    printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.s3.bucket", description = "S3 bucket"),
+    printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.s3.prefix", description = "Prefix inside the bucket"),
+    printcolumn(name = "Access", type_ = "string", json_path = ".spec.accessMode", description = "ReadWrite or ReadOnly"),
+    printcolumn(name = "Default", type_ = "boolean", json_path = ".spec.default", description = "Used by backups that name no location"),
+    printcolumn(name = "Last Validated", type_ = "date", json_path = ".status.lastValidationTime", description = "When the location was last checked"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStorageLocationSpec {
+    /// Use this location for backups and schedules that do not name one. At most one
+    /// location per operator namespace should be the default; if several claim it, the
+    /// oldest wins and the others report a warning condition.
+    #[serde(default)]
+    pub default: bool,
+    /// The S3-compatible bucket.
+    pub s3: S3Location,
+    /// Credentials for the bucket. Omit to use the operator's ambient credentials
+    /// (for example IRSA or instance profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    /// `ReadWrite` (default) or `ReadOnly`. A read-only location is used for restores and
+    /// for discovering backups written elsewhere (for example by another cluster); the
+    /// operator never writes to it.
+    #[serde(default)]
+    pub access_mode: AccessMode,
+    /// Which namespaces' Backups and Schedules may use this location. Omitted: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<AllowedNamespaces>,
+    /// Settings of the repositories kept in this location.
+    #[serde(default)]
+    pub repository: RepositorySettings,
+    /// Retries against the object store.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// How often the location is validated again (default 1m). Changes to the credentials
+    /// Secret trigger a validation at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_interval: Option<Duration>,
+}
+
+/// An S3-compatible bucket and prefix.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || self.endpoint.matches('^https?://[^/?#]+(/[^?#]*)?$')").message("s3.endpoint must be a URL such as https://s3.example.com:9000 (scheme http or https, no query)").field_path(".endpoint"))]
+pub struct S3Location {
+    /// Bucket name (3-63 characters: lower-case letters, digits, dots and hyphens).
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$')").message("s3.bucket must be a valid bucket name: 3-63 lower-case letters, digits, dots or hyphens, starting and ending with a letter or digit"))]
+    pub bucket: String,
+    /// Prefix inside the bucket, without leading or trailing slash (for example `prod-eu1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.endsWith('/') && !self.contains('//')").message("s3.prefix must not start or end with '/' nor contain '//'"))]
+    pub prefix: Option<String>,
+    /// Region of the bucket (default `us-east-1`, which most S3-compatible servers accept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// Endpoint URL for S3-compatible servers (MinIO, Ceph RGW, ...). Omit for AWS S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub endpoint: Option<String>,
+    /// Use path-style addressing (`https://endpoint/bucket/key`), which most
+    /// S3-compatible servers need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// CA certificate(s) in PEM to trust for the endpoint, from a Secret in the location's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundle>,
+    /// Do not verify the endpoint's TLS certificate. For tests only.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    /// Storage class for data written to the bucket (default `STANDARD_IA`, a cheap
+    /// infrequent-access class; set `STANDARD` for servers that know no other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub storage_class: Option<String>,
+}
+
+/// Where to read a CA bundle from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundle {
+    /// The Secret and key holding PEM certificates.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// Credentials for the object store.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// A Secret in the location's namespace with keys `accessKeyId` and `secretAccessKey`
+    /// (and optionally `sessionToken`).
+    pub secret_ref: SecretRef,
+}
+
+/// Whether the operator may write to a location.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AccessMode {
+    /// Backups are written and deleted here.
+    #[default]
+    ReadWrite,
+    /// Only read: restores and discovery of existing backups.
+    ReadOnly,
+}
+
+/// Which namespaces may use a location.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.selector) || (has(self.names) && size(self.names) > 0)").message("allowedNamespaces needs a selector or a non-empty list of names; omit allowedNamespaces to allow all namespaces"))]
+pub struct AllowedNamespaces {
+    /// Namespaces whose labels match this selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Namespaces by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1000))]
+    pub names: Option<Vec<String>>,
+}
+
+/// Compression of repository data.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Fast compression; data that does not shrink is stored as is.
+    #[default]
+    Auto,
+    /// No compression.
+    Off,
+    /// Slower, smaller.
+    Max,
+}
+
+/// Repository settings of a location.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySettings {
+    /// `auto` (default), `off` or `max`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Target size of pack files in MiB (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 4, max = 128))]
+    pub pack_size_mib: Option<u32>,
+    /// Pack uploads in flight per mover (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub upload_concurrency: Option<u32>,
+    /// Mover pods writing to this location at once, across the cluster (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_concurrent_movers: Option<u32>,
+}
+
+/// Retries against the object store.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySettings {
+    /// Attempts per request, including the first (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub attempts: Option<u32>,
+    /// HTTP status codes retried in addition to connection errors (default 429, 500, 502, 503, 504).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20))]
+    pub on_status: Option<Vec<u16>>,
+}
+
+/// Observed state of a location, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStorageLocationStatus {
+    /// `Available` or `Unavailable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<LocationPhase>,
+    /// Why the location is unavailable, as one word (for example `InvalidCredentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What is wrong and how to fix it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the location was last validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_validation_time: Option<Time>,
+    /// The generation of the spec last validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Standard conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Whether a location can be used.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LocationPhase {
+    /// Reachable with the given credentials, bucket present, writable when ReadWrite.
+    Available,
+    /// Not usable; `reason` and `message` say why.
+    Unavailable,
+}

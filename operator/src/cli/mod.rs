@@ -1,0 +1,3 @@
+//! Command-line subcommands that do not talk to the cluster (code generation).
+
+pub mod crdgen;
