@@ -1,0 +1,179 @@
+//! The operator process: waits for the CRDs, elects a leader, and runs one controller per kind.
+//! Talks to the cluster (and, through the location controller, to object storage).
+
+pub mod conditions;
+pub mod leader;
+pub mod location;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::events::{Event, Recorder, Reporter};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::telemetry::{self, Metrics};
+
+/// Errors of a reconcile; each names the call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{call}: {source}")]
+    Kube {
+        call: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Adapter for `map_err`: `api.get(n).await.map_err(Error::kube("get X"))`.
+    pub fn kube(call: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { call, source }
+    }
+}
+
+/// Shared state of all controllers.
+pub struct Context {
+    pub client: Client,
+    /// The operator's namespace (locations, movers, administrator backups).
+    pub namespace: String,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    /// Publishes an Event; failures are logged, never fatal.
+    pub async fn publish(&self, reference: &ObjectReference, event: Event) {
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            warn!(error = %e, reason = %event.reason, "could not publish Event");
+        }
+    }
+}
+
+/// Options of `holdfast controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// The operator's namespace: where locations live and mover pods run.
+    #[arg(long, env = "HOLDFAST_NAMESPACE", default_value = "holdfast-system")]
+    pub namespace: String,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "HOLDFAST_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Elect a leader on a Lease so that only one replica reconciles.
+    #[arg(long, env = "HOLDFAST_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "HOLDFAST_LEASE_NAME", default_value = "holdfast-controller")]
+    pub lease_name: String,
+    /// How long a leader's lease is valid without renewal.
+    #[arg(long, env = "HOLDFAST_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: holdfast_api::Duration,
+    /// This replica's identity in the Lease (default: the pod name or host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// Runs the operator until SIGTERM/SIGINT or loss of leadership.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(Metrics::new());
+    let health = telemetry::Health::default();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(telemetry::serve(args.http_addr, metrics.clone(), health.clone(), shutdown.clone()));
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            telemetry::termination_signal().await;
+            info!("termination signal received, shutting down");
+            shutdown.cancel();
+        });
+    }
+
+    tokio::select! {
+        () = wait_for_crds(&client) => {}
+        () = shutdown.cancelled() => return Ok(()),
+    }
+    health.set_ready(true);
+
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!("{}-{}", hostname(), std::process::id())
+    });
+    let mut lease = None;
+    if args.leader_elect {
+        let l = leader::LeaderLease::new(client.clone(), &args.namespace, &args.lease_name, &identity, args.lease_duration.as_std());
+        info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
+        tokio::select! {
+            r = l.acquire() => r.context("acquiring the leader lease")?,
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        info!(identity = %identity, "became leader");
+        metrics.set_leader(true);
+        let keep = l.clone();
+        let lost = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = keep.hold(lost.clone()).await {
+                warn!(error = %e, "lost leadership; stopping");
+            }
+            lost.cancel();
+        });
+        lease = Some(l);
+    }
+
+    let reporter = Reporter { controller: "holdfast".into(), instance: Some(identity.clone()) };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+    });
+    let stop = shutdown.clone();
+    location::run(ctx, async move { stop.cancelled().await }).await;
+
+    if let Some(l) = lease {
+        l.release().await;
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "holdfast".into())
+}
+
+/// Waits until every Holdfast CRD is installed and Established. The operator never installs
+/// them itself (Helm or OLM do); it logs what is missing and keeps waiting.
+async fn wait_for_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names: Vec<String> = holdfast_api::crds().into_iter().filter_map(|c| c.metadata.name).collect();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let mut missing = Vec::new();
+        for name in &names {
+            match api.get_opt(name).await {
+                Ok(Some(crd)) if is_established(&crd) => {}
+                Ok(_) => missing.push(name.clone()),
+                Err(e) => missing.push(format!("{name} ({e})")),
+            }
+        }
+        if missing.is_empty() {
+            info!("all CRDs are established");
+            return;
+        }
+        warn!(missing = %missing.join(", "), "waiting for Holdfast CRDs to be installed and Established (kubectl apply -f crds/)");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn is_established(crd: &CustomResourceDefinition) -> bool {
+    crd.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+}
