@@ -1,0 +1,653 @@
+//! The kubelet API the API server calls: HTTPS on the node's port with client
+//! certificates checked against `--client-ca`; `/healthz`, `/pods`,
+//! `/containerLogs/{ns}/{pod}/{container}` and `/exec/{ns}/{pod}/{container}`
+//! (WebSocket channel protocol only).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{
+    CONNECTION, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::agent::{Agent, ContainerRuntime};
+use crate::images::resolve_program;
+use crate::logs::{LogOptions, log_path, render};
+use crate::pods::host_tool;
+use crate::shim::{SHIM_ARG, ShimSpec};
+use crate::wsproto;
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.into()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pub fn tls_config(cert: &Path, key: &Path, client_ca: &Path) -> anyhow::Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(client_ca)? {
+        roots.add(c?)?;
+    }
+    // Unauthenticated clients may reach /healthz only (checked per request).
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+pub async fn serve(agent: Arc<Agent>, addr: SocketAddr, tls: ServerConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "kubelet API listening");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake");
+                    return;
+                }
+            };
+            let authenticated = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|c| !c.is_empty());
+            let svc =
+                hyper::service::service_fn(move |req| handle(agent.clone(), authenticated, req));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), svc)
+                .with_upgrades()
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "kubelet API connection");
+            }
+        });
+    }
+}
+
+fn query_params(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn flag(params: &[(String, String)], name: &str) -> bool {
+    params
+        .iter()
+        .any(|(k, v)| k == name && matches!(v.as_str(), "1" | "true" | "True" | ""))
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+async fn handle(
+    agent: Arc<Agent>,
+    authenticated: bool,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let params = query_params(req.uri().query().unwrap_or_default());
+    tracing::debug!(method = %req.method(), %path, "kubelet API request");
+    if path == "/healthz" {
+        return Ok(text(StatusCode::OK, "ok"));
+    }
+    if !authenticated {
+        return Ok(text(StatusCode::UNAUTHORIZED, "Unauthorized"));
+    }
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let resp = match segs.as_slice() {
+        ["containerLogs", ns, pod, container] => {
+            container_logs(&agent, ns, pod, container, &params).await
+        }
+        ["exec", ns, pod, container] | ["exec", ns, pod, _, container] => {
+            exec(&agent, ns, pod, container, &params, req)
+        }
+        ["pods"] | ["pods", ""] => pods_list(&agent),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("holdfast-node-agent does not serve {path}"),
+        ),
+    };
+    Ok(resp)
+}
+
+fn pods_list(agent: &Agent) -> Response<Body> {
+    let items: Vec<serde_json::Value> = agent
+        .pods
+        .lock()
+        .map(|p| {
+            p.values()
+                .map(|e| serde_json::json!({"metadata": {"name": e.name, "namespace": e.namespace, "uid": e.uid}}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let body =
+        serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items});
+    let mut r = text(StatusCode::OK, body.to_string());
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn lookup(
+    agent: &Agent,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(Arc<crate::agent::PodEntry>, ContainerRuntime), Response<Body>> {
+    let entry = agent.find_pod(ns, pod).ok_or_else(|| {
+        text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} not found on this node"),
+        )
+    })?;
+    let rt = entry.container(container).ok_or_else(|| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"
+            ),
+        )
+    })?;
+    Ok((entry, rt))
+}
+
+async fn container_logs(
+    agent: &Arc<Agent>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    params: &[(String, String)],
+) -> Response<Body> {
+    let (entry, rt) = match lookup(agent, ns, pod, container) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let previous = flag(params, "previous");
+    let follow = flag(params, "follow") && !previous;
+    let attempt = if previous { rt.attempt - 1 } else { rt.attempt };
+    if attempt < 0 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("previous terminated container {container:?} in pod {pod:?} not found"),
+        );
+    }
+    let since = param(params, "sinceTime")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|| {
+            param(params, "sinceSeconds")
+                .and_then(|s| s.parse::<i64>().ok())
+                .map(|s| chrono::Utc::now() - chrono::Duration::seconds(s))
+        });
+    let opts = LogOptions {
+        timestamps: flag(params, "timestamps"),
+        tail_lines: param(params, "tailLines").and_then(|n| n.parse().ok()),
+        since,
+        limit_bytes: param(params, "limitBytes").and_then(|n| n.parse().ok()),
+    };
+    let path = log_path(&entry.dir, container, attempt);
+    let data = tokio::fs::read(&path).await.unwrap_or_default();
+    let complete = data
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let first = render(&data[..complete], &opts);
+    if !follow {
+        return text(StatusCode::OK, String::from_utf8_lossy(&first).into_owned());
+    }
+    // follow: stream new complete records until this attempt has ended and the file is drained
+    struct St {
+        entry: Arc<crate::agent::PodEntry>,
+        container: String,
+        attempt: i32,
+        path: std::path::PathBuf,
+        offset: usize,
+        sent: usize,
+        opts: LogOptions,
+        first: Option<Vec<u8>>,
+    }
+    let st = St {
+        entry,
+        container: container.to_string(),
+        attempt,
+        path,
+        offset: complete,
+        sent: 0,
+        opts: LogOptions {
+            timestamps: opts.timestamps,
+            ..Default::default()
+        },
+        first: Some(first),
+    };
+    let limit = opts.limit_bytes;
+    let stream = futures::stream::unfold(st, move |mut st| async move {
+        if let Some(first) = st.first.take() {
+            st.sent += first.len();
+            return Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(first))), st));
+        }
+        loop {
+            if limit.is_some_and(|l| st.sent >= l) {
+                return None;
+            }
+            let still_running = st
+                .entry
+                .container(&st.container)
+                .is_some_and(|rt| rt.attempt == st.attempt && rt.running);
+            let data = tokio::fs::read(&st.path).await.unwrap_or_default();
+            let end = data
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map(|i| i + 1)
+                .unwrap_or(0);
+            if end > st.offset {
+                let mut out = render(&data[st.offset..end], &st.opts);
+                st.offset = end;
+                if let Some(l) = limit {
+                    out.truncate(l.saturating_sub(st.sent));
+                }
+                st.sent += out.len();
+                if !out.is_empty() {
+                    return Some((Ok(Frame::data(Bytes::from(out))), st));
+                }
+            }
+            if !still_running {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn exec(
+    agent: &Arc<Agent>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    params: &[(String, String)],
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let (_entry, rt) = match lookup(agent, ns, pod, container) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(pid) = rt.pid.filter(|_| rt.running) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not running"),
+        );
+    };
+    let command: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify a command");
+    }
+    let tty = flag(params, "tty");
+    let stdin = flag(params, "stdin") || flag(params, "input");
+    let stdout = flag(params, "stdout") || flag(params, "output");
+    let stderr = (flag(params, "stderr") || flag(params, "error")) && !tty;
+    let is_ws = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_ws {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "holdfast-node-agent serves exec only over WebSocket (v5.channel.k8s.io / v4.channel.k8s.io); SPDY is not supported",
+        );
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let Some(proto) = wsproto::choose_protocol(offered.iter().map(String::as_str)) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no supported WebSocket sub-protocol in {offered:?}; supported: {} {}",
+                wsproto::V5,
+                wsproto::V4
+            ),
+        );
+    };
+    let Some(key) = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let agent = agent.clone();
+    let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                let opts = ExecOpts {
+                    command,
+                    stdin,
+                    stdout,
+                    stderr,
+                    tty,
+                    v5: proto == wsproto::V5,
+                };
+                tracing::info!(%ns, %pod, %container, command = ?opts.command, "exec");
+                run_exec(&agent, ws, pid, &rt, opts).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "exec upgrade"),
+        }
+    });
+    let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = r.headers_mut();
+    h.remove(hyper::header::CONTENT_TYPE);
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(proto));
+    if let Ok(v) = HeaderValue::from_str(&key) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+struct ExecOpts {
+    command: Vec<String>,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+    v5: bool,
+}
+
+async fn pump(mut r: impl AsyncRead + Unpin, channel: u8, tx: mpsc::Sender<Message>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx
+                    .send(Message::Binary(Bytes::from(wsproto::frame(
+                        channel,
+                        &buf[..n],
+                    ))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+async fn run_exec<S>(
+    agent: &Agent,
+    ws: WebSocketStream<S>,
+    pid: u32,
+    rt: &ContainerRuntime,
+    o: ExecOpts,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let first = if o.stdout {
+        wsproto::STDOUT
+    } else if o.stderr {
+        wsproto::STDERR
+    } else {
+        wsproto::ERROR
+    };
+    let _ = tx
+        .send(Message::Binary(Bytes::from(wsproto::frame(first, &[]))))
+        .await;
+    let send_status = |v: serde_json::Value| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx
+                .send(Message::Binary(Bytes::from(wsproto::frame(
+                    wsproto::ERROR,
+                    v.to_string().as_bytes(),
+                ))))
+                .await;
+        }
+    };
+
+    let path_env = rt
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    let program = match resolve_program(
+        &rt.image,
+        &rt.image_exe,
+        &o.command,
+        &[],
+        path_env,
+        is_executable,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            send_status(wsproto::error_status(&format!(
+                "failed to exec in container: {e}"
+            )))
+            .await;
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    let spec = ShimSpec {
+        mounts: vec![],
+        program: program.path,
+        argv0: program.argv0,
+        args: program.args,
+        cwd: rt.cwd.clone(),
+        uid: rt.uid,
+        gid: rt.gid,
+        groups: rt.groups.clone(),
+        error_file: None,
+    };
+    let spec_json = serde_json::to_string(&spec).unwrap_or_default();
+    let mut cmd = tokio::process::Command::new(host_tool("nsenter"));
+    cmd.arg("--mount")
+        .arg("--target")
+        .arg(pid.to_string())
+        .arg("--")
+        .arg(&agent.self_exe)
+        .arg(SHIM_ARG)
+        .arg(&spec_json)
+        .env_clear()
+        .envs(rt.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if o.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true);
+    // A TTY is not emulated: with tty=true stdout and stderr share one pipe.
+    let mut merged_reader = None;
+    if o.tty && o.stdout {
+        match std::io::pipe() {
+            Ok((r, w)) => {
+                let w2 = w.try_clone();
+                cmd.stdout(Stdio::from(w));
+                match w2 {
+                    Ok(w2) => {
+                        cmd.stderr(Stdio::from(w2));
+                    }
+                    Err(_) => {
+                        cmd.stderr(Stdio::null());
+                    }
+                }
+                merged_reader = Some(r);
+            }
+            Err(_) => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+            }
+        }
+    } else {
+        cmd.stdout(if o.stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stderr(if o.stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            send_status(wsproto::error_status(&format!(
+                "failed to exec in container: {e}"
+            )))
+            .await;
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
+    };
+    drop(cmd); // closes our copies of the merged pipe's write ends
+    let mut pumps = Vec::new();
+    if let Some(r) = merged_reader {
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(r)) {
+            Ok(r) => pumps.push(tokio::spawn(pump(r, wsproto::STDOUT, tx.clone()))),
+            Err(e) => tracing::warn!(error = %e, "exec tty pipe"),
+        }
+    }
+    if let Some(out) = child.stdout.take() {
+        pumps.push(tokio::spawn(pump(out, wsproto::STDOUT, tx.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(tokio::spawn(pump(err, wsproto::STDERR, tx.clone())));
+    }
+    let mut stdin_h = child.stdin.take();
+    let v5 = o.v5;
+    let mut reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(b) => match wsproto::parse(&b, v5) {
+                    wsproto::Incoming::Stdin(d) => {
+                        if let Some(s) = stdin_h.as_mut()
+                            && (s.write_all(d).await.is_err() || s.flush().await.is_err())
+                        {
+                            stdin_h = None;
+                        }
+                    }
+                    wsproto::Incoming::Close(wsproto::STDIN) => stdin_h = None,
+                    _ => {}
+                },
+                Message::Close(_) => return,
+                _ => {}
+            }
+        }
+    });
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = &mut reader => {
+            // client went away
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            None
+        }
+    };
+    for p in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
+    if let Some(s) = status {
+        use std::os::unix::process::ExitStatusExt;
+        let code = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+        send_status(wsproto::exit_status(code, &o.command)).await;
+    }
+    reader.abort();
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}

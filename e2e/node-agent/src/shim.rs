@@ -1,0 +1,142 @@
+//! The in-namespace launcher: `holdfast-node-agent __shim <json>` runs as the
+//! first process of a container, already inside a private mount namespace made
+//! by `unshare --mount --propagation private`. It bind-mounts the pod's volumes
+//! onto their mount paths, creates the working directory, drops to the
+//! container's user/group and `exec`s the container program (same pid, so the
+//! agent can `nsenter` it later for exec). For `kubectl exec` the same shim runs
+//! under `nsenter --mount --target <pid>` with no mounts.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+pub const SHIM_ARG: &str = "__shim";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MountSpec {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct ShimSpec {
+    pub mounts: Vec<MountSpec>,
+    pub program: PathBuf,
+    pub argv0: String,
+    pub args: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub groups: Vec<u32>,
+    /// Where to record why the program could not be started.
+    pub error_file: Option<PathBuf>,
+}
+
+fn mount_bin() -> &'static str {
+    if Path::new("/usr/bin/mount").exists() {
+        "/usr/bin/mount"
+    } else {
+        "/bin/mount"
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn do_mounts(mounts: &[MountSpec]) -> Result<(), String> {
+    let mut sorted: Vec<&MountSpec> = mounts.iter().collect();
+    sorted.sort_by_key(|m| m.target.components().count());
+    for m in sorted {
+        let src_is_dir = m.source.is_dir();
+        if src_is_dir {
+            std::fs::create_dir_all(&m.target)
+                .map_err(|e| format!("creating mount point {}: {e}", m.target.display()))?;
+        } else {
+            if let Some(parent) = m.target.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            }
+            if !m.target.exists() {
+                std::fs::File::create(&m.target)
+                    .map_err(|e| format!("creating mount point {}: {e}", m.target.display()))?;
+            }
+        }
+        run(Command::new(mount_bin())
+            .arg("--bind")
+            .arg(&m.source)
+            .arg(&m.target))?;
+        if m.read_only {
+            run(Command::new(mount_bin())
+                .args(["-o", "remount,bind,ro"])
+                .arg(&m.target))?;
+        }
+    }
+    Ok(())
+}
+
+fn drop_privileges(spec: &ShimSpec) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid, setgid, setgroups, setuid};
+    if spec.uid.is_none() && spec.gid.is_none() && spec.groups.is_empty() {
+        return Ok(());
+    }
+    let gid = spec.gid.unwrap_or(0);
+    let mut groups: Vec<Gid> = spec.groups.iter().copied().map(Gid::from_raw).collect();
+    groups.dedup();
+    setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
+    setgid(Gid::from_raw(gid)).map_err(|e| format!("setgid {gid}: {e}"))?;
+    if let Some(uid) = spec.uid {
+        setuid(Uid::from_raw(uid)).map_err(|e| format!("setuid {uid}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn start(spec: &ShimSpec) -> String {
+    if let Err(e) = do_mounts(&spec.mounts) {
+        return e;
+    }
+    if let Some(cwd) = &spec.cwd
+        && let Err(e) = std::fs::create_dir_all(cwd)
+    {
+        return format!("creating working directory {}: {e}", cwd.display());
+    }
+    if let Err(e) = drop_privileges(spec) {
+        return e;
+    }
+    let mut cmd = Command::new(&spec.program);
+    cmd.arg0(&spec.argv0).args(&spec.args);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let err = cmd.exec();
+    format!("exec {:?} ({}): {err}", spec.argv0, spec.program.display())
+}
+
+/// Entry point of `__shim`; never returns.
+pub fn main(arg: &str) -> ! {
+    let spec: ShimSpec = match serde_json::from_str(arg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("holdfast-node-agent shim: bad spec: {e}");
+            std::process::exit(128);
+        }
+    };
+    let message = start(&spec);
+    eprintln!("holdfast-node-agent: failed to start container: {message}");
+    if let Some(f) = &spec.error_file {
+        let _ = std::fs::write(f, &message);
+    }
+    std::process::exit(128);
+}
