@@ -141,11 +141,7 @@ impl LogWriter {
             buf.clear();
             let mut partial = false;
             // read one line, but no more than MAX_RECORD bytes
-            loop {
-                let available = match reader.fill_buf().await {
-                    Ok(b) => b,
-                    Err(_) => break,
-                };
+            while let Ok(available) = reader.fill_buf().await {
                 if available.is_empty() {
                     break;
                 }

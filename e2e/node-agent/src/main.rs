@@ -83,7 +83,7 @@ fn mem_total_bytes() -> u64 {
 
 fn disk_bytes(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(100 << 30)
 }
 

@@ -190,7 +190,7 @@ fn lookup(
     ns: &str,
     pod: &str,
     container: &str,
-) -> Result<(Arc<crate::agent::PodEntry>, ContainerRuntime), Response<Body>> {
+) -> Result<(Arc<crate::agent::PodEntry>, ContainerRuntime), Box<Response<Body>>> {
     let entry = agent.find_pod(ns, pod).ok_or_else(|| {
         text(
             StatusCode::NOT_FOUND,
@@ -217,7 +217,7 @@ async fn container_logs(
 ) -> Response<Body> {
     let (entry, rt) = match lookup(agent, ns, pod, container) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let previous = flag(params, "previous");
     let follow = flag(params, "follow") && !previous;
@@ -332,7 +332,7 @@ fn exec(
 ) -> Response<Body> {
     let (_entry, rt) = match lookup(agent, ns, pod, container) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(pid) = rt.pid.filter(|_| rt.running) else {
         return text(
