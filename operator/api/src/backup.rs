@@ -10,18 +10,18 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Duration, LabelSelector, NamespacedName, Progress, conditions_schema};
 use crate::hooks::BackupHooks;
 
-/// The immutable part of a Backup's spec: everything but `cancel`, `ttl` and `deletionPolicy`.
-const BACKUP_IMMUTABLE: &str = "self.spec.?storageLocation == oldSelf.spec.?storageLocation \
- && self.spec.?includedNamespaces == oldSelf.spec.?includedNamespaces \
- && self.spec.?excludedNamespaces == oldSelf.spec.?excludedNamespaces \
- && self.spec.?includedResources == oldSelf.spec.?includedResources \
- && self.spec.?excludedResources == oldSelf.spec.?excludedResources \
- && self.spec.?labelSelector == oldSelf.spec.?labelSelector \
- && self.spec.?orLabelSelectors == oldSelf.spec.?orLabelSelectors \
- && self.spec.?includeClusterResources == oldSelf.spec.?includeClusterResources \
- && self.spec.?volumes == oldSelf.spec.?volumes \
- && self.spec.?hooks == oldSelf.spec.?hooks";
-
+/// The part of a Backup's spec that admission keeps immutable.
+// Only bounded fields fit the CEL cost budget; the controller works from the selection it
+// resolved into status at start, so later edits of other fields have no effect.
+const BACKUP_IMMUTABLE: &[&str] = &[
+    "storageLocation",
+    "includedNamespaces",
+    "excludedNamespaces",
+    "includedResources",
+    "excludedResources",
+    "includeClusterResources",
+    "volumes.mode",
+];
 /// CEL on the root object: once `spec.cancel` is true it stays true.
 pub(crate) const CANCEL_STICKY: &str =
     "!has(oldSelf.spec.cancel) || !oldSelf.spec.cancel || (has(self.spec.cancel) && self.spec.cancel)";
@@ -48,7 +48,7 @@ pub(crate) const CANCEL_STICKY: &str =
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why the backup failed or was only partly done", priority = 1),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiration", description = "When the backup expires", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new(BACKUP_IMMUTABLE).message("only spec.cancel, spec.ttl and spec.deletionPolicy can be changed after a Backup is created; create a new Backup instead").field_path(".spec"),
+    validation = Rule::new(crate::common::immutable_fields(BACKUP_IMMUTABLE)).message("only spec.cancel, spec.ttl and spec.deletionPolicy can be changed after a Backup is created; create a new Backup instead").field_path(".spec"),
     validation = Rule::new(CANCEL_STICKY).message("spec.cancel cannot be unset once set").field_path(".spec.cancel")
 )]
 #[x_kube(validation = Rule::new(crate::common::SELECTORS_EXCLUSIVE).message(crate::common::SELECTORS_EXCLUSIVE_MSG).field_path(".orLabelSelectors"))]
@@ -92,24 +92,20 @@ pub struct Selection {
     /// Namespaces to include; `*` or omitted means all (for a backup outside the operator
     /// namespace: its own namespace only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(n, n == '*' || n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("includedNamespaces entries must be namespace names (lower-case RFC 1123 labels) or '*'"))]
+    #[schemars(length(max = 256), inner(pattern(crate::common::NAMESPACE_OR_STAR_PATTERN), length(max = 63)))]
     pub included_namespaces: Vec<String>,
     /// Namespaces to exclude.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("excludedNamespaces entries must be namespace names (lower-case RFC 1123 labels)"))]
+    #[schemars(length(max = 256), inner(pattern(crate::common::NAMESPACE_PATTERN), length(max = 63)))]
     pub excluded_namespaces: Vec<String>,
     /// Resource kinds to include, by plural, short name or `resource.group`
     /// (`deployments`, `deploy`, `certificates.cert-manager.io`); `*` or omitted means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(r, r == '*' || r.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("includedResources entries must be resource names such as deployments, deploy or certificates.cert-manager.io, or '*'"))]
+    #[schemars(length(max = 256), inner(pattern(crate::common::RESOURCE_OR_STAR_PATTERN), length(max = 253)))]
     pub included_resources: Vec<String>,
     /// Resource kinds to exclude.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(r, r.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'))").message("excludedResources entries must be resource names such as secrets or certificates.cert-manager.io"))]
+    #[schemars(length(max = 256), inner(pattern(crate::common::RESOURCE_PATTERN), length(max = 253)))]
     pub excluded_resources: Vec<String>,
     /// Only objects whose labels match all of this selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]

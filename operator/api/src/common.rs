@@ -11,6 +11,27 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The Go-style duration syntax accepted everywhere (`30s`, `1h30m`, `720h`).
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$";
 
+/// CEL for the root object: each named `spec` field keeps its value (and presence) once set.
+/// Written with `has()` rather than optionals: the API server's cost estimator bounds only these.
+pub fn immutable_fields(fields: &[&str]) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            format!("has(self.spec.{f}) == has(oldSelf.spec.{f}) && (!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f})")
+        })
+        .collect::<Vec<_>>()
+        .join(" && ")
+}
+
+/// A namespace name (RFC 1123 label).
+pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A namespace name or `*`.
+pub const NAMESPACE_OR_STAR_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$";
+/// A resource name: plural, short name, or `resource.group`.
+pub const RESOURCE_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A resource name or `*`.
+pub const RESOURCE_OR_STAR_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$";
+
 /// CEL: `labelSelector` and `orLabelSelectors` exclude each other (on a spec embedding [`Selection`](crate::backup::Selection)).
 pub const SELECTORS_EXCLUSIVE: &str =
     "!has(self.labelSelector) || !has(self.orLabelSelectors) || size(self.orLabelSelectors) == 0";

@@ -27,7 +27,7 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CustomResourceDefinition of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    let crds = vec![
         BackupStorageLocation::crd(),
         Backup::crd(),
         Restore::crd(),
@@ -35,5 +35,33 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         SLAPolicy::crd(),
         DataUpload::crd(),
         DataDownload::crd(),
-    ]
+    ];
+    crds.into_iter().map(normalize_formats).collect()
+}
+
+/// Kubernetes knows the integer formats `int32` and `int64` only; schemars writes `uint64`
+/// and friends for unsigned fields, which the API server warns about on every apply.
+fn normalize_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(f)) = map.get_mut("format") {
+                    let new = match f.as_str() {
+                        "uint64" => Some("int64"),
+                        "uint32" | "uint16" | "uint8" | "int16" | "int8" => Some("int32"),
+                        _ => None,
+                    };
+                    if let Some(new) = new {
+                        *f = new.to_string();
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serialises");
+    walk(&mut value);
+    serde_json::from_value(value).expect("a CRD round-trips")
 }

@@ -162,6 +162,7 @@ pub struct RepositorySettings {
     pub compression: Compression,
     /// Target size of pack files in MiB (default 16).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "packSizeMiB")]
     #[schemars(range(min = 4, max = 128))]
     pub pack_size_mib: Option<u32>,
     /// Pack uploads in flight per mover (default 4).

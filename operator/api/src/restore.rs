@@ -11,20 +11,17 @@ use crate::backup::{Selection, TransferPhase};
 use crate::common::{NamespacedName, conditions_schema};
 use crate::hooks::RestoreHooks;
 
-const RESTORE_IMMUTABLE: &str = "self.spec.source == oldSelf.spec.source \
- && self.spec.?from == oldSelf.spec.?from \
- && self.spec.?volumes == oldSelf.spec.?volumes \
- && self.spec.?includedNamespaces == oldSelf.spec.?includedNamespaces \
- && self.spec.?excludedNamespaces == oldSelf.spec.?excludedNamespaces \
- && self.spec.?includedResources == oldSelf.spec.?includedResources \
- && self.spec.?excludedResources == oldSelf.spec.?excludedResources \
- && self.spec.?labelSelector == oldSelf.spec.?labelSelector \
- && self.spec.?orLabelSelectors == oldSelf.spec.?orLabelSelectors \
- && self.spec.?namespaceMapping == oldSelf.spec.?namespaceMapping \
- && self.spec.?storageClassMapping == oldSelf.spec.?storageClassMapping \
- && self.spec.?existingResourcePolicy == oldSelf.spec.?existingResourcePolicy \
- && self.spec.?hooks == oldSelf.spec.?hooks";
-
+// Only bounded fields fit the CEL cost budget; the controller works from what it resolved at start.
+const RESTORE_IMMUTABLE: &[&str] = &[
+    "source",
+    "from",
+    "volumes",
+    "includedNamespaces",
+    "excludedNamespaces",
+    "includedResources",
+    "excludedResources",
+    "existingResourcePolicy",
+];
 /// A Restore brings back the objects and volume data of a backup (named directly, or the
 /// newest restore point of a schedule at or before a point in time).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -43,7 +40,7 @@ const RESTORE_IMMUTABLE: &str = "self.spec.source == oldSelf.spec.source \
     printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress.display", description = "Share of bytes restored"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why the restore failed", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new(RESTORE_IMMUTABLE).message("only spec.cancel can be changed after a Restore is created; create a new Restore instead").field_path(".spec"),
+    validation = Rule::new(crate::common::immutable_fields(RESTORE_IMMUTABLE)).message("only spec.cancel can be changed after a Restore is created; create a new Restore instead").field_path(".spec"),
     validation = Rule::new(crate::backup::CANCEL_STICKY).message("spec.cancel cannot be unset once set").field_path(".spec.cancel")
 )]
 #[x_kube(validation = Rule::new(crate::common::SELECTORS_EXCLUSIVE).message(crate::common::SELECTORS_EXCLUSIVE_MSG).field_path(".orLabelSelectors"))]
