@@ -1,1 +1,226 @@
-//! Test harness: starts or attaches to a testbed (real kube-apiserver, CSI, MinIO) and gives tests namespaces, PVCs with known content and checksums.
+//! Test harness: starts or attaches to a testbed (real kube-apiserver, CSI, MinIO) and gives
+//! tests namespaces, the operator as a real process, waits with state dumps, and volume helpers.
+//!
+//! The cluster comes from `KUBECONFIG` when it is set (any real cluster, or a testbed whose
+//! `e2e/testbed env` was exported); otherwise `e2e/testbed up` is run once and its env read.
+//! Object storage comes from `HOLDFAST_S3_ENDPOINT`, `HOLDFAST_S3_ACCESS_KEY`,
+//! `HOLDFAST_S3_SECRET_KEY` and `HOLDFAST_S3_REGION`.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+pub mod operator;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::{Client, Config};
+
+/// Label put on every namespace a test creates.
+pub const E2E_LABEL: &str = "holdfast.dev/e2e";
+
+/// Where the cluster and the object store are.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub s3: Option<S3Env>,
+    pub repo: PathBuf,
+}
+
+/// An S3 endpoint for tests.
+#[derive(Debug, Clone)]
+pub struct S3Env {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The test environment, starting a testbed the first time when no `KUBECONFIG` is set.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        let repo = repo_root();
+        let mut vars: BTreeMap<String, String> = std::env::vars().collect();
+        if !vars.contains_key("KUBECONFIG") {
+            let testbed = repo.join("e2e/testbed");
+            let up = Command::new(&testbed).arg("up").status().expect("run e2e/testbed up");
+            assert!(up.success(), "e2e/testbed up failed; see its output above");
+            let out = Command::new(&testbed).arg("env").output().expect("run e2e/testbed env");
+            assert!(out.status.success(), "e2e/testbed env failed");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((k, v)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                    vars.insert(k.to_string(), v.trim_matches(['"', '\'']).to_string());
+                }
+            }
+        }
+        let kubectl = vars
+            .get("HOLDFAST_TESTBED_KUBECTL")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("kubectl"));
+        let s3 = match (vars.get("HOLDFAST_S3_ENDPOINT"), vars.get("HOLDFAST_S3_ACCESS_KEY"), vars.get("HOLDFAST_S3_SECRET_KEY")) {
+            (Some(e), Some(a), Some(s)) => Some(S3Env {
+                endpoint: e.clone(),
+                access_key: a.clone(),
+                secret_key: s.clone(),
+                region: vars.get("HOLDFAST_S3_REGION").cloned().unwrap_or_else(|| "us-east-1".into()),
+            }),
+            _ => None,
+        };
+        Env { kubeconfig: PathBuf::from(&vars["KUBECONFIG"]), kubectl, s3, repo }
+    })
+}
+
+impl Env {
+    /// A new client (one per test: clients are bound to the runtime that made them).
+    pub async fn client(&self) -> Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Runs kubectl against the test cluster.
+    pub fn kubectl<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Command::new(&self.kubectl).env("KUBECONFIG", &self.kubeconfig).args(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
+    pub fn kubectl_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let out = self.kubectl(&args);
+        assert!(
+            out.status.success(),
+            "kubectl {:?} failed:\n{}{}",
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The S3 endpoint, or a panic that says how to provide one.
+    pub fn s3(&self) -> &S3Env {
+        self.s3.as_ref().expect("no object store: set HOLDFAST_S3_ENDPOINT/ACCESS_KEY/SECRET_KEY or run inside the testbed")
+    }
+}
+
+/// Installs the Holdfast CRDs from `crds/` (once per test process) and waits until Established.
+pub fn ensure_crds() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let e = env();
+        e.kubectl_ok(["apply", "--server-side", "--force-conflicts", "-f"].map(String::from).into_iter().chain([e.repo.join("crds").display().to_string()]));
+        e.kubectl_ok(["wait", "--for=condition=Established", "--timeout=60s", "-f"].map(String::from).into_iter().chain([e.repo.join("crds").display().to_string()]));
+    });
+}
+
+/// A namespace of one test; deleted when dropped (without waiting).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `hf-<prefix>-<random>`.
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("hf-{prefix}-{}", random_suffix());
+        let api: Api<Namespace> = Api::all(client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([(E2E_LABEL.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns).await.expect("create test namespace");
+        Self { name }
+    }
+
+    /// Deletes the namespace and waits until it is gone.
+    pub async fn delete_and_wait(&self, client: &Client) {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let _ = api.delete(&self.name, &DeleteParams::default()).await;
+        let name = self.name.clone();
+        wait_until(&format!("namespace {name} to be deleted"), Duration::from_secs(120), Some(&self.name), || {
+            let api = api.clone();
+            let name = name.clone();
+            async move { api.get_opt(&name).await.ok().map(|o| o.is_none()).filter(|gone| *gone) }
+        })
+        .await;
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var_os("HOLDFAST_E2E_KEEP").is_some() {
+            eprintln!("keeping namespace {} (HOLDFAST_E2E_KEEP)", self.name);
+            return;
+        }
+        let _ = env().kubectl(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+    }
+}
+
+/// A short random suffix for names.
+pub fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    format!("{:06x}", h.finish() & 0xff_ffff)
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout`. On timeout, panics with `what`
+/// and a dump of the namespace (when given), so a failing wait shows what it saw.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, namespace: Option<&str>, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            let dump = namespace.map(dump_namespace).unwrap_or_default();
+            panic!("timed out after {timeout:?} waiting for {what}\n{dump}");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Everything in a namespace that a failing test wants to see.
+pub fn dump_namespace(ns: &str) -> String {
+    let e = env();
+    let mut out = format!("==== state of namespace {ns}\n");
+    for what in [
+        "get holdfast,pods,pvc,volumesnapshots,secrets,leases -o wide",
+        "get backupstoragelocations -o yaml",
+        "get events --sort-by=.lastTimestamp",
+    ] {
+        let mut args: Vec<&str> = what.split(' ').collect();
+        args.extend(["-n", ns]);
+        let o = e.kubectl(&args);
+        out.push_str(&format!("---- kubectl {what}\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+    }
+    out
+}
