@@ -597,6 +597,7 @@ impl Ctx {
         let policy = self.restart_policy();
         let mut attempt = first_attempt;
         let mut delay = Duration::ZERO;
+        let mut last_setup_error: Option<String> = None;
         loop {
             if stop.borrow().is_some() {
                 self.sink.container(kind, |s| s.done = true);
@@ -605,7 +606,10 @@ impl Ctx {
             let begun = tokio::time::Instant::now();
             match self.run_attempt(kind, &c, vols, attempt, &mut stop).await {
                 Err(e) => {
-                    tracing::warn!(pod = %self.fields.name, container = %c.name, reason = e.reason, message = %e.message, "container not started");
+                    if last_setup_error.as_deref() != Some(e.message.as_str()) {
+                        tracing::warn!(pod = %self.fields.name, container = %c.name, reason = e.reason, message = %e.message, "container not started");
+                        last_setup_error = Some(e.message.clone());
+                    }
                     let reason = if e.reason == "ErrImagePull" && delay > Duration::ZERO {
                         "ImagePullBackOff"
                     } else {
@@ -624,6 +628,7 @@ impl Ctx {
                     }
                 }
                 Ok(term) => {
+                    last_setup_error = None;
                     let code = term.exit_code().unwrap_or(1);
                     let stopping = stop.borrow().is_some();
                     let restart = !stopping
@@ -700,7 +705,9 @@ impl Ctx {
             match volumes::prepare(&self.agent, &self.pod, &self.entry.dir, &self.fields).await {
                 Ok(v) => break v,
                 Err(e) => {
-                    tracing::warn!(pod = %self.fields.name, error = %e, "preparing volumes");
+                    if self.sink.view().and_then(|v| v.message).as_deref() != Some(e.as_str()) {
+                        tracing::warn!(pod = %self.fields.name, error = %e, "preparing volumes");
+                    }
                     self.sink.update(|v| v.message = Some(e.clone()));
                     if sleep_or_stop(&mut stop, SETUP_RETRY).await {
                         self.sink.update(|v| {
@@ -766,8 +773,11 @@ fn adopted_attempts(pod: &Pod) -> HashMap<String, i32> {
             let ran = cs
                 .state
                 .as_ref()
-                .map(|s| s.running.is_some() || s.terminated.is_some())
-                .unwrap_or(false);
+                .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                || cs
+                    .last_state
+                    .as_ref()
+                    .is_some_and(|s| s.terminated.is_some());
             (cs.name.clone(), cs.restart_count + i32::from(ran))
         })
         .collect()
@@ -886,7 +896,6 @@ async fn pod_worker(agent: Arc<Agent>, entry: Arc<PodEntry>, mut rx: watch::Rece
             tracing::warn!(pod = %name, error = %e, "writing final status");
         }
     }
-    let _ = sink.view();
     if let Err(e) = std::fs::remove_dir_all(&entry.dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
