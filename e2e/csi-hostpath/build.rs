@@ -8,6 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // No `connect(dst)` helpers: they need tonic's `channel` feature, which
+        // the binary does not use (tests build their own unix-socket Channel).
+        .build_transport(false)
         .compile_fds(fds)?;
     Ok(())
 }
