@@ -119,14 +119,12 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
 fn raw<E, R>(err: &SdkError<E, R>) -> RawError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + HttpStatus,
+    R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
+    E: Send + Sync,
 {
     match err {
-        SdkError::DispatchFailure(d) => RawError::Dispatch {
-            detail: DisplayErrorContext(err).to_string(),
-            timeout: d.is_timeout(),
-        },
-        SdkError::TimeoutError(_) => RawError::Dispatch { detail: DisplayErrorContext(err).to_string(), timeout: true },
+        SdkError::DispatchFailure(d) => RawError::Dispatch { detail: error_chain(err), timeout: d.is_timeout() },
+        SdkError::TimeoutError(_) => RawError::Dispatch { detail: error_chain(err), timeout: true },
         SdkError::ServiceError(se) => RawError::Service {
             status: se.raw().status_u16(),
             code: se.err().code().map(str::to_string),
@@ -135,6 +133,20 @@ where
         SdkError::ResponseError(re) => RawError::Service { status: re.raw().status_u16(), code: None, message: None },
         _ => RawError::Other { detail: DisplayErrorContext(err).to_string() },
     }
+}
+
+/// The innermost causes of an error, Display only, deduplicated: short enough for a status message.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s) || s.contains(p.as_str())) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    if parts.is_empty() { err.to_string() } else { parts.join(": ") }
 }
 
 /// Status code of a raw HTTP response, abstracted so `raw` is generic.
