@@ -232,6 +232,50 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// Records a kubelet-style Event on the pod (fire and forget).
+    fn event(&self, type_: &str, reason: &str, message: String, container: Option<(Kind, &str)>) {
+        use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let field_path = container.map(|(k, name)| match k {
+            Kind::Init(_) => format!("spec.initContainers{{{name}}}"),
+            Kind::Main(_) => format!("spec.containers{{{name}}}"),
+        });
+        let ev = Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{}.{:x}", self.fields.name, now.as_nanosecond())),
+                namespace: Some(self.fields.namespace.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(self.fields.name.clone()),
+                namespace: Some(self.fields.namespace.clone()),
+                uid: Some(self.fields.uid.clone()),
+                field_path,
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message),
+            type_: Some(type_.into()),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.agent.node_name.clone()),
+            }),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            ..Default::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.agent.client.clone(), &self.fields.namespace);
+        tokio::spawn(async move {
+            if let Err(e) = api.create(&Default::default(), &ev).await {
+                tracing::warn!(error = %e, "creating event");
+            }
+        });
+    }
+
     fn spec_container(&self, kind: Kind) -> Option<&Container> {
         let spec = self.pod.spec.as_ref()?;
         match kind {
@@ -517,12 +561,34 @@ impl Ctx {
             s.image_id = format!("holdfast-image://{}", exe.display());
         });
         tracing::info!(pod = %self.fields.name, container = %c.name, pid, attempt, program = %program.path.display(), "container started");
+        self.event(
+            "Normal",
+            "Pulled",
+            format!(
+                "Container image {image:?} already present on machine (mapped to {})",
+                exe.display()
+            ),
+            Some((kind, &c.name)),
+        );
+        self.event(
+            "Normal",
+            "Created",
+            format!("Created container: {}", c.name),
+            Some((kind, &c.name)),
+        );
+        self.event(
+            "Normal",
+            "Started",
+            format!("Started container {}", c.name),
+            Some((kind, &c.name)),
+        );
 
         let gpid = Pid::from_raw(-(pid as i32));
         let status = tokio::select! {
             s = child.wait() => s,
             grace = stopped(stop) => {
                 let grace = grace.max(MIN_GRACE);
+                self.event("Normal", "Killing", format!("Stopping container {}", c.name), Some((kind, &c.name)));
                 let _ = kill(gpid, Signal::SIGTERM);
                 match tokio::time::timeout(grace, child.wait()).await {
                     Ok(s) => s,
@@ -609,6 +675,12 @@ impl Ctx {
                     if last_setup_error.as_deref() != Some(e.message.as_str()) {
                         tracing::warn!(pod = %self.fields.name, container = %c.name, reason = e.reason, message = %e.message, "container not started");
                         last_setup_error = Some(e.message.clone());
+                        self.event(
+                            "Warning",
+                            "Failed",
+                            format!("Error: {}: {}", e.reason, e.message),
+                            Some((kind, &c.name)),
+                        );
                     }
                     let reason = if e.reason == "ErrImagePull" && delay > Duration::ZERO {
                         "ImagePullBackOff"
@@ -678,6 +750,17 @@ impl Ctx {
                             };
                         }
                     });
+                    if !wait.is_zero() {
+                        self.event(
+                            "Warning",
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {} in pod {pod_label}",
+                                c.name
+                            ),
+                            Some((kind, &c.name)),
+                        );
+                    }
                     if sleep_or_stop(&mut stop, wait).await {
                         self.sink.container(kind, |s| {
                             s.state = term.clone();
@@ -707,6 +790,7 @@ impl Ctx {
                 Err(e) => {
                     if self.sink.view().and_then(|v| v.message).as_deref() != Some(e.as_str()) {
                         tracing::warn!(pod = %self.fields.name, error = %e, "preparing volumes");
+                        self.event("Warning", "FailedMount", e.clone(), None);
                     }
                     self.sink.update(|v| v.message = Some(e.clone()));
                     if sleep_or_stop(&mut stop, SETUP_RETRY).await {

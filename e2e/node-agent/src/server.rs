@@ -198,14 +198,36 @@ fn lookup(
             format!("pod {ns}/{pod} not found on this node"),
         )
     })?;
-    let rt = entry.container(container).ok_or_else(|| {
-        text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"
-            ),
-        )
-    })?;
+    // after an agent restart, finished containers are known only by their log files
+    let from_logs = || {
+        let dir = entry.dir.join("logs").join(container);
+        let newest = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".log")?
+                    .parse::<i32>()
+                    .ok()
+            })
+            .max()?;
+        Some(ContainerRuntime {
+            attempt: newest,
+            ..Default::default()
+        })
+    };
+    let rt = entry
+        .container(container)
+        .or_else(from_logs)
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "container {container:?} in pod {pod:?} is waiting to start: ContainerCreating"
+                ),
+            )
+        })?;
     Ok((entry, rt))
 }
 
@@ -244,23 +266,28 @@ async fn container_logs(
         limit_bytes: param(params, "limitBytes").and_then(|n| n.parse().ok()),
     };
     let path = log_path(&entry.dir, container, attempt);
-    let data = tokio::fs::read(&path).await.unwrap_or_default();
+    // keep the file open: the pod dir may be removed right after the container ends
+    let mut file = tokio::fs::File::open(&path).await.ok();
+    let mut data = Vec::new();
+    if let Some(f) = file.as_mut() {
+        let _ = f.read_to_end(&mut data).await;
+    }
     let complete = data
         .iter()
         .rposition(|b| *b == b'\n')
         .map(|i| i + 1)
         .unwrap_or(0);
     let first = render(&data[..complete], &opts);
-    if !follow {
+    let (Some(file), true) = (file, follow) else {
         return text(StatusCode::OK, String::from_utf8_lossy(&first).into_owned());
-    }
+    };
     // follow: stream new complete records until this attempt has ended and the file is drained
     struct St {
         entry: Arc<crate::agent::PodEntry>,
         container: String,
         attempt: i32,
-        path: std::path::PathBuf,
-        offset: usize,
+        file: tokio::fs::File,
+        pending: Vec<u8>,
         sent: usize,
         opts: LogOptions,
         first: Option<Vec<u8>>,
@@ -269,8 +296,8 @@ async fn container_logs(
         entry,
         container: container.to_string(),
         attempt,
-        path,
-        offset: complete,
+        file,
+        pending: data[complete..].to_vec(),
         sent: 0,
         opts: LogOptions {
             timestamps: opts.timestamps,
@@ -292,15 +319,10 @@ async fn container_logs(
                 .entry
                 .container(&st.container)
                 .is_some_and(|rt| rt.attempt == st.attempt && rt.running);
-            let data = tokio::fs::read(&st.path).await.unwrap_or_default();
-            let end = data
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map(|i| i + 1)
-                .unwrap_or(0);
-            if end > st.offset {
-                let mut out = render(&data[st.offset..end], &st.opts);
-                st.offset = end;
+            let _ = st.file.read_to_end(&mut st.pending).await;
+            if let Some(end) = st.pending.iter().rposition(|b| *b == b'\n').map(|i| i + 1) {
+                let chunk: Vec<u8> = st.pending.drain(..end).collect();
+                let mut out = render(&chunk, &st.opts);
                 if let Some(l) = limit {
                     out.truncate(l.saturating_sub(st.sent));
                 }
