@@ -192,7 +192,13 @@ fn kill_leftovers(pod_dir: &Path) {
         else {
             continue;
         };
-        if proc_start_time(pid).as_deref() == Some(start) {
+        // The group is ours if its leader is the recorded process, or if the leader
+        // is gone: a pid still in use as a process group id is not handed out again.
+        if pid <= 1 {
+            continue;
+        }
+        let leader = proc_start_time(pid);
+        if leader.is_none() || leader.as_deref() == Some(start) {
             tracing::info!(
                 pid,
                 "killing container process group left by a previous agent run"
@@ -209,7 +215,7 @@ pub fn kill_all(agent: &Agent) {
     for p in pods.values() {
         if let Ok(cs) = p.containers.lock() {
             for c in cs.values() {
-                if let Some(pid) = c.pid {
+                if let Some(pid) = c.pid.filter(|p| *p > 1) {
                     let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
                 }
             }
@@ -522,7 +528,12 @@ impl Ctx {
             reason: "RunContainerError",
             message: format!("spawning container: {e}"),
         })?;
-        let pid = child.id().unwrap_or(0);
+        let Some(pid) = child.id().filter(|p| *p > 1) else {
+            return Err(SetupError {
+                reason: "RunContainerError",
+                message: "container process exited before it could be tracked".into(),
+            });
+        };
         let pids = dir.join("pids");
         let _ = std::fs::create_dir_all(&pids);
         let _ = std::fs::write(
