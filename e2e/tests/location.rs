@@ -80,6 +80,9 @@ async fn location_reports_availability_and_specific_reasons() {
     apply(&ns.name, &location("no-bucket", "hf-does-not-exist", &s3.endpoint, "good"));
     apply(&ns.name, &location("dead-endpoint", &bucket, "http://127.0.0.1:9", "good"));
     apply(&ns.name, &location("no-secret", &bucket, &s3.endpoint, "missing"));
+    // TLS spoken to a plain-HTTP server: the handshake fails.
+    let tls_endpoint = s3.endpoint.replacen("http://", "https://", 1);
+    apply(&ns.name, &location("tls-mismatch", &bucket, &tls_endpoint, "good"));
 
     let ok = wait_phase(&client, &ns.name, "ok", LocationPhase::Available, None).await;
     let status = ok.status.expect("status");
@@ -94,6 +97,9 @@ async fn location_reports_availability_and_specific_reasons() {
     wait_phase(&client, &ns.name, "no-bucket", LocationPhase::Unavailable, Some("BucketNotFound")).await;
     wait_phase(&client, &ns.name, "dead-endpoint", LocationPhase::Unavailable, Some("EndpointUnreachable")).await;
     wait_phase(&client, &ns.name, "no-secret", LocationPhase::Unavailable, Some("MissingCredentials")).await;
+    let tls = wait_phase(&client, &ns.name, "tls-mismatch", LocationPhase::Unavailable, Some("TLSError")).await;
+    let msg = tls.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("caBundle"), "TLS message should point at spec.s3.caBundle: {msg}");
 
     // Fixing the Secret makes the location Available again, without restarting the operator.
     apply(&ns.name, &secret("bad", &s3.access_key, &s3.secret_key));
