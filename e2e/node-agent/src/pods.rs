@@ -820,6 +820,18 @@ impl Ctx {
             v.volumes_ready = true;
             v.message = None;
         });
+        if let Some(every) = volumes::token_refresh_interval(&self.pod) {
+            let me = self.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                while !sleep_or_stop(&mut stop, every).await {
+                    if let Err(e) = volumes::refresh_tokens(&me.agent, &me.pod, &me.entry.dir).await
+                    {
+                        tracing::warn!(pod = %me.fields.name, error = %e, "refreshing service account token");
+                    }
+                }
+            });
+        }
         let spec = self.pod.spec.clone().unwrap_or_default();
         let first = |name: &str| first_attempts.get(name).copied().unwrap_or(0);
         for (i, c) in spec.init_containers.iter().flatten().enumerate() {

@@ -46,13 +46,19 @@ fn write_file(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
     }
-    std::fs::write(&path, data).map_err(io(format!("writing {}", path.display())))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode as u32 & 0o7777))
-        .map_err(io(format!("chmod {}", path.display())))?;
+    // write and rename, so a process reading the file (e.g. a refreshed token) never sees half of it
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    std::fs::write(&tmp, data).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode as u32 & 0o7777))
+        .map_err(io(format!("chmod {}", tmp.display())))?;
     if let Some(g) = fs_group {
-        nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(g)))
-            .map_err(io(format!("chown {}", path.display())))?;
+        nix::unistd::chown(&tmp, None, Some(nix::unistd::Gid::from_raw(g)))
+            .map_err(io(format!("chown {}", tmp.display())))?;
     }
+    std::fs::rename(&tmp, &path).map_err(io(format!("renaming to {}", path.display())))?;
     Ok(())
 }
 
@@ -522,6 +528,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn token_refresh_at_80_percent() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [], "volumes": [
+                {"name": "a", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}},
+                {"name": "b", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "audience": "x", "expirationSeconds": 1000}}]}},
+                {"name": "c", "emptyDir": {}}
+            ]}
+        }))
+        .expect("pod");
+        assert_eq!(
+            token_refresh_interval(&pod),
+            Some(std::time::Duration::from_secs(800))
+        );
+        let none: Pod = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": []}}),
+        )
+        .expect("pod");
+        assert_eq!(token_refresh_interval(&none), None);
+    }
+
+    #[test]
+    fn atomic_file_writes() {
+        let base = std::env::temp_dir().join(format!("hf-agent-write-{}", std::process::id()));
+        write_file(&base, "sub/key", b"v1", 0o640, None).expect("write");
+        write_file(&base, "sub/key", b"v2", 0o640, None).expect("rewrite");
+        assert_eq!(std::fs::read(base.join("sub/key")).expect("read"), b"v2");
+        let mode = std::fs::metadata(base.join("sub/key"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(
+            std::fs::read_dir(base.join("sub")).expect("ls").count(),
+            1,
+            "no temp files left"
+        );
+        assert!(write_file(&base, "../escape", b"x", 0o644, None).is_err());
+        std::fs::remove_dir_all(&base).expect("cleanup");
+    }
+
+    #[test]
     fn hostpath_dirs() {
         let base = std::env::temp_dir().join(format!("hf-agent-test-{}", std::process::id()));
         std::fs::create_dir_all(base.join("vol-1")).expect("mkdir");
@@ -543,4 +592,53 @@ mod tests {
         assert!(hostpath_volume_dir(&base, "../x").is_err());
         std::fs::remove_dir_all(&base).expect("cleanup");
     }
+}
+
+/// How often projected service account tokens must be renewed: 80% of the
+/// shortest token lifetime in the pod, as kubelet does; `None` without tokens.
+pub fn token_refresh_interval(pod: &Pod) -> Option<std::time::Duration> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(|t| t.expiration_seconds.unwrap_or(3600).max(600) as u64 * 8 / 10)
+        .min()
+        .map(std::time::Duration::from_secs)
+}
+
+/// Requests fresh tokens for every projected serviceAccountToken of the pod and
+/// replaces the files (visible at once inside the containers: the volume
+/// directory is bind-mounted, the file replaced by rename).
+pub async fn refresh_tokens(agent: &Agent, pod: &Pod, pod_dir: &Path) -> Result<(), String> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(());
+    };
+    let fs_group = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .map(|g| g as u32);
+    for v in spec.volumes.iter().flatten() {
+        let Some(p) = &v.projected else { continue };
+        let d = pod_dir.join("volumes").join(&v.name);
+        for src in p.sources.iter().flatten() {
+            if let Some(t) = &src.service_account_token {
+                let token =
+                    service_account_token(agent, pod, t.audience.as_deref(), t.expiration_seconds)
+                        .await?;
+                write_file(
+                    &d,
+                    &t.path,
+                    &token,
+                    p.default_mode.unwrap_or(0o644),
+                    fs_group,
+                )?;
+            }
+        }
+    }
+    Ok(())
 }
