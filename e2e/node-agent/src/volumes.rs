@@ -523,6 +523,55 @@ async fn prepare_one(
     Err("volume type not supported by the node agent (supported: persistentVolumeClaim, ephemeral, emptyDir, hostPath, secret, configMap, downwardAPI, projected)".into())
 }
 
+/// How often projected service account tokens must be renewed: 80% of the
+/// shortest token lifetime in the pod, as kubelet does; `None` without tokens.
+pub fn token_refresh_interval(pod: &Pod) -> Option<std::time::Duration> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(|t| t.expiration_seconds.unwrap_or(3600).max(600) as u64 * 8 / 10)
+        .min()
+        .map(std::time::Duration::from_secs)
+}
+
+/// Requests fresh tokens for every projected serviceAccountToken of the pod and
+/// replaces the files (visible at once inside the containers: the volume
+/// directory is bind-mounted, the file replaced by rename).
+pub async fn refresh_tokens(agent: &Agent, pod: &Pod, pod_dir: &Path) -> Result<(), String> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(());
+    };
+    let fs_group = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .map(|g| g as u32);
+    for v in spec.volumes.iter().flatten() {
+        let Some(p) = &v.projected else { continue };
+        let d = pod_dir.join("volumes").join(&v.name);
+        for src in p.sources.iter().flatten() {
+            if let Some(t) = &src.service_account_token {
+                let token =
+                    service_account_token(agent, pod, t.audience.as_deref(), t.expiration_seconds)
+                        .await?;
+                write_file(
+                    &d,
+                    &t.path,
+                    &token,
+                    p.default_mode.unwrap_or(0o644),
+                    fs_group,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,53 +641,4 @@ mod tests {
         assert!(hostpath_volume_dir(&base, "../x").is_err());
         std::fs::remove_dir_all(&base).expect("cleanup");
     }
-}
-
-/// How often projected service account tokens must be renewed: 80% of the
-/// shortest token lifetime in the pod, as kubelet does; `None` without tokens.
-pub fn token_refresh_interval(pod: &Pod) -> Option<std::time::Duration> {
-    pod.spec
-        .as_ref()?
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| v.projected.as_ref())
-        .flat_map(|p| p.sources.iter().flatten())
-        .filter_map(|s| s.service_account_token.as_ref())
-        .map(|t| t.expiration_seconds.unwrap_or(3600).max(600) as u64 * 8 / 10)
-        .min()
-        .map(std::time::Duration::from_secs)
-}
-
-/// Requests fresh tokens for every projected serviceAccountToken of the pod and
-/// replaces the files (visible at once inside the containers: the volume
-/// directory is bind-mounted, the file replaced by rename).
-pub async fn refresh_tokens(agent: &Agent, pod: &Pod, pod_dir: &Path) -> Result<(), String> {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Ok(());
-    };
-    let fs_group = spec
-        .security_context
-        .as_ref()
-        .and_then(|s| s.fs_group)
-        .map(|g| g as u32);
-    for v in spec.volumes.iter().flatten() {
-        let Some(p) = &v.projected else { continue };
-        let d = pod_dir.join("volumes").join(&v.name);
-        for src in p.sources.iter().flatten() {
-            if let Some(t) = &src.service_account_token {
-                let token =
-                    service_account_token(agent, pod, t.audience.as_deref(), t.expiration_seconds)
-                        .await?;
-                write_file(
-                    &d,
-                    &t.path,
-                    &token,
-                    p.default_mode.unwrap_or(0o644),
-                    fs_group,
-                )?;
-            }
-        }
-    }
-    Ok(())
 }
