@@ -44,7 +44,10 @@ static ENV: OnceLock<Env> = OnceLock::new();
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The test environment, starting a testbed the first time when no `KUBECONFIG` is set.
@@ -54,12 +57,22 @@ pub fn env() -> &'static Env {
         let mut vars: BTreeMap<String, String> = std::env::vars().collect();
         if !vars.contains_key("KUBECONFIG") {
             let testbed = repo.join("e2e/testbed");
-            let up = Command::new(&testbed).arg("up").status().expect("run e2e/testbed up");
+            let up = Command::new(&testbed)
+                .arg("up")
+                .status()
+                .expect("run e2e/testbed up");
             assert!(up.success(), "e2e/testbed up failed; see its output above");
-            let out = Command::new(&testbed).arg("env").output().expect("run e2e/testbed env");
+            let out = Command::new(&testbed)
+                .arg("env")
+                .output()
+                .expect("run e2e/testbed env");
             assert!(out.status.success(), "e2e/testbed env failed");
             for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((k, v)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                if let Some((k, v)) = line
+                    .trim()
+                    .strip_prefix("export ")
+                    .and_then(|l| l.split_once('='))
+                {
                     vars.insert(k.to_string(), v.trim_matches(['"', '\'']).to_string());
                 }
             }
@@ -68,16 +81,28 @@ pub fn env() -> &'static Env {
             .get("HOLDFAST_TESTBED_KUBECTL")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("kubectl"));
-        let s3 = match (vars.get("HOLDFAST_S3_ENDPOINT"), vars.get("HOLDFAST_S3_ACCESS_KEY"), vars.get("HOLDFAST_S3_SECRET_KEY")) {
+        let s3 = match (
+            vars.get("HOLDFAST_S3_ENDPOINT"),
+            vars.get("HOLDFAST_S3_ACCESS_KEY"),
+            vars.get("HOLDFAST_S3_SECRET_KEY"),
+        ) {
             (Some(e), Some(a), Some(s)) => Some(S3Env {
                 endpoint: e.clone(),
                 access_key: a.clone(),
                 secret_key: s.clone(),
-                region: vars.get("HOLDFAST_S3_REGION").cloned().unwrap_or_else(|| "us-east-1".into()),
+                region: vars
+                    .get("HOLDFAST_S3_REGION")
+                    .cloned()
+                    .unwrap_or_else(|| "us-east-1".into()),
             }),
             _ => None,
         };
-        Env { kubeconfig: PathBuf::from(&vars["KUBECONFIG"]), kubectl, s3, repo }
+        Env {
+            kubeconfig: PathBuf::from(&vars["KUBECONFIG"]),
+            kubectl,
+            s3,
+            repo,
+        }
     })
 }
 
@@ -85,7 +110,9 @@ impl Env {
     /// A new client (one per test: clients are bound to the runtime that made them).
     pub async fn client(&self) -> Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let config = Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kubeconfig");
+        let config = Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("kubeconfig");
         Client::try_from(config).expect("client")
     }
 
@@ -95,7 +122,11 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        Command::new(&self.kubectl).env("KUBECONFIG", &self.kubeconfig).args(args).output().expect("run kubectl")
+        Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
     }
 
     /// Runs kubectl and panics with its output unless it succeeds; returns stdout.
@@ -104,7 +135,10 @@ impl Env {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let args: Vec<_> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
         let out = self.kubectl(&args);
         assert!(
             out.status.success(),
@@ -127,8 +161,18 @@ pub fn ensure_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let e = env();
-        e.kubectl_ok(["apply", "--server-side", "--force-conflicts", "-f"].map(String::from).into_iter().chain([e.repo.join("crds").display().to_string()]));
-        e.kubectl_ok(["wait", "--for=condition=Established", "--timeout=60s", "-f"].map(String::from).into_iter().chain([e.repo.join("crds").display().to_string()]));
+        e.kubectl_ok(
+            ["apply", "--server-side", "--force-conflicts", "-f"]
+                .map(String::from)
+                .into_iter()
+                .chain([e.repo.join("crds").display().to_string()]),
+        );
+        e.kubectl_ok(
+            ["wait", "--for=condition=Established", "--timeout=60s", "-f"]
+                .map(String::from)
+                .into_iter()
+                .chain([e.repo.join("crds").display().to_string()]),
+        );
     });
 }
 
@@ -150,7 +194,9 @@ impl TestNamespace {
             },
             ..Default::default()
         };
-        api.create(&PostParams::default(), &ns).await.expect("create test namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
         Self { name }
     }
 
@@ -159,11 +205,22 @@ impl TestNamespace {
         let api: Api<Namespace> = Api::all(client.clone());
         let _ = api.delete(&self.name, &DeleteParams::default()).await;
         let name = self.name.clone();
-        wait_until(&format!("namespace {name} to be deleted"), Duration::from_secs(120), Some(&self.name), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move { api.get_opt(&name).await.ok().map(|o| o.is_none()).filter(|gone| *gone) }
-        })
+        wait_until(
+            &format!("namespace {name} to be deleted"),
+            Duration::from_secs(120),
+            Some(&self.name),
+            || {
+                let api = api.clone();
+                let name = name.clone();
+                async move {
+                    api.get_opt(&name)
+                        .await
+                        .ok()
+                        .map(|o| o.is_none())
+                        .filter(|gone| *gone)
+                }
+            },
+        )
         .await;
     }
 }
@@ -174,7 +231,13 @@ impl Drop for TestNamespace {
             eprintln!("keeping namespace {} (HOLDFAST_E2E_KEEP)", self.name);
             return;
         }
-        let _ = env().kubectl(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"]);
+        let _ = env().kubectl([
+            "delete",
+            "namespace",
+            &self.name,
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
     }
 }
 
@@ -188,7 +251,12 @@ pub fn random_suffix() -> String {
 
 /// Polls `check` until it returns `Some`, at most `timeout`. On timeout, panics with `what`
 /// and a dump of the namespace (when given), so a failing wait shows what it saw.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, namespace: Option<&str>, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    namespace: Option<&str>,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -220,7 +288,11 @@ pub fn dump_namespace(ns: &str) -> String {
         let mut args: Vec<&str> = what.split(' ').collect();
         args.extend(["-n", ns]);
         let o = e.kubectl(&args);
-        out.push_str(&format!("---- kubectl {what}\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+        out.push_str(&format!(
+            "---- kubectl {what}\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
     }
     out
 }

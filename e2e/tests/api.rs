@@ -7,13 +7,21 @@ use holdfast_e2e::{TestNamespace, ensure_crds, env};
 
 fn corpus() -> Vec<(PathBuf, String)> {
     let dir = env().repo.join("operator/api/tests/invalid");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("corpus dir").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("corpus dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
     files
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).expect("read");
-            let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).expect("first line is `# expect: ...`").to_string();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .expect("first line is `# expect: ...`")
+                .to_string();
             (p, expect)
         })
         .collect()
@@ -25,18 +33,45 @@ async fn every_invalid_manifest_is_rejected_with_its_message() {
     let client = env().client().await;
     let ns = TestNamespace::new(&client, "invalid").await;
     let cases = corpus();
-    assert!(cases.len() >= 30, "the corpus must hold at least 30 invalid manifests, has {}", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "the corpus must hold at least 30 invalid manifests, has {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for (path, expect) in &cases {
-        let out = env().kubectl(["apply", "--dry-run=server", "-n", &ns.name, "-f", &path.display().to_string()]);
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out = env().kubectl([
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &ns.name,
+            "-f",
+            &path.display().to_string(),
+        ]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         if out.status.success() {
-            failures.push(format!("{}: accepted, expected rejection with {expect:?}", path.display()));
+            failures.push(format!(
+                "{}: accepted, expected rejection with {expect:?}",
+                path.display()
+            ));
         } else if !text.contains(expect.as_str()) {
-            failures.push(format!("{}: expected {expect:?}, got: {text}", path.display()));
+            failures.push(format!(
+                "{}: expected {expect:?}, got: {text}",
+                path.display()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} invalid manifests misbehaved:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid manifests misbehaved:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
@@ -51,7 +86,12 @@ async fn every_sample_applies() {
     for entry in std::fs::read_dir(&dir).expect("samples") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|x| x == "yaml") {
-            e.kubectl_ok(["apply", "--dry-run=server", "-f", &path.display().to_string()]);
+            e.kubectl_ok([
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &path.display().to_string(),
+            ]);
             n += 1;
         }
     }
@@ -69,27 +109,72 @@ async fn backup_selection_is_immutable_but_cancel_ttl_and_policy_are_not() {
     std::fs::write(&file, manifest).expect("write");
     e.kubectl_ok(["apply", "-n", &ns.name, "-f", &file.display().to_string()]);
 
-    let patch = |p: &str| e.kubectl(["patch", "backup", "b", "-n", &ns.name, "--type=merge", "-p", p]);
+    let patch = |p: &str| {
+        e.kubectl([
+            "patch",
+            "backup",
+            "b",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            p,
+        ])
+    };
     let out = patch(r#"{"spec":{"includedResources":["secrets"]}}"#);
-    assert!(!out.status.success(), "changing the selection must be refused");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only spec.cancel, spec.ttl and spec.deletionPolicy can be changed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "changing the selection must be refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("only spec.cancel, spec.ttl and spec.deletionPolicy can be changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = patch(r#"{"spec":{"storageLocation":"other"}}"#);
-    assert!(!out.status.success(), "adding a location after creation must be refused");
+    assert!(
+        !out.status.success(),
+        "adding a location after creation must be refused"
+    );
 
-    for ok in [r#"{"spec":{"ttl":"2h"}}"#, r#"{"spec":{"deletionPolicy":"Retain"}}"#, r#"{"spec":{"cancel":true}}"#] {
+    for ok in [
+        r#"{"spec":{"ttl":"2h"}}"#,
+        r#"{"spec":{"deletionPolicy":"Retain"}}"#,
+        r#"{"spec":{"cancel":true}}"#,
+    ] {
         let out = patch(ok);
-        assert!(out.status.success(), "{ok} must be allowed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{ok} must be allowed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let out = patch(r#"{"spec":{"cancel":false}}"#);
     assert!(!out.status.success(), "cancel must not be unset");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.cancel cannot be unset"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.cancel cannot be unset"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn kubectl_get_holdfast_lists_every_kind() {
     ensure_crds();
     let out = env().kubectl_ok(["api-resources", "--categories=holdfast", "-o", "name"]);
-    for kind in ["backups", "restores", "schedules", "backupstoragelocations", "slapolicies", "datauploads", "datadownloads"] {
-        assert!(out.contains(&format!("{kind}.holdfast.dev")), "{kind} missing from category holdfast:\n{out}");
+    for kind in [
+        "backups",
+        "restores",
+        "schedules",
+        "backupstoragelocations",
+        "slapolicies",
+        "datauploads",
+        "datadownloads",
+    ] {
+        assert!(
+            out.contains(&format!("{kind}.holdfast.dev")),
+            "{kind} missing from category holdfast:\n{out}"
+        );
     }
 }

@@ -7,7 +7,11 @@ mod telemetry;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "holdfast", version, about = "Holdfast protects the data in Kubernetes PersistentVolumes")]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Holdfast protects the data in Kubernetes PersistentVolumes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,9 @@ fn main() -> anyhow::Result<()> {
         Command::Crdgen(args) => cli::crdgen::run(&args),
         Command::Controller(args) => {
             telemetry::init_tracing();
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(controller::run(args))
         }
     }

@@ -8,16 +8,22 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use prometheus::{Encoder, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramTimer, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Structured logs: JSON when `HOLDFAST_LOG_FORMAT=json`, text otherwise; level from `RUST_LOG`.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,aws=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,aws=warn,hyper=warn"));
     let json = std::env::var("HOLDFAST_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -43,22 +49,56 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("holdfast".into()), None).expect("valid registry prefix");
-        let reconciles = IntCounterVec::new(Opts::new("reconciles_total", "Reconciles run, by controller"), &["controller"]).expect("metric");
-        let errors = IntCounterVec::new(Opts::new("reconcile_errors_total", "Reconciles that failed, by controller"), &["controller"]).expect("metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new("reconcile_duration_seconds", "Time spent in one reconcile, by controller")
-                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0]),
+        let registry =
+            Registry::new_custom(Some("holdfast".into()), None).expect("valid registry prefix");
+        let reconciles = IntCounterVec::new(
+            Opts::new("reconciles_total", "Reconciles run, by controller"),
             &["controller"],
         )
         .expect("metric");
-        let location_available =
-            IntGaugeVec::new(Opts::new("location_available", "1 when a BackupStorageLocation is Available"), &["location"]).expect("metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "reconcile_errors_total",
+                "Reconciles that failed, by controller",
+            ),
+            &["controller"],
+        )
+        .expect("metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "reconcile_duration_seconds",
+                "Time spent in one reconcile, by controller",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0]),
+            &["controller"],
+        )
+        .expect("metric");
+        let location_available = IntGaugeVec::new(
+            Opts::new(
+                "location_available",
+                "1 when a BackupStorageLocation is Available",
+            ),
+            &["location"],
+        )
+        .expect("metric");
         let leader = IntGauge::new("leader", "1 when this replica is the leader").expect("metric");
-        for c in [Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>, Box::new(errors.clone()), Box::new(duration.clone()), Box::new(location_available.clone()), Box::new(leader.clone())] {
+        for c in [
+            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(duration.clone()),
+            Box::new(location_available.clone()),
+            Box::new(leader.clone()),
+        ] {
             registry.register(c).expect("unique metric");
         }
-        Self { registry, reconciles, errors, duration, location_available, leader }
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            location_available,
+            leader,
+        }
     }
 
     /// Counts a reconcile and times it until the returned guard is dropped.
@@ -72,7 +112,9 @@ impl Metrics {
     }
 
     pub fn set_location_available(&self, location: &str, available: bool) {
-        self.location_available.with_label_values(&[location]).set(i64::from(available));
+        self.location_available
+            .with_label_values(&[location])
+            .set(i64::from(available));
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -111,14 +153,26 @@ struct HttpState {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` is cancelled.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Health, shutdown: CancellationToken) {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Health,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
-        .route("/metrics", get(|State(s): State<HttpState>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<HttpState>| async move { s.metrics.render() }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(|State(s): State<HttpState>| async move {
-                if s.health.is_ready() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "waiting for CRDs") }
+                if s.health.is_ready() {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for CRDs")
+                }
             }),
         )
         .with_state(HttpState { metrics, health });
@@ -132,7 +186,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: Health, shut
     };
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics, /healthz, /readyz");
     let stop = shutdown.clone();
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+    {
         warn!(error = %e, "metrics/health server failed");
     }
 }
@@ -160,7 +217,13 @@ mod tests {
         drop(m.reconcile_timer("location"));
         m.set_location_available("primary", true);
         let text = m.render();
-        assert!(text.contains("holdfast_reconciles_total{controller=\"location\"} 1"), "{text}");
-        assert!(text.contains("holdfast_location_available{location=\"primary\"} 1"), "{text}");
+        assert!(
+            text.contains("holdfast_reconciles_total{controller=\"location\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("holdfast_location_available{location=\"primary\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -23,8 +23,7 @@ const BACKUP_IMMUTABLE: &[&str] = &[
     "volumes.mode",
 ];
 /// CEL on the root object: once `spec.cancel` is true it stays true.
-pub(crate) const CANCEL_STICKY: &str =
-    "!has(oldSelf.spec.cancel) || !oldSelf.spec.cancel || (has(self.spec.cancel) && self.spec.cancel)";
+pub(crate) const CANCEL_STICKY: &str = "!has(oldSelf.spec.cancel) || !oldSelf.spec.cancel || (has(self.spec.cancel) && self.spec.cancel)";
 
 /// A Backup captures the Kubernetes objects of a selection and the data of its
 /// PersistentVolumeClaims (as CSI snapshots, copies in object storage, or both).
@@ -92,20 +91,32 @@ pub struct Selection {
     /// Namespaces to include; `*` or omitted means all (for a backup outside the operator
     /// namespace: its own namespace only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(pattern(crate::common::NAMESPACE_OR_STAR_PATTERN), length(max = 63)))]
+    #[schemars(
+        length(max = 256),
+        inner(pattern(crate::common::NAMESPACE_OR_STAR_PATTERN), length(max = 63))
+    )]
     pub included_namespaces: Vec<String>,
     /// Namespaces to exclude.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(pattern(crate::common::NAMESPACE_PATTERN), length(max = 63)))]
+    #[schemars(
+        length(max = 256),
+        inner(pattern(crate::common::NAMESPACE_PATTERN), length(max = 63))
+    )]
     pub excluded_namespaces: Vec<String>,
     /// Resource kinds to include, by plural, short name or `resource.group`
     /// (`deployments`, `deploy`, `certificates.cert-manager.io`); `*` or omitted means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(pattern(crate::common::RESOURCE_OR_STAR_PATTERN), length(max = 253)))]
+    #[schemars(
+        length(max = 256),
+        inner(pattern(crate::common::RESOURCE_OR_STAR_PATTERN), length(max = 253))
+    )]
     pub included_resources: Vec<String>,
     /// Resource kinds to exclude.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(pattern(crate::common::RESOURCE_PATTERN), length(max = 253)))]
+    #[schemars(
+        length(max = 256),
+        inner(pattern(crate::common::RESOURCE_PATTERN), length(max = 253))
+    )]
     pub excluded_resources: Vec<String>,
     /// Only objects whose labels match all of this selector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,7 +290,10 @@ pub enum BackupPhase {
 impl BackupPhase {
     /// Terminal phases never change again (but for `Deleting`).
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::PartiallyFailed | Self::Failed | Self::Cancelled)
+        matches!(
+            self,
+            Self::Completed | Self::PartiallyFailed | Self::Failed | Self::Cancelled
+        )
     }
 }
 

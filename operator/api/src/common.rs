@@ -28,15 +28,16 @@ pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A namespace name or `*`.
 pub const NAMESPACE_OR_STAR_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$";
 /// A resource name: plural, short name, or `resource.group`.
-pub const RESOURCE_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const RESOURCE_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A resource name or `*`.
-pub const RESOURCE_OR_STAR_PATTERN: &str = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$";
+pub const RESOURCE_OR_STAR_PATTERN: &str =
+    r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)$";
 
 /// CEL: `labelSelector` and `orLabelSelectors` exclude each other (on a spec embedding [`Selection`](crate::backup::Selection)).
 pub const SELECTORS_EXCLUSIVE: &str =
     "!has(self.labelSelector) || !has(self.orLabelSelectors) || size(self.orLabelSelectors) == 0";
-pub const SELECTORS_EXCLUSIVE_MSG: &str =
-    "labelSelector and orLabelSelectors cannot be used together; move the labelSelector into orLabelSelectors";
+pub const SELECTORS_EXCLUSIVE_MSG: &str = "labelSelector and orLabelSelectors cannot be used together; move the labelSelector into orLabelSelectors";
 
 /// A non-negative duration written like Kubernetes writes them: `30s`, `5m`, `1h30m`, `720h`.
 ///
@@ -86,11 +87,15 @@ impl std::error::Error for DurationParseError {}
 impl FromStr for Duration {
     type Err = DurationParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let d: kube::core::Duration = s
-            .parse()
-            .map_err(|e| DurationParseError(format!("invalid duration {s:?}: {e} (examples: 30s, 5m, 1h30m)")))?;
+        let d: kube::core::Duration = s.parse().map_err(|e| {
+            DurationParseError(format!(
+                "invalid duration {s:?}: {e} (examples: 30s, 5m, 1h30m)"
+            ))
+        })?;
         if d.is_negative() {
-            return Err(DurationParseError(format!("invalid duration {s:?}: must not be negative")));
+            return Err(DurationParseError(format!(
+                "invalid duration {s:?}: must not be negative"
+            )));
         }
         Ok(Self(d.into()))
     }
@@ -147,7 +152,9 @@ pub struct SecretRef {
 }
 
 /// A namespaced object reference.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedName {
     /// Namespace of the object.
@@ -230,7 +237,8 @@ impl Progress {
         self.percent = if self.bytes_total > 0 {
             ((self.bytes_done.min(self.bytes_total) as u128 * 100) / self.bytes_total as u128) as u8
         } else if self.volumes_total > 0 {
-            ((self.volumes_done.min(self.volumes_total) as u64 * 100) / self.volumes_total as u64) as u8
+            ((self.volumes_done.min(self.volumes_total) as u64 * 100) / self.volumes_total as u64)
+                as u8
         } else {
             0
         };
@@ -259,7 +267,12 @@ mod tests {
 
     #[test]
     fn duration_round_trips_go_syntax() {
-        for (s, secs) in [("30s", 30), ("5m", 300), ("1h30m", 5400), ("720h", 2_592_000)] {
+        for (s, secs) in [
+            ("30s", 30),
+            ("5m", 300),
+            ("1h30m", 5400),
+            ("720h", 2_592_000),
+        ] {
             let d: Duration = s.parse().expect("valid");
             assert_eq!(d.as_std().as_secs(), secs, "{s}");
             let back: Duration = d.to_string().parse().expect("reparse");
@@ -289,11 +302,26 @@ mod tests {
 
     #[test]
     fn progress_percent() {
-        let p = Progress { bytes_done: 50, bytes_total: 200, ..Default::default() }.with_percent();
+        let p = Progress {
+            bytes_done: 50,
+            bytes_total: 200,
+            ..Default::default()
+        }
+        .with_percent();
         assert_eq!(p.percent, 25);
-        let p = Progress { volumes_done: 1, volumes_total: 2, ..Default::default() }.with_percent();
+        let p = Progress {
+            volumes_done: 1,
+            volumes_total: 2,
+            ..Default::default()
+        }
+        .with_percent();
         assert_eq!(p.percent, 50);
-        let p = Progress { bytes_done: 500, bytes_total: 200, ..Default::default() }.with_percent();
+        let p = Progress {
+            bytes_done: 500,
+            bytes_total: 200,
+            ..Default::default()
+        }
+        .with_percent();
         assert_eq!(p.percent, 100);
     }
 }

@@ -1,8 +1,8 @@
 //! Hook specifications: commands run in application containers around snapshots and after restores.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use kube::KubeSchema;
 
 use crate::common::{Duration, LabelSelector};
 

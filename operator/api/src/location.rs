@@ -20,14 +20,53 @@ use crate::common::{Duration, LabelSelector, SecretKeyRef, SecretRef, conditions
     shortname = "bsl",
     category = "holdfast",
     doc = "A BackupStorageLocation is an S3-compatible bucket and prefix that holds backup copies.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Available or Unavailable"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", description = "Why the location is unavailable"),
-    printcolumn(name = "Bucket", type_ = "string", json_path = ".spec.s3.bucket", description = "S3 bucket"),
-    printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.s3.prefix", description = "Prefix inside the bucket"),
-    printcolumn(name = "Access", type_ = "string", json_path = ".spec.accessMode", description = "ReadWrite or ReadOnly"),
-    printcolumn(name = "Default", type_ = "boolean", json_path = ".spec.default", description = "Used by backups that name no location"),
-    printcolumn(name = "Last Validated", type_ = "date", json_path = ".status.lastValidationTime", description = "When the location was last checked"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Available or Unavailable"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.reason",
+        description = "Why the location is unavailable"
+    ),
+    printcolumn(
+        name = "Bucket",
+        type_ = "string",
+        json_path = ".spec.s3.bucket",
+        description = "S3 bucket"
+    ),
+    printcolumn(
+        name = "Prefix",
+        type_ = "string",
+        json_path = ".spec.s3.prefix",
+        description = "Prefix inside the bucket"
+    ),
+    printcolumn(
+        name = "Access",
+        type_ = "string",
+        json_path = ".spec.accessMode",
+        description = "ReadWrite or ReadOnly"
+    ),
+    printcolumn(
+        name = "Default",
+        type_ = "boolean",
+        json_path = ".spec.default",
+        description = "Used by backups that name no location"
+    ),
+    printcolumn(
+        name = "Last Validated",
+        type_ = "date",
+        json_path = ".status.lastValidationTime",
+        description = "When the location was last checked"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupStorageLocationSpec {

@@ -18,10 +18,18 @@ use crate::schedule::CRON_PATTERN;
     shortname = "sla",
     category = "holdfast",
     doc = "An SLAPolicy sets snapshot and copy cadences and retentions for Schedules.",
-    printcolumn(name = "Snapshots Every", type_ = "string", json_path = ".spec.snapshots.every"),
+    printcolumn(
+        name = "Snapshots Every",
+        type_ = "string",
+        json_path = ".spec.snapshots.every"
+    ),
     printcolumn(name = "Copies", type_ = "string", json_path = ".spec.copies.schedule"),
     printcolumn(name = "Location", type_ = "string", json_path = ".spec.location"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("has(self.snapshots) || has(self.copies)").message("an SLAPolicy needs snapshots, copies or both"))]
 #[serde(rename_all = "camelCase")]

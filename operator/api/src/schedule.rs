@@ -12,8 +12,7 @@ use crate::common::{Retention, conditions_schema};
 
 /// Loose syntax check of a cron expression at admission (five fields or a macro). Ranges and
 /// names are checked by the controller, which reports `InvalidSchedule` in status.
-pub const CRON_PATTERN: &str =
-    r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*/,?A-Za-z-]+ +){4}[0-9*/,?A-Za-z-]+)$";
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*/,?A-Za-z-]+ +){4}[0-9*/,?A-Za-z-]+)$";
 
 /// A Schedule creates Backups from a template, on a cron schedule (`spec.schedule` with
 /// `spec.keep`) or following an SLA policy (`spec.policy`), and removes the restore points
@@ -28,14 +27,43 @@ pub const CRON_PATTERN: &str =
     shortname = "hfs",
     category = "holdfast",
     doc = "A Schedule creates Backups from a template on a cadence and expires old ones.",
-    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy", description = "SLA policy followed"),
-    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule", description = "Cron schedule"),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.policy",
+        description = "SLA policy followed"
+    ),
+    printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".spec.schedule",
+        description = "Cron schedule"
+    ),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastSuccessfulTime", description = "When the newest successful backup completed"),
-    printcolumn(name = "Next Run", type_ = "date", json_path = ".status.nextRunTime", description = "When the next backup starts"),
-    printcolumn(name = "Points", type_ = "integer", json_path = ".status.restorePoints", description = "Restore points kept"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Last Backup",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulTime",
+        description = "When the newest successful backup completed"
+    ),
+    printcolumn(
+        name = "Next Run",
+        type_ = "date",
+        json_path = ".status.nextRunTime",
+        description = "When the next backup starts"
+    ),
+    printcolumn(
+        name = "Points",
+        type_ = "integer",
+        json_path = ".status.restorePoints",
+        description = "Restore points kept"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("has(self.policy) != has(self.schedule)").message("a Schedule needs exactly one of policy (an SLAPolicy name) or schedule (a cron expression)"))]
 #[x_kube(validation = Rule::new("!has(self.keep) || has(self.schedule)").message("keep is only used with schedule; with policy, retention comes from the SLAPolicy").field_path(".keep"))]

@@ -22,10 +22,27 @@ use crate::common::{NamespacedName, conditions_schema};
     doc = "A DataUpload copies one volume into a repository; created by the operator.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "PVC", type_ = "string", json_path = ".spec.pvc.name"),
-    printcolumn(name = "Bytes Done", type_ = "integer", json_path = ".status.bytesDone"),
-    printcolumn(name = "Bytes Total", type_ = "integer", json_path = ".status.bytesTotal"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".status.node", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Bytes Done",
+        type_ = "integer",
+        json_path = ".status.bytesDone"
+    ),
+    printcolumn(
+        name = "Bytes Total",
+        type_ = "integer",
+        json_path = ".status.bytesTotal"
+    ),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".status.node",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DataUploadSpec {
@@ -62,10 +79,27 @@ pub struct DataUploadSpec {
     doc = "A DataDownload restores one volume from a repository; created by the operator.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "PVC", type_ = "string", json_path = ".spec.targetPvc.name"),
-    printcolumn(name = "Bytes Done", type_ = "integer", json_path = ".status.bytesDone"),
-    printcolumn(name = "Bytes Total", type_ = "integer", json_path = ".status.bytesTotal"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".status.node", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Bytes Done",
+        type_ = "integer",
+        json_path = ".status.bytesDone"
+    ),
+    printcolumn(
+        name = "Bytes Total",
+        type_ = "integer",
+        json_path = ".status.bytesTotal"
+    ),
+    printcolumn(
+        name = "Node",
+        type_ = "string",
+        json_path = ".status.node",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DataDownloadSpec {

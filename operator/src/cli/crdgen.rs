@@ -42,7 +42,8 @@ pub fn run(args: &CrdgenArgs) -> Result<()> {
         }
         return Ok(());
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     for (name, body) in &files {
         let path = args.out.join(name);
         std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;

@@ -61,12 +61,28 @@ mod tests {
     fn transition_time_only_moves_when_status_flips() {
         let mut c = Vec::new();
         set(&mut c, READY, true, "Validated", "ok", Some(1), ts(100));
-        set(&mut c, READY, true, "Validated", "still ok", Some(2), ts(200));
+        set(
+            &mut c,
+            READY,
+            true,
+            "Validated",
+            "still ok",
+            Some(2),
+            ts(200),
+        );
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, Time(ts(100)));
         assert_eq!(c[0].observed_generation, Some(2));
         assert_eq!(c[0].message, "still ok");
-        set(&mut c, READY, false, "InvalidCredentials", "bad", Some(2), ts(300));
+        set(
+            &mut c,
+            READY,
+            false,
+            "InvalidCredentials",
+            "bad",
+            Some(2),
+            ts(300),
+        );
         assert_eq!(c[0].last_transition_time, Time(ts(300)));
         assert_eq!(c[0].status, "False");
     }

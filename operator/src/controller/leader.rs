@@ -6,8 +6,8 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -41,7 +41,11 @@ pub fn may_acquire(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> 
         None | Some("") => true,
         Some(h) if h == identity => true,
         Some(_) => {
-            let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
+            let renewed = spec
+                .renew_time
+                .as_ref()
+                .or(spec.acquire_time.as_ref())
+                .map(|t| t.0);
             let secs = spec.lease_duration_seconds.unwrap_or(15) as i64;
             match renewed {
                 None => true,
@@ -52,12 +56,26 @@ pub fn may_acquire(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> 
 }
 
 impl LeaderLease {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, duration: Duration) -> Self {
-        Self { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into(), duration }
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            duration,
+        }
     }
 
     fn err(&self) -> impl FnOnce(kube::Error) -> LeaseError + '_ {
-        move |source| LeaseError::Kube { name: self.name.clone(), source }
+        move |source| LeaseError::Kube {
+            name: self.name.clone(),
+            source,
+        }
     }
 
     /// One attempt; true when we hold the lease afterwards.
@@ -67,7 +85,10 @@ impl LeaderLease {
         match self.api.get_opt(&self.name).await.map_err(self.err())? {
             None => {
                 let lease = Lease {
-                    metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..Default::default()
+                    },
                     spec: Some(LeaseSpec {
                         holder_identity: Some(self.identity.clone()),
                         lease_duration_seconds: Some(secs),
@@ -97,7 +118,11 @@ impl LeaderLease {
                 spec.lease_duration_seconds = Some(secs);
                 spec.renew_time = Some(MicroTime(now));
                 // resourceVersion in metadata makes this a compare-and-swap.
-                match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                     Err(e) => Err(self.err()(e)),
@@ -140,13 +165,18 @@ impl LeaderLease {
                         .and_then(|l| l.spec)
                         .and_then(|s| s.holder_identity)
                         .unwrap_or_default();
-                    return Err(LeaseError::Lost { name: self.name.clone(), holder });
+                    return Err(LeaseError::Lost {
+                        name: self.name.clone(),
+                        holder,
+                    });
                 }
                 Err(e) => {
                     debug!(error = %e, "lease renewal failed");
                     // Stop before the lease can expire, so two leaders never overlap.
                     if last_ok.elapsed() + period >= self.duration {
-                        return Err(LeaseError::Expired { name: self.name.clone() });
+                        return Err(LeaseError::Expired {
+                            name: self.name.clone(),
+                        });
                     }
                 }
             }
@@ -160,7 +190,12 @@ impl LeaderLease {
                 if spec.holder_identity.as_deref() == Some(self.identity.as_str()) {
                     spec.holder_identity = None;
                     spec.renew_time = None;
-                    if self.api.replace(&self.name, &PostParams::default(), &lease).await.is_ok() {
+                    if self
+                        .api
+                        .replace(&self.name, &PostParams::default(), &lease)
+                        .await
+                        .is_ok()
+                    {
                         info!(lease = %self.name, "released leadership");
                     }
                 }
@@ -190,7 +225,11 @@ mod tests {
     fn free_or_own_lease_can_be_taken() {
         assert!(may_acquire(None, "a", at(0)));
         assert!(may_acquire(Some(&spec(None, None, 15)), "a", at(0)));
-        assert!(may_acquire(Some(&spec(Some("a"), Some(100), 15)), "a", at(101)));
+        assert!(may_acquire(
+            Some(&spec(Some("a"), Some(100), 15)),
+            "a",
+            at(101)
+        ));
     }
 
     #[test]

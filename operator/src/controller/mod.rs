@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Event, Recorder, Reporter};
@@ -69,7 +69,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "HOLDFAST_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
     /// Name of the Lease used for leader election.
-    #[arg(long, env = "HOLDFAST_LEASE_NAME", default_value = "holdfast-controller")]
+    #[arg(
+        long,
+        env = "HOLDFAST_LEASE_NAME",
+        default_value = "holdfast-controller"
+    )]
     pub lease_name: String,
     /// How long a leader's lease is valid without renewal.
     #[arg(long, env = "HOLDFAST_LEASE_DURATION", default_value = "15s")]
@@ -81,11 +85,18 @@ pub struct ControllerArgs {
 
 /// Runs the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = Client::try_default().await.context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::new());
     let health = telemetry::Health::default();
     let shutdown = CancellationToken::new();
-    tokio::spawn(telemetry::serve(args.http_addr, metrics.clone(), health.clone(), shutdown.clone()));
+    tokio::spawn(telemetry::serve(
+        args.http_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -101,12 +112,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
     health.set_ready(true);
 
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        format!("{}-{}", hostname(), std::process::id())
-    });
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let mut lease = None;
     if args.leader_elect {
-        let l = leader::LeaderLease::new(client.clone(), &args.namespace, &args.lease_name, &identity, args.lease_duration.as_std());
+        let l = leader::LeaderLease::new(
+            client.clone(),
+            &args.namespace,
+            &args.lease_name,
+            &identity,
+            args.lease_duration.as_std(),
+        );
         info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
         tokio::select! {
             r = l.acquire() => r.context("acquiring the leader lease")?,
@@ -125,7 +143,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         lease = Some(l);
     }
 
-    let reporter = Reporter { controller: "holdfast".into(), instance: Some(identity.clone()) };
+    let reporter = Reporter {
+        controller: "holdfast".into(),
+        instance: Some(identity.clone()),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         namespace: args.namespace.clone(),
@@ -143,14 +164,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "holdfast".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "holdfast".into())
 }
 
 /// Waits until every Holdfast CRD is installed and Established. The operator never installs
 /// them itself (Helm or OLM do); it logs what is missing and keeps waiting.
 async fn wait_for_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let names: Vec<String> = holdfast_api::crds().into_iter().filter_map(|c| c.metadata.name).collect();
+    let names: Vec<String> = holdfast_api::crds()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
     let mut delay = Duration::from_secs(1);
     loop {
         let mut missing = Vec::new();
@@ -175,5 +201,8 @@ fn is_established(crd: &CustomResourceDefinition) -> bool {
     crd.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
 }

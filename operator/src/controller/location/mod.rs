@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use holdfast_api::location::{AccessMode, BackupStorageLocation, BackupStorageLocationStatus, LocationPhase};
+use holdfast_api::location::{
+    AccessMode, BackupStorageLocation, BackupStorageLocationStatus, LocationPhase,
+};
 use holdfast_store::{RetryPolicy, S3Config};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -32,7 +34,10 @@ pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs the controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let ns = ctx.namespace.clone();
     let locations: Api<BackupStorageLocation> = Api::namespaced(client.clone(), &ns);
@@ -46,16 +51,20 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .predicate_filter(predicates::generation, Default::default());
     let store = reader.clone();
     Controller::for_stream(trigger, reader)
-        .watches(secrets, watcher::Config::default(), move |secret: Secret| {
-            // A Secret change re-validates every location that uses it.
-            let name = secret.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|l| uses_secret(&l.spec, &name))
-                .map(|l| ObjectRef::from_obj(&*l))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            secrets,
+            watcher::Config::default(),
+            move |secret: Secret| {
+                // A Secret change re-validates every location that uses it.
+                let name = secret.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|l| uses_secret(&l.spec, &name))
+                    .map(|l| ObjectRef::from_obj(&*l))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -67,8 +76,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 }
 
 fn uses_secret(spec: &holdfast_api::BackupStorageLocationSpec, secret: &str) -> bool {
-    spec.credentials.as_ref().is_some_and(|c| c.secret_ref.name == secret)
-        || spec.s3.ca_bundle.as_ref().is_some_and(|c| c.secret_ref.name == secret)
+    spec.credentials
+        .as_ref()
+        .is_some_and(|c| c.secret_ref.name == secret)
+        || spec
+            .s3
+            .ca_bundle
+            .as_ref()
+            .is_some_and(|c| c.secret_ref.name == secret)
 }
 
 async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -79,16 +94,37 @@ async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result
     let now = Timestamp::now();
 
     let outcome = match resolve_target(&bsl, &ctx).await {
-        Ok(target) => probe::probe(&target, &format!("{}-{}", name, bsl.uid().unwrap_or_default())).await,
+        Ok(target) => {
+            probe::probe(
+                &target,
+                &format!("{}-{}", name, bsl.uid().unwrap_or_default()),
+            )
+            .await
+        }
         Err(f) => Err(f),
     };
 
     // Default-location arbitration: oldest location claiming default wins.
-    let all = api.list(&Default::default()).await.map_err(Error::kube("list BackupStorageLocations"))?;
-    let winner = effective_default(all.items.iter().map(|l| (l.name_any(), l.creation_timestamp().map(|t| t.0), l.spec.default)));
+    let all = api
+        .list(&Default::default())
+        .await
+        .map_err(Error::kube("list BackupStorageLocations"))?;
+    let winner = effective_default(all.items.iter().map(|l| {
+        (
+            l.name_any(),
+            l.creation_timestamp().map(|t| t.0),
+            l.spec.default,
+        )
+    }));
     let conflict = bsl.spec.default && winner.as_deref() != Some(name.as_str());
 
-    let status = build_status(bsl.status.as_ref(), bsl.meta().generation, &outcome, conflict.then_some(winner.as_deref().unwrap_or("")), now);
+    let status = build_status(
+        bsl.status.as_ref(),
+        bsl.meta().generation,
+        &outcome,
+        conflict.then_some(winner.as_deref().unwrap_or("")),
+        now,
+    );
     let changed_phase = bsl.status.as_ref().and_then(|s| s.phase) != status.phase
         || bsl.status.as_ref().and_then(|s| s.reason.clone()) != status.reason;
     let patch = serde_json::json!({
@@ -96,19 +132,40 @@ async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result
         "kind": "BackupStorageLocation",
         "status": status,
     });
-    api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::kube("patch BackupStorageLocation status"))?;
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("patch BackupStorageLocation status"))?;
 
     ctx.metrics.set_location_available(&name, outcome.is_ok());
     if changed_phase {
         let (type_, reason, note) = match &outcome {
-            Ok(()) => (EventType::Normal, "Available".to_string(), "location validated".to_string()),
-            Err(f) => (EventType::Warning, f.reason.as_str().to_string(), f.message.clone()),
+            Ok(()) => (
+                EventType::Normal,
+                "Available".to_string(),
+                "location validated".to_string(),
+            ),
+            Err(f) => (
+                EventType::Warning,
+                f.reason.as_str().to_string(),
+                f.message.clone(),
+            ),
         };
         info!(location = %name, reason = %reason, "location {}", if outcome.is_ok() { "available" } else { "unavailable" });
-        ctx.publish(&bsl.object_ref(&()), Event { type_, reason, note: Some(note), action: "Validate".into(), secondary: None })
-            .await;
+        ctx.publish(
+            &bsl.object_ref(&()),
+            Event {
+                type_,
+                reason,
+                note: Some(note),
+                action: "Validate".into(),
+                secondary: None,
+            },
+        )
+        .await;
     }
     if conflict {
         ctx.publish(
@@ -116,14 +173,22 @@ async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result
             Event {
                 type_: EventType::Warning,
                 reason: DEFAULT_CONFLICT.into(),
-                note: Some(format!("location {:?} is already the default; set spec.default: false here", winner.unwrap_or_default())),
+                note: Some(format!(
+                    "location {:?} is already the default; set spec.default: false here",
+                    winner.unwrap_or_default()
+                )),
                 action: "Validate".into(),
                 secondary: None,
             },
         )
         .await;
     }
-    let interval = bsl.spec.validation_interval.map(|d| d.as_std()).unwrap_or(DEFAULT_INTERVAL).max(Duration::from_secs(5));
+    let interval = bsl
+        .spec
+        .validation_interval
+        .map(|d| d.as_std())
+        .unwrap_or(DEFAULT_INTERVAL)
+        .max(Duration::from_secs(5));
     Ok(Action::requeue(interval))
 }
 
@@ -134,7 +199,10 @@ fn error_policy(bsl: Arc<BackupStorageLocation>, err: &Error, ctx: Arc<Context>)
 }
 
 /// Reads Secrets and builds the probe target; a failure here is a configuration problem.
-async fn resolve_target(bsl: &BackupStorageLocation, ctx: &Context) -> Result<ProbeTarget, ProbeFailure> {
+async fn resolve_target(
+    bsl: &BackupStorageLocation,
+    ctx: &Context,
+) -> Result<ProbeTarget, ProbeFailure> {
     let ns = bsl.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let spec = &bsl.spec;
@@ -156,7 +224,10 @@ async fn resolve_target(bsl: &BackupStorageLocation, ctx: &Context) -> Result<Pr
         if access.is_none() || secret_key.is_none() {
             return Err(ProbeFailure {
                 reason: Reason::MissingCredentials,
-                message: format!("Secret {ns}/{name} needs keys accessKeyId and secretAccessKey (found: {})", data.keys().cloned().collect::<Vec<_>>().join(", ")),
+                message: format!(
+                    "Secret {ns}/{name} needs keys accessKeyId and secretAccessKey (found: {})",
+                    data.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             });
         }
     }
@@ -164,15 +235,30 @@ async fn resolve_target(bsl: &BackupStorageLocation, ctx: &Context) -> Result<Pr
         None => None,
         Some(ca) => {
             let r = &ca.secret_ref;
-            let secret = secrets.get_opt(&r.name).await.ok().flatten().ok_or_else(|| ProbeFailure {
-                reason: Reason::InvalidConfiguration,
-                message: format!("Secret {ns}/{} named by spec.s3.caBundle.secretRef does not exist", r.name),
-            })?;
-            let pem = secret_data(&secret).get(&r.key).cloned().ok_or_else(|| ProbeFailure {
-                reason: Reason::InvalidConfiguration,
-                message: format!("Secret {ns}/{} has no key {:?} (spec.s3.caBundle.secretRef.key)", r.name, r.key),
-            })?;
-            let path = std::env::temp_dir().join(format!("holdfast-ca-{}.pem", bsl.uid().unwrap_or_default()));
+            let secret = secrets
+                .get_opt(&r.name)
+                .await
+                .ok()
+                .flatten()
+                .ok_or_else(|| ProbeFailure {
+                    reason: Reason::InvalidConfiguration,
+                    message: format!(
+                        "Secret {ns}/{} named by spec.s3.caBundle.secretRef does not exist",
+                        r.name
+                    ),
+                })?;
+            let pem = secret_data(&secret)
+                .get(&r.key)
+                .cloned()
+                .ok_or_else(|| ProbeFailure {
+                    reason: Reason::InvalidConfiguration,
+                    message: format!(
+                        "Secret {ns}/{} has no key {:?} (spec.s3.caBundle.secretRef.key)",
+                        r.name, r.key
+                    ),
+                })?;
+            let path = std::env::temp_dir()
+                .join(format!("holdfast-ca-{}.pem", bsl.uid().unwrap_or_default()));
             std::fs::write(&path, pem).map_err(|e| ProbeFailure {
                 reason: Reason::InvalidConfiguration,
                 message: format!("writing CA bundle to {}: {e}", path.display()),
@@ -181,7 +267,11 @@ async fn resolve_target(bsl: &BackupStorageLocation, ctx: &Context) -> Result<Pr
         }
     };
     let prefix = spec.s3.prefix.clone().unwrap_or_default();
-    let marker_prefix = if prefix.is_empty() { "holdfast/".to_string() } else { format!("{prefix}/holdfast/") };
+    let marker_prefix = if prefix.is_empty() {
+        "holdfast/".to_string()
+    } else {
+        format!("{prefix}/holdfast/")
+    };
     Ok(ProbeTarget {
         config: S3Config {
             endpoint: spec.s3.endpoint.clone(),
@@ -194,7 +284,10 @@ async fn resolve_target(bsl: &BackupStorageLocation, ctx: &Context) -> Result<Pr
             secret_access_key: secret_key,
             session_token: token,
             storage_class: None,
-            retry: RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
             unsigned_payload: None,
         },
         marker_prefix,
@@ -216,7 +309,9 @@ fn secret_data(secret: &Secret) -> BTreeMap<String, String> {
 }
 
 /// The location that is the default: the oldest of those claiming it (ties by name).
-pub fn effective_default(locations: impl Iterator<Item = (String, Option<Timestamp>, bool)>) -> Option<String> {
+pub fn effective_default(
+    locations: impl Iterator<Item = (String, Option<Timestamp>, bool)>,
+) -> Option<String> {
     locations
         .filter(|(_, _, d)| *d)
         .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)))
@@ -240,25 +335,59 @@ pub fn build_status(
     match outcome {
         Ok(()) => {
             status.phase = Some(LocationPhase::Available);
-            conditions::set(&mut conds, READY, true, "Validated", "the location is reachable and usable", generation, now);
+            conditions::set(
+                &mut conds,
+                READY,
+                true,
+                "Validated",
+                "the location is reachable and usable",
+                generation,
+                now,
+            );
             conditions::set(&mut conds, STALLED, false, "Validated", "", generation, now);
         }
         Err(f) => {
             status.phase = Some(LocationPhase::Unavailable);
             status.reason = Some(f.reason.as_str().to_string());
             status.message = Some(f.message.clone());
-            conditions::set(&mut conds, READY, false, f.reason.as_str(), &f.message, generation, now);
-            conditions::set(&mut conds, STALLED, true, f.reason.as_str(), &f.message, generation, now);
+            conditions::set(
+                &mut conds,
+                READY,
+                false,
+                f.reason.as_str(),
+                &f.message,
+                generation,
+                now,
+            );
+            conditions::set(
+                &mut conds,
+                STALLED,
+                true,
+                f.reason.as_str(),
+                &f.message,
+                generation,
+                now,
+            );
         }
     }
-    conditions::set(&mut conds, RECONCILING, false, "Validated", "", generation, now);
+    conditions::set(
+        &mut conds,
+        RECONCILING,
+        false,
+        "Validated",
+        "",
+        generation,
+        now,
+    );
     match default_conflict_with {
         Some(winner) => conditions::set(
             &mut conds,
             DEFAULT_CONFLICT,
             true,
             "AnotherDefault",
-            &format!("location {winner:?} is older and already the default; set spec.default: false here"),
+            &format!(
+                "location {winner:?} is older and already the default; set spec.default: false here"
+            ),
             generation,
             now,
         ),
@@ -284,12 +413,18 @@ mod tests {
             ("c".to_string(), Some(ts(10)), false),
         ];
         assert_eq!(effective_default(locs.into_iter()), Some("b".into()));
-        assert_eq!(effective_default(vec![("x".to_string(), None, false)].into_iter()), None);
+        assert_eq!(
+            effective_default(vec![("x".to_string(), None, false)].into_iter()),
+            None
+        );
     }
 
     #[test]
     fn unavailable_then_available_status() {
-        let fail = Err(ProbeFailure { reason: Reason::InvalidCredentials, message: "bad keys".into() });
+        let fail = Err(ProbeFailure {
+            reason: Reason::InvalidCredentials,
+            message: "bad keys".into(),
+        });
         let s1 = build_status(None, Some(1), &fail, None, ts(100));
         assert_eq!(s1.phase, Some(LocationPhase::Unavailable));
         assert_eq!(s1.reason.as_deref(), Some("InvalidCredentials"));
@@ -303,7 +438,10 @@ mod tests {
         let ready = conditions::get(&s2.conditions, READY).expect("ready");
         assert_eq!(ready.status, "True");
         assert_eq!(ready.last_transition_time, Time(ts(200)));
-        assert_eq!(conditions::get(&s2.conditions, STALLED).map(|c| c.status.as_str()), Some("False"));
+        assert_eq!(
+            conditions::get(&s2.conditions, STALLED).map(|c| c.status.as_str()),
+            Some("False")
+        );
     }
 
     #[test]

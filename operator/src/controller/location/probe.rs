@@ -50,7 +50,11 @@ pub enum RawError {
     /// The request never got an HTTP response (connect, DNS, TLS, I/O).
     Dispatch { detail: String, timeout: bool },
     /// The server answered with an error.
-    Service { status: u16, code: Option<String>, message: Option<String> },
+    Service {
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+    },
     /// Anything else (construction errors, unparseable responses).
     Other { detail: String },
 }
@@ -69,32 +73,71 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
     match err {
         RawError::Dispatch { detail, timeout } => {
             let lower = detail.to_lowercase();
-            if ["certificate", "tls", "handshake", "unknownissuer", "x509"].iter().any(|k| lower.contains(k)) {
+            if ["certificate", "tls", "handshake", "unknownissuer", "x509"]
+                .iter()
+                .any(|k| lower.contains(k))
+            {
                 f(
                     Reason::TLSError,
-                    format!("TLS with {endpoint} failed ({detail}); set spec.s3.caBundle to the CA that signed the server's certificate, or check the endpoint's scheme"),
+                    format!(
+                        "TLS with {endpoint} failed ({detail}); set spec.s3.caBundle to the CA that signed the server's certificate, or check the endpoint's scheme"
+                    ),
                 )
             } else if *timeout {
-                f(Reason::EndpointUnreachable, format!("{endpoint} did not answer in time ({detail}); check spec.s3.endpoint and network policies"))
+                f(
+                    Reason::EndpointUnreachable,
+                    format!(
+                        "{endpoint} did not answer in time ({detail}); check spec.s3.endpoint and network policies"
+                    ),
+                )
             } else {
-                f(Reason::EndpointUnreachable, format!("cannot connect to {endpoint} ({detail}); check spec.s3.endpoint and that the server is running"))
+                f(
+                    Reason::EndpointUnreachable,
+                    format!(
+                        "cannot connect to {endpoint} ({detail}); check spec.s3.endpoint and that the server is running"
+                    ),
+                )
             }
         }
-        RawError::Service { status, code, message } => {
+        RawError::Service {
+            status,
+            code,
+            message,
+        } => {
             let code = code.as_deref().unwrap_or("");
             let detail = message.as_deref().unwrap_or("");
             match (code, *status) {
-                ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" | "InvalidSecurity" | "TokenRefreshRequired", _) => f(
+                (
+                    "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "InvalidToken"
+                    | "ExpiredToken"
+                    | "InvalidSecurity"
+                    | "TokenRefreshRequired",
+                    _,
+                ) => f(
                     Reason::InvalidCredentials,
-                    format!("the server rejected the credentials ({code}: {detail}); fix accessKeyId/secretAccessKey in the Secret named by spec.credentials.secretRef"),
+                    format!(
+                        "the server rejected the credentials ({code}: {detail}); fix accessKeyId/secretAccessKey in the Secret named by spec.credentials.secretRef"
+                    ),
                 ),
                 ("NoSuchBucket", _) | ("", 404) => f(
                     Reason::BucketNotFound,
-                    format!("bucket {bucket:?} does not exist at {endpoint}; create it or fix spec.s3.bucket"),
+                    format!(
+                        "bucket {bucket:?} does not exist at {endpoint}; create it or fix spec.s3.bucket"
+                    ),
                 ),
-                ("AuthorizationHeaderMalformed" | "PermanentRedirect" | "IllegalLocationConstraintException", _) | ("", 301) => f(
+                (
+                    "AuthorizationHeaderMalformed"
+                    | "PermanentRedirect"
+                    | "IllegalLocationConstraintException",
+                    _,
+                )
+                | ("", 301) => f(
                     Reason::WrongRegion,
-                    format!("bucket {bucket:?} is in another region ({code} {detail}); fix spec.s3.region"),
+                    format!(
+                        "bucket {bucket:?} is in another region ({code} {detail}); fix spec.s3.region"
+                    ),
                 ),
                 ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | ("", 403) => {
                     let what = match step {
@@ -107,9 +150,17 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
                     } else {
                         "grant s3:PutObject and s3:DeleteObject on the prefix, or set spec.accessMode: ReadOnly"
                     };
-                    f(Reason::AccessDenied, format!("the credentials may not {what} bucket {bucket:?} ({code}: {detail}); {hint}"))
+                    f(
+                        Reason::AccessDenied,
+                        format!(
+                            "the credentials may not {what} bucket {bucket:?} ({code}: {detail}); {hint}"
+                        ),
+                    )
                 }
-                _ => f(Reason::StorageError, format!("S3 error {status} {code}: {detail}")),
+                _ => f(
+                    Reason::StorageError,
+                    format!("S3 error {status} {code}: {detail}"),
+                ),
             }
         }
         RawError::Other { detail } => f(Reason::StorageError, detail.clone()),
@@ -123,15 +174,27 @@ where
     E: Send + Sync,
 {
     match err {
-        SdkError::DispatchFailure(d) => RawError::Dispatch { detail: error_chain(err), timeout: d.is_timeout() },
-        SdkError::TimeoutError(_) => RawError::Dispatch { detail: error_chain(err), timeout: true },
+        SdkError::DispatchFailure(d) => RawError::Dispatch {
+            detail: error_chain(err),
+            timeout: d.is_timeout(),
+        },
+        SdkError::TimeoutError(_) => RawError::Dispatch {
+            detail: error_chain(err),
+            timeout: true,
+        },
         SdkError::ServiceError(se) => RawError::Service {
             status: se.raw().status_u16(),
             code: se.err().code().map(str::to_string),
             message: se.err().message().map(str::to_string),
         },
-        SdkError::ResponseError(re) => RawError::Service { status: re.raw().status_u16(), code: None, message: None },
-        _ => RawError::Other { detail: DisplayErrorContext(err).to_string() },
+        SdkError::ResponseError(re) => RawError::Service {
+            status: re.raw().status_u16(),
+            code: None,
+            message: None,
+        },
+        _ => RawError::Other {
+            detail: DisplayErrorContext(err).to_string(),
+        },
     }
 }
 
@@ -141,12 +204,20 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = err.source();
     while let Some(e) = cur {
         let s = e.to_string();
-        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s) || s.contains(p.as_str())) {
+        if !s.is_empty()
+            && !parts
+                .iter()
+                .any(|p| p.contains(&s) || s.contains(p.as_str()))
+        {
             parts.push(s);
         }
         cur = e.source();
     }
-    if parts.is_empty() { err.to_string() } else { parts.join(": ") }
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
+    }
 }
 
 /// Status code of a raw HTTP response, abstracted so `raw` is generic.
@@ -172,15 +243,37 @@ pub struct ProbeTarget {
 /// Lists the prefix and, for read-write locations, writes and deletes a marker object.
 pub async fn probe(target: &ProbeTarget, marker_name: &str) -> Result<(), ProbeFailure> {
     let bucket = target.config.bucket.clone();
-    let endpoint = target.config.endpoint.clone().unwrap_or_else(|| "AWS S3".to_string());
+    let endpoint = target
+        .config
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "AWS S3".to_string());
     let store = S3Store::new(target.config.clone())
         .await
-        .map_err(|e| ProbeFailure { reason: Reason::InvalidConfiguration, message: e.to_string() })?;
+        .map_err(|e| ProbeFailure {
+            reason: Reason::InvalidConfiguration,
+            message: e.to_string(),
+        })?;
     let client = store.client();
     let timeout = Duration::from_secs(20);
-    let list = client.list_objects_v2().bucket(&bucket).prefix(&target.marker_prefix).max_keys(1).send();
+    let list = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(&target.marker_prefix)
+        .max_keys(1)
+        .send();
     match tokio::time::timeout(timeout, list).await {
-        Err(_) => return Err(classify(Step::List, &bucket, &endpoint, &RawError::Dispatch { detail: "no answer within 20s".into(), timeout: true })),
+        Err(_) => {
+            return Err(classify(
+                Step::List,
+                &bucket,
+                &endpoint,
+                &RawError::Dispatch {
+                    detail: "no answer within 20s".into(),
+                    timeout: true,
+                },
+            ));
+        }
         Ok(Err(e)) => return Err(classify(Step::List, &bucket, &endpoint, &raw(&e))),
         Ok(Ok(_)) => {}
     }
@@ -192,16 +285,36 @@ pub async fn probe(target: &ProbeTarget, marker_name: &str) -> Result<(), ProbeF
         .put_object()
         .bucket(&bucket)
         .key(&key)
-        .body(ByteStream::from_static(b"holdfast location validation marker\n"))
+        .body(ByteStream::from_static(
+            b"holdfast location validation marker\n",
+        ))
         .send();
     match tokio::time::timeout(timeout, put).await {
-        Err(_) => return Err(classify(Step::Write, &bucket, &endpoint, &RawError::Dispatch { detail: "no answer within 20s".into(), timeout: true })),
+        Err(_) => {
+            return Err(classify(
+                Step::Write,
+                &bucket,
+                &endpoint,
+                &RawError::Dispatch {
+                    detail: "no answer within 20s".into(),
+                    timeout: true,
+                },
+            ));
+        }
         Ok(Err(e)) => return Err(classify(Step::Write, &bucket, &endpoint, &raw(&e))),
         Ok(Ok(_)) => {}
     }
     let delete = client.delete_object().bucket(&bucket).key(&key).send();
     match tokio::time::timeout(timeout, delete).await {
-        Err(_) => Err(classify(Step::Delete, &bucket, &endpoint, &RawError::Dispatch { detail: "no answer within 20s".into(), timeout: true })),
+        Err(_) => Err(classify(
+            Step::Delete,
+            &bucket,
+            &endpoint,
+            &RawError::Dispatch {
+                detail: "no answer within 20s".into(),
+                timeout: true,
+            },
+        )),
         Ok(Err(e)) => Err(classify(Step::Delete, &bucket, &endpoint, &raw(&e))),
         Ok(Ok(_)) => Ok(()),
     }
@@ -212,22 +325,40 @@ mod tests {
     use super::*;
 
     fn service(status: u16, code: &str) -> RawError {
-        RawError::Service { status, code: (!code.is_empty()).then(|| code.to_string()), message: Some("m".into()) }
+        RawError::Service {
+            status,
+            code: (!code.is_empty()).then(|| code.to_string()),
+            message: Some("m".into()),
+        }
     }
 
     #[test]
     fn credentials_errors() {
-        for code in ["InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"] {
+        for code in [
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "ExpiredToken",
+        ] {
             let f = classify(Step::List, "b", "http://e", &service(403, code));
             assert_eq!(f.reason, Reason::InvalidCredentials, "{code}");
-            assert!(f.message.contains("spec.credentials.secretRef"), "{}", f.message);
+            assert!(
+                f.message.contains("spec.credentials.secretRef"),
+                "{}",
+                f.message
+            );
         }
     }
 
     #[test]
     fn missing_bucket() {
-        assert_eq!(classify(Step::List, "b", "e", &service(404, "NoSuchBucket")).reason, Reason::BucketNotFound);
-        assert_eq!(classify(Step::List, "b", "e", &service(404, "")).reason, Reason::BucketNotFound);
+        assert_eq!(
+            classify(Step::List, "b", "e", &service(404, "NoSuchBucket")).reason,
+            Reason::BucketNotFound
+        );
+        assert_eq!(
+            classify(Step::List, "b", "e", &service(404, "")).reason,
+            Reason::BucketNotFound
+        );
     }
 
     #[test]
@@ -242,19 +373,46 @@ mod tests {
 
     #[test]
     fn dispatch_errors() {
-        let refused = RawError::Dispatch { detail: "Connection refused (os error 111)".into(), timeout: false };
-        assert_eq!(classify(Step::List, "b", "http://x:1", &refused).reason, Reason::EndpointUnreachable);
-        let tls = RawError::Dispatch { detail: "invalid peer certificate: UnknownIssuer".into(), timeout: false };
+        let refused = RawError::Dispatch {
+            detail: "Connection refused (os error 111)".into(),
+            timeout: false,
+        };
+        assert_eq!(
+            classify(Step::List, "b", "http://x:1", &refused).reason,
+            Reason::EndpointUnreachable
+        );
+        let tls = RawError::Dispatch {
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+            timeout: false,
+        };
         let f = classify(Step::List, "b", "https://x", &tls);
         assert_eq!(f.reason, Reason::TLSError);
         assert!(f.message.contains("caBundle"));
-        let slow = RawError::Dispatch { detail: "timeout".into(), timeout: true };
-        assert_eq!(classify(Step::List, "b", "e", &slow).reason, Reason::EndpointUnreachable);
+        let slow = RawError::Dispatch {
+            detail: "timeout".into(),
+            timeout: true,
+        };
+        assert_eq!(
+            classify(Step::List, "b", "e", &slow).reason,
+            Reason::EndpointUnreachable
+        );
     }
 
     #[test]
     fn region_and_unknown() {
-        assert_eq!(classify(Step::List, "b", "e", &service(400, "AuthorizationHeaderMalformed")).reason, Reason::WrongRegion);
-        assert_eq!(classify(Step::List, "b", "e", &service(500, "InternalError")).reason, Reason::StorageError);
+        assert_eq!(
+            classify(
+                Step::List,
+                "b",
+                "e",
+                &service(400, "AuthorizationHeaderMalformed")
+            )
+            .reason,
+            Reason::WrongRegion
+        );
+        assert_eq!(
+            classify(Step::List, "b", "e", &service(500, "InternalError")).reason,
+            Reason::StorageError
+        );
     }
 }
