@@ -1,0 +1,203 @@
+//! Repository check: index ↔ pack consistency (sizes), snapshots and trees
+//! (every referenced blob indexed), and optionally every pack's data.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::format::{self, BlobType, FileType};
+use crate::repo::Repository;
+use crate::tree::Snapshot;
+use crate::{Id, RepoError};
+
+/// Options of a check.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Download and verify every pack.
+    pub read_data: bool,
+}
+
+/// Findings of a check.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Problems that mean data is missing or damaged.
+    pub errors: Vec<String>,
+    /// Harmless findings (for example packs not in any index after an interrupted backup).
+    pub warnings: Vec<String>,
+    pub packs: usize,
+    pub blobs: usize,
+    pub snapshots: usize,
+    pub trees: usize,
+}
+
+impl CheckReport {
+    /// True when no error was found.
+    pub fn ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Checks the repository.
+pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport, RepoError> {
+    let mut rep = CheckReport::default();
+    let index = repo.load_index().await?;
+    rep.blobs = index.blobs.len();
+    let by_pack = index.by_pack();
+    rep.packs = by_pack.len();
+    let stored: HashMap<Id, u64> = repo.list(FileType::Pack).await?.into_iter().collect();
+    for (pack, blobs) in &by_pack {
+        let want =
+            blobs.iter().map(|b| u64::from(b.length)).sum::<u64>() + format::header_size(blobs);
+        match stored.get(pack) {
+            None => rep.errors.push(format!(
+                "pack {pack} is in the index but missing from the repository"
+            )),
+            Some(&n) if n != want => rep.errors.push(format!(
+                "pack {pack}: size {n} does not match the index ({want})"
+            )),
+            Some(_) => {}
+        }
+    }
+    for pack in stored.keys() {
+        if !by_pack.contains_key(pack) {
+            rep.warnings.push(format!(
+                "pack {pack} is not referenced by any index (left by an interrupted backup?)"
+            ));
+        }
+    }
+
+    // Snapshots and trees.
+    let mut seen: HashSet<Id> = HashSet::new();
+    let mut queue: Vec<(Id, String)> = Vec::new();
+    for (id, _) in repo.list(FileType::Snapshot).await? {
+        match repo.load_json::<Snapshot>(FileType::Snapshot, &id).await {
+            Ok(s) => {
+                rep.snapshots += 1;
+                queue.push((s.tree, format!("snapshot {}", id.short())));
+            }
+            Err(e) => rep.errors.push(format!("snapshot {id}: {e}")),
+        }
+    }
+    while let Some((tid, from)) = queue.pop() {
+        if !seen.insert(tid) {
+            continue;
+        }
+        match index.get(&tid) {
+            Some((_, loc)) if loc.blob_type == BlobType::Tree => {}
+            Some(_) => {
+                rep.errors.push(format!(
+                    "tree {tid} (from {from}) is indexed as a data blob"
+                ));
+                continue;
+            }
+            None => {
+                rep.errors
+                    .push(format!("tree {tid} (from {from}) is not in the index"));
+                continue;
+            }
+        }
+        let tree = match repo.load_tree(&index, &tid).await {
+            Ok(t) => t,
+            Err(e) => {
+                rep.errors.push(format!("tree {tid} (from {from}): {e}"));
+                continue;
+            }
+        };
+        rep.trees += 1;
+        for n in &tree.nodes {
+            match n.node_type.as_str() {
+                "file" => match &n.content {
+                    None => rep
+                        .errors
+                        .push(format!("tree {tid}: file {:?} has no content list", n.name)),
+                    Some(c) => {
+                        for b in c {
+                            match index.get(b) {
+                                Some((_, loc)) if loc.blob_type == BlobType::Data => {}
+                                _ => rep.errors.push(format!(
+                                    "tree {tid}: file {:?} references data blob {b} which is not in the index",
+                                    n.name
+                                )),
+                            }
+                        }
+                    }
+                },
+                "dir" => match n.subtree {
+                    Some(s) => {
+                        queue.push((s, format!("directory {:?} in tree {}", n.name, tid.short())))
+                    }
+                    None => rep
+                        .errors
+                        .push(format!("tree {tid}: directory {:?} has no subtree", n.name)),
+                },
+                _ => {}
+            }
+        }
+    }
+
+    if opts.read_data {
+        let mut set = tokio::task::JoinSet::new();
+        let mut packs: Vec<_> = by_pack.into_iter().collect();
+        packs.sort_by_key(|(id, _)| *id);
+        let mut iter = packs.into_iter();
+        loop {
+            while set.len() < 4 {
+                let Some((pack, blobs)) = iter.next() else {
+                    break;
+                };
+                let repo = repo.clone();
+                set.spawn(async move { verify_pack(&repo, pack, blobs).await });
+            }
+            match set.join_next().await {
+                Some(r) => {
+                    let errs = r.map_err(|e| RepoError::Internal(e.to_string()))?;
+                    rep.errors.extend(errs);
+                }
+                None => break,
+            }
+        }
+    }
+    Ok(rep)
+}
+
+async fn verify_pack(repo: &Repository, pack: Id, indexed: Vec<format::PackedBlob>) -> Vec<String> {
+    let data = match repo.store().get(&FileType::Pack.key(&pack)).await {
+        Ok(d) => d,
+        Err(e) => return vec![format!("pack {pack}: {e}")],
+    };
+    let repo = repo.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let mut errs = Vec::new();
+        if Id::hash(&data) != pack {
+            errs.push(format!(
+                "pack {pack}: content does not match its name (SHA-256): the file is damaged"
+            ));
+        }
+        let header = match format::parse_pack(&data, repo.key(), &format!("pack {pack}")) {
+            Ok(h) => h,
+            Err(e) => {
+                errs.push(format!("pack {pack}: {e}"));
+                return errs;
+            }
+        };
+        let mut h_sorted = header.clone();
+        h_sorted.sort_by_key(|b| b.offset);
+        if h_sorted != indexed {
+            errs.push(format!("pack {pack}: header does not match the index"));
+        }
+        for b in &header {
+            let raw = &data[b.offset as usize..(b.offset + b.length) as usize];
+            let loc = crate::repo::BlobLocation {
+                pack: 0,
+                blob_type: b.blob_type,
+                offset: b.offset,
+                length: b.length,
+                uncompressed_length: b.uncompressed_length,
+            };
+            if let Err(e) = repo.decode_blob(&b.id, &pack, &loc, raw) {
+                errs.push(format!("pack {pack}: {e}"));
+            }
+        }
+        errs
+    })
+    .await;
+    r.unwrap_or_else(|e| vec![format!("pack {pack}: internal: {e}")])
+}

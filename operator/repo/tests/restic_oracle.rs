@@ -1,0 +1,276 @@
+//! The oracle: repositories we write must pass the real `restic check --read-data`
+//! and restore byte-identically with `restic restore`; repositories written by
+//! `restic backup` must restore byte-identically with our reader. Skipped with a
+//! message when restic is not installed.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use holdfast_repo::backup::{BackupOptions, BackupStats, Compression, backup, find_parent};
+use holdfast_repo::check::{CheckOptions, check};
+use holdfast_repo::restore::{RestoreOptions, restore};
+use holdfast_repo::{RepoError, Repository};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_backup_passes_restic_check_and_restores_identically() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    make_tree(&src, 24 << 20);
+    let repo_dir = tmp.path().join("repo");
+    let repo = init_local(&repo_dir).await;
+    let s = backup(
+        &repo,
+        &src,
+        BackupOptions {
+            pack_size: 4 << 20,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("backup");
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+
+    // Our own check and restore.
+    let rep = check(&repo, CheckOptions { read_data: true })
+        .await
+        .expect("check");
+    assert!(rep.ok(), "{:?}", rep.errors);
+    assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+    let ours = tmp.path().join("restored-by-us");
+    restore(&repo, "latest", &ours, RestoreOptions::default())
+        .await
+        .expect("restore");
+    assert_same_tree(&src, &ours);
+
+    let Some(restic) = restic() else { return };
+    let r = repo_dir.to_str().expect("utf8");
+    run_restic(&restic, r, &["check", "--read-data"], None);
+    let snaps = run_restic(&restic, r, &["snapshots", "--json"], None);
+    assert!(snaps.contains(&s.snapshot_id.to_hex()), "{snaps}");
+    let by_restic = tmp.path().join("restored-by-restic");
+    run_restic(
+        &restic,
+        r,
+        &[
+            "restore",
+            &s.snapshot_id.to_hex(),
+            "--target",
+            by_restic.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert_same_tree(&src, &by_restic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restic_written_repository_restores_identically_with_our_reader() {
+    let Some(restic) = restic() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    make_tree(&src, 12 << 20);
+    let repo_dir = tmp.path().join("repo");
+    let r = repo_dir.to_str().expect("utf8");
+    run_restic(&restic, r, &["init", "--repository-version", "2"], None);
+    run_restic(
+        &restic,
+        r,
+        &["backup", "--compression", "auto", "."],
+        Some(&src),
+    );
+    // A second, incremental restic snapshot.
+    std::fs::write(src.join("small.txt"), b"changed by restic test\n").expect("write");
+    run_restic(&restic, r, &["backup", "."], Some(&src));
+
+    let repo = Repository::open(local_store(&repo_dir), PASSWORD)
+        .await
+        .expect("open restic repo");
+    assert_eq!(repo.snapshots().await.expect("snapshots").len(), 2);
+    let rep = check(&repo, CheckOptions { read_data: true })
+        .await
+        .expect("check");
+    assert!(rep.ok(), "{:?}", rep.errors);
+    let out = tmp.path().join("out");
+    restore(&repo, "latest", &out, RestoreOptions::default())
+        .await
+        .expect("restore");
+    assert_same_tree(&src, &out);
+
+    // And we can add our own snapshot to restic's repository, which restic then checks.
+    let s = backup(&repo, &src, BackupOptions::default())
+        .await
+        .expect("backup into restic repo");
+    assert!(s.errors.is_empty());
+    run_restic(&restic, r, &["check", "--read-data"], None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_backup_reads_only_changed_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    make_tree(&src, 8 << 20);
+    let repo = init_local(&tmp.path().join("repo")).await;
+    let first = backup(&repo, &src, BackupOptions::default())
+        .await
+        .expect("first");
+
+    // Unchanged: no file content is read, nothing new is stored but the snapshot.
+    let paths = first.snapshot.paths.clone();
+    let parent = find_parent(&repo, &paths, &first.snapshot.hostname)
+        .await
+        .expect("find");
+    assert_eq!(parent, Some(first.snapshot_id));
+    let stats = Arc::new(BackupStats::default());
+    let second = backup(
+        &repo,
+        &src,
+        BackupOptions {
+            parent,
+            stats: stats.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("second");
+    assert_eq!(
+        BackupStats::get(&stats.bytes_read),
+        0,
+        "unchanged re-backup read file contents"
+    );
+    assert_eq!(BackupStats::get(&stats.blobs_new), 0);
+    assert_eq!(second.snapshot.tree, first.snapshot.tree);
+
+    // One changed file: only it is read.
+    std::fs::write(src.join("text/a.txt"), text_bytes(99, 300_000)).expect("write");
+    let stats = Arc::new(BackupStats::default());
+    let third = backup(
+        &repo,
+        &src,
+        BackupOptions {
+            parent: Some(second.snapshot_id),
+            stats: stats.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("third");
+    assert_eq!(BackupStats::get(&stats.bytes_read), 300_000);
+    assert_eq!(BackupStats::get(&stats.files_changed), 1);
+    let out = tmp.path().join("out");
+    restore(
+        &repo,
+        &third.snapshot_id.to_hex()[..8],
+        &out,
+        RestoreOptions::default(),
+    )
+    .await
+    .expect("restore");
+    assert_same_tree(&src, &out);
+    if let Some(restic) = restic() {
+        run_restic(
+            &restic,
+            tmp.path().join("repo").to_str().expect("utf8"),
+            &["check", "--read-data"],
+            None,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_modes_all_pass_restic_check() {
+    for c in [Compression::Off, Compression::Max, Compression::Level(-3)] {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(src.join("t"), text_bytes(7, 2_000_000)).expect("w");
+        std::fs::write(src.join("r"), random_bytes(7, 2_000_000)).expect("w");
+        let repo = init_local(&tmp.path().join("repo")).await;
+        backup(
+            &repo,
+            &src,
+            BackupOptions {
+                compression: c,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("backup");
+        let stored: u64 = files_under(&tmp.path().join("repo/data")).values().sum();
+        match c {
+            Compression::Off => assert!(stored > 4_000_000, "{c:?}: {stored}"),
+            _ => assert!(stored < 3_000_000, "{c:?}: {stored}"),
+        }
+        if let Some(restic) = restic() {
+            run_restic(
+                &restic,
+                tmp.path().join("repo").to_str().expect("utf8"),
+                &["check", "--read-data"],
+                None,
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_is_reported_naming_the_pack_and_wrong_password_fails_fast() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("r"), random_bytes(8, 3_000_000)).expect("w");
+    let repo_dir = tmp.path().join("repo");
+    let repo = init_local(&repo_dir).await;
+    backup(&repo, &src, BackupOptions::default())
+        .await
+        .expect("backup");
+
+    let started = std::time::Instant::now();
+    let err = Repository::open(local_store(&repo_dir), "wrong")
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
+    assert!(err.to_string().contains("wrong password"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // Flip one byte in the biggest pack (a data pack).
+    let packs = files_under(&repo_dir.join("data"));
+    let (pack, _) = packs.iter().max_by_key(|(_, n)| **n).expect("a pack");
+    let mut bytes = std::fs::read(pack).expect("read");
+    bytes[1000] ^= 0x40;
+    std::fs::write(pack, bytes).expect("write");
+    let name = pack
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
+
+    let rep = check(&repo, CheckOptions { read_data: true })
+        .await
+        .expect("check");
+    assert!(!rep.ok());
+    assert!(
+        rep.errors.iter().any(|e| e.contains(&name)),
+        "{:?}",
+        rep.errors
+    );
+    let err = restore(
+        &repo,
+        "latest",
+        &tmp.path().join("out"),
+        RestoreOptions::default(),
+    )
+    .await
+    .expect_err("restore of damaged data must fail");
+    assert!(err.to_string().contains(&name), "{err}");
+
+    if let Some(restic) = restic() {
+        let (ok, out, errout) = try_restic(
+            &restic,
+            repo_dir.to_str().expect("utf8"),
+            &["check", "--read-data"],
+            None,
+            &[],
+        );
+        assert!(!ok, "restic check passed a damaged pack:\n{out}\n{errout}");
+    }
+}
