@@ -716,6 +716,7 @@ impl Ctx {
                     let stopping = stop.borrow().is_some();
                     let restart = !stopping
                         && match kind {
+                            Kind::Init(_) if c.restart_policy.as_deref() == Some("Always") => true,
                             Kind::Init(_) => code != 0 && policy != "Never",
                             Kind::Main(_) => {
                                 policy == "Always" || (policy == "OnFailure" && code != 0)
@@ -724,6 +725,7 @@ impl Ctx {
                     if !restart {
                         self.sink.update(|v| {
                             if let Kind::Init(_) = kind
+                                && c.restart_policy.as_deref() != Some("Always")
                                 && code != 0
                                 && !stopping
                             {
@@ -834,13 +836,44 @@ impl Ctx {
         }
         let spec = self.pod.spec.clone().unwrap_or_default();
         let first = |name: &str| first_attempts.get(name).copied().unwrap_or(0);
+        let vols = Arc::new(vols);
+        // sidecars (restartable init containers) get their own stop signal: they are
+        // stopped with the pod, or once every regular container is done
+        let (side_tx, side_rx) = watch::channel(None::<Duration>);
+        let mut sidecars = tokio::task::JoinSet::new();
         for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+            let kind = Kind::Init(i);
+            if c.restart_policy.as_deref() == Some("Always") {
+                self.sink.container(kind, |s| s.sidecar = true);
+                let me = self.clone();
+                let v = vols.clone();
+                let st = side_rx.clone();
+                let fa = first(&c.name);
+                sidecars.spawn(async move { me.supervise(kind, &v, st, fa).await });
+                // the next init container starts once the sidecar runs
+                let mut waited = stop.clone();
+                loop {
+                    let started = self
+                        .sink
+                        .view()
+                        .is_some_and(|v| v.init.get(i).is_some_and(|c| c.ever_started || c.done));
+                    if started {
+                        break;
+                    }
+                    if sleep_or_stop(&mut waited, Duration::from_millis(100)).await {
+                        break;
+                    }
+                }
+                continue;
+            }
             if !self
-                .supervise(Kind::Init(i), &vols, stop.clone(), first(&c.name))
+                .supervise(kind, &vols, stop.clone(), first(&c.name))
                 .await
             {
                 self.sink
                     .update(|v| v.containers.iter_mut().for_each(|c| c.done = true));
+                let _ = side_tx.send(Some(MIN_GRACE));
+                while sidecars.join_next().await.is_some() {}
                 return;
             }
         }
@@ -849,7 +882,6 @@ impl Ctx {
                 c.state = CState::creating();
             }
         });
-        let vols = Arc::new(vols);
         let mut set = tokio::task::JoinSet::new();
         for (i, c) in spec.containers.iter().enumerate() {
             let me = self.clone();
@@ -858,7 +890,25 @@ impl Ctx {
             let fa = first(&c.name);
             set.spawn(async move { me.supervise(Kind::Main(i), &vols, stop, fa).await });
         }
+        let mut pod_stop = stop.clone();
+        let forward = {
+            let side_tx = side_tx.clone();
+            tokio::spawn(async move {
+                let g = stopped(&mut pod_stop).await;
+                let _ = side_tx.send(Some(g));
+            })
+        };
         while set.join_next().await.is_some() {}
+        let grace =
+            Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+        let _ = side_tx.send(
+            Some(*stop.borrow())
+                .flatten()
+                .or(Some(grace))
+                .map(|g| g.min(grace)),
+        );
+        while sidecars.join_next().await.is_some() {}
+        forward.abort();
     }
 }
 
@@ -930,6 +980,7 @@ fn initial_view(agent: &Agent, pod: &Pod, attempts: &HashMap<String, i32>) -> Po
         host_ip: agent.address.clone(),
         pod_ip: agent.address.clone(),
         message: None,
+        generation: pod.metadata.generation,
     }
 }
 

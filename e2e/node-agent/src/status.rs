@@ -111,6 +111,8 @@ pub struct CStatus {
     pub ever_started: bool,
     /// Will not be (re)started again.
     pub done: bool,
+    /// A restartable init container (`restartPolicy: Always`): a sidecar.
+    pub sidecar: bool,
 }
 
 impl CStatus {
@@ -125,10 +127,16 @@ impl CStatus {
             restart_count: 0,
             ever_started: false,
             done: false,
+            sidecar: false,
         }
     }
     pub fn succeeded(&self) -> bool {
         self.done && self.state.exit_code() == Some(0)
+    }
+    /// An init container lets the next one start: it succeeded, or it is a
+    /// sidecar that has started.
+    pub fn init_complete(&self) -> bool {
+        self.succeeded() || (self.sidecar && self.ever_started)
     }
     fn to_api(&self) -> ContainerStatus {
         ContainerStatus {
@@ -164,6 +172,8 @@ pub struct PodView {
     pub pod_ip: String,
     /// A reason/message for the whole pod (e.g. volume setup errors), if any.
     pub message: Option<String>,
+    /// `metadata.generation` of the pod spec the agent runs.
+    pub generation: Option<i64>,
 }
 
 /// The pod phase, by the rules in the README.
@@ -171,7 +181,7 @@ pub fn phase(v: &PodView) -> &'static str {
     if v.init_failed {
         return "Failed";
     }
-    if !v.init.iter().all(CStatus::succeeded) {
+    if !v.init.iter().all(CStatus::init_complete) {
         return "Pending";
     }
     if v.containers.iter().any(|c| !c.ever_started && !c.done) {
@@ -233,8 +243,14 @@ pub fn build_status(
             .map(|c| c.name.clone())
             .collect()
     };
-    let uninitialized = not_done(&v.init, CStatus::succeeded);
-    let unready = not_done(&v.containers, |c| c.state.is_running());
+    let uninitialized = not_done(&v.init, CStatus::init_complete);
+    let mut unready = not_done(&v.containers, |c| c.state.is_running());
+    unready.extend(
+        v.init
+            .iter()
+            .filter(|c| c.sidecar && !c.state.is_running())
+            .map(|c| c.name.clone()),
+    );
     let initialized = uninitialized.is_empty();
     let ready = !terminal && unready.is_empty() && !v.containers.is_empty();
 
@@ -294,6 +310,9 @@ pub fn build_status(
         scheduled.unwrap_or_else(|| condition(transitions, now, "PodScheduled", true, None, None)),
     );
 
+    for c in conditions.iter_mut().filter(|c| c.type_ != "PodScheduled") {
+        c.observed_generation = v.generation;
+    }
     let init_statuses: Vec<ContainerStatus> = v.init.iter().map(CStatus::to_api).collect();
     PodStatus {
         phase: Some(phase.into()),
@@ -310,6 +329,7 @@ pub fn build_status(
         container_statuses: Some(v.containers.iter().map(CStatus::to_api).collect()),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         message: v.message.clone(),
+        observed_generation: v.generation,
         ..Default::default()
     }
 }
@@ -367,6 +387,7 @@ mod tests {
             host_ip: "127.0.0.1".into(),
             pod_ip: "127.0.0.1".into(),
             message: None,
+            generation: Some(1),
         }
     }
 
@@ -389,6 +410,8 @@ mod tests {
             Some("ContainersNotReady")
         );
         assert_eq!(cond(&s, "PodScheduled").status, "True");
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(cond(&s, "Ready").observed_generation, Some(1));
 
         v.volumes_ready = true;
         v.containers[0].state = CState::Running { started_at: t(2) };
@@ -464,6 +487,42 @@ mod tests {
         assert_eq!(cond(&s, "Initialized").status, "True");
         v.init_failed = true;
         assert_eq!(phase(&v), "Failed");
+    }
+
+    #[test]
+    fn sidecars_count_once_started() {
+        let mut v = view();
+        let mut side = CStatus::new("side", "busybox", CState::Running { started_at: t(0) });
+        side.sidecar = true;
+        side.ever_started = true;
+        v.init = vec![side];
+        v.containers[0].state = CState::Running { started_at: t(1) };
+        v.containers[0].ever_started = true;
+        assert_eq!(phase(&v), "Running");
+        let mut tr = Transitions::new();
+        let s = build_status(&v, None, &mut tr, t(2));
+        assert_eq!(cond(&s, "Initialized").status, "True");
+        assert_eq!(cond(&s, "Ready").status, "True");
+        v.init[0].state = CState::creating();
+        let s = build_status(&v, None, &mut tr, t(3));
+        assert_eq!(
+            cond(&s, "Ready").message.as_deref(),
+            Some("containers with unready status: [side]")
+        );
+        v.containers[0].done = true;
+        v.containers[0].state = CState::Terminated {
+            exit_code: 0,
+            signal: None,
+            reason: "Completed".into(),
+            message: None,
+            started_at: None,
+            finished_at: t(4),
+        };
+        assert_eq!(
+            phase(&v),
+            "Succeeded",
+            "sidecars do not keep a pod from completing"
+        );
     }
 
     #[test]
