@@ -941,6 +941,10 @@ fn adopted_attempts(pod: &Pod) -> HashMap<String, i32> {
 }
 
 fn initial_view(agent: &Agent, pod: &Pod, attempts: &HashMap<String, i32>) -> PodView {
+    initial_view_for(pod, &agent.address, attempts)
+}
+
+fn initial_view_for(pod: &Pod, address: &str, attempts: &HashMap<String, i32>) -> PodView {
     let spec = pod.spec.clone().unwrap_or_default();
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
     let mk = |c: &Container, state: CState| {
@@ -977,8 +981,8 @@ fn initial_view(agent: &Agent, pod: &Pod, attempts: &HashMap<String, i32>) -> Po
             .and_then(|s| s.start_time.as_ref())
             .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0))
             .unwrap_or_else(Utc::now),
-        host_ip: agent.address.clone(),
-        pod_ip: agent.address.clone(),
+        host_ip: address.to_string(),
+        pod_ip: address.to_string(),
         message: None,
         generation: pod.metadata.generation,
     }
@@ -1159,5 +1163,73 @@ pub async fn run(agent: Arc<Agent>) {
                 clean_orphans(&agent, &listed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("pod")
+    }
+
+    #[test]
+    fn adoption_continues_restart_counts() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "c"}]},
+            "status": {"phase": "Running", "containerStatuses": [
+                {"name": "a", "image": "x", "imageID": "", "ready": true, "restartCount": 2,
+                 "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}},
+                {"name": "b", "image": "x", "imageID": "", "ready": false, "restartCount": 4,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                 "lastState": {"terminated": {"exitCode": 1}}},
+                {"name": "c", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "ContainerCreating"}}}
+            ]}
+        }));
+        let a = adopted_attempts(&p);
+        assert_eq!(
+            a.get("a"),
+            Some(&3),
+            "the running attempt 2 is gone: next is 3"
+        );
+        assert_eq!(a.get("b"), Some(&5), "attempt 4 ran and failed: next is 5");
+        assert_eq!(a.get("c"), Some(&0), "never ran: starts at 0");
+        assert!(!is_terminal(&p));
+    }
+
+    #[test]
+    fn initial_view_waits_for_init_containers() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "generation": 3},
+            "spec": {"initContainers": [{"name": "i", "image": "busybox"}], "containers": [{"name": "m", "image": "busybox"}]}
+        }));
+        let init = CState::creating();
+        let v = PodView {
+            init: vec![CStatus::new("i", "busybox", init)],
+            containers: vec![CStatus::new("m", "busybox", CState::pod_initializing())],
+            volumes_ready: false,
+            init_failed: false,
+            start_time: Utc::now(),
+            host_ip: "127.0.0.1".into(),
+            pod_ip: "127.0.0.1".into(),
+            message: None,
+            generation: Some(3),
+        };
+        let got = initial_view_for(&p, "127.0.0.1", &HashMap::new());
+        assert_eq!(got.init, v.init);
+        assert_eq!(got.containers, v.containers);
+        assert_eq!(got.generation, Some(3));
+        assert_eq!(crate::status::phase(&got), "Pending");
+    }
+
+    #[test]
+    fn terminal_pods_are_not_rerun() {
+        let p = pod(
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": []}, "status": {"phase": "Succeeded"}}),
+        );
+        assert!(is_terminal(&p));
     }
 }
