@@ -1,0 +1,457 @@
+//! The data mover (`holdfast mover ...`) that runs inside mover pods: backup, restore,
+//! check and list snapshots of a restic-format repository on S3 or a local path.
+//! Talks to object storage (through holdfast-repo/holdfast-store), never to the cluster.
+//!
+//! Exit codes: 0 success, 1 failed, 2 partially failed (some files could not be
+//! read or some metadata not applied), 3 nothing to do (no snapshot to restore/list).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use holdfast_repo::backup::{self, BackupOptions, BackupStats, Compression};
+use holdfast_repo::check::{self, CheckOptions};
+use holdfast_repo::restore::{self, RestoreOptions};
+use holdfast_repo::{KdfParams, RepoError, Repository};
+use holdfast_store::{DynStore, LocalStore, Location, RetryPolicy, S3Config, S3Store};
+
+/// Exit code: some files could not be read or some metadata could not be applied.
+pub const EXIT_PARTIAL: u8 = 2;
+/// Exit code: there was nothing to do (no snapshot).
+pub const EXIT_NOTHING_TO_DO: u8 = 3;
+/// Environment variable holding the repository password.
+pub const PASSWORD_ENV: &str = "HOLDFAST_REPOSITORY_PASSWORD";
+
+/// `holdfast mover`: move data between a volume and a repository.
+#[derive(clap::Args, Debug)]
+pub struct MoverCommand {
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Print progress and results as JSON lines on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub action: MoverAction,
+}
+
+/// Where the repository is and how to reach it.
+#[derive(clap::Args, Debug)]
+pub struct RepoArgs {
+    /// Repository: `s3:http(s)://host[:port]/bucket[/prefix]` or a local path.
+    #[arg(long, short = 'r', env = "HOLDFAST_REPOSITORY", global = true)]
+    pub repository: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "HOLDFAST_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+    /// Use virtual-hosted-style S3 addressing instead of path-style.
+    #[arg(long, env = "HOLDFAST_S3_VIRTUAL_HOSTED", global = true)]
+    pub s3_virtual_hosted: bool,
+    /// PEM file with extra CA certificates for the S3 endpoint.
+    #[arg(long, env = "HOLDFAST_S3_CA_BUNDLE", global = true)]
+    pub s3_ca_bundle: Option<PathBuf>,
+    /// Storage class of written objects.
+    #[arg(long, env = "HOLDFAST_S3_STORAGE_CLASS", global = true)]
+    pub s3_storage_class: Option<String>,
+    /// Attempts per S3 request (including the first) on transient failures.
+    #[arg(
+        long,
+        env = "HOLDFAST_S3_ATTEMPTS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub s3_attempts: u32,
+}
+
+/// Mover actions.
+#[derive(clap::Subcommand, Debug)]
+pub enum MoverAction {
+    /// Create a new repository.
+    Init,
+    /// Back up a directory into a new snapshot.
+    Backup(BackupArgs),
+    /// Restore a snapshot into a directory.
+    Restore(RestoreArgs),
+    /// Check the repository's structure, and with --read-data all its data.
+    Check(CheckArgs),
+    /// List snapshots.
+    Snapshots,
+}
+
+/// `mover backup`.
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// Directory to back up; its contents become the snapshot's root.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Parent snapshot for skipping unchanged files: `auto` (latest of the same path
+    /// and host), `none`, or a snapshot id.
+    #[arg(long, default_value = "auto")]
+    pub parent: String,
+    /// Tags (`key=value` or any string), repeatable.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot.
+    #[arg(long, env = "HOLDFAST_HOSTNAME")]
+    pub host: Option<String>,
+    /// Compression: auto, off, max or a zstd level.
+    #[arg(long, default_value = "auto")]
+    pub compression: String,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub pack_size_mib: usize,
+    /// Concurrent pack uploads.
+    #[arg(long, default_value_t = 4)]
+    pub uploads: usize,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Create the repository if it does not exist yet.
+    #[arg(long)]
+    pub init: bool,
+}
+
+/// `mover restore`.
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot: `latest`, an id or a unique id prefix.
+    #[arg(long, default_value = "latest")]
+    pub snapshot: String,
+    /// Target directory.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Worker threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// `mover check`.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Also download and verify every pack.
+    #[arg(long)]
+    pub read_data: bool,
+}
+
+fn password() -> anyhow::Result<String> {
+    match std::env::var(PASSWORD_ENV) {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => bail!(
+            "the repository password must be given in the environment variable {PASSWORD_ENV}"
+        ),
+    }
+}
+
+async fn open_store(args: &RepoArgs) -> anyhow::Result<DynStore> {
+    let Some(repository) = &args.repository else {
+        bail!("--repository (or HOLDFAST_REPOSITORY) is required");
+    };
+    let loc = Location::parse(repository)?;
+    Ok(match loc {
+        Location::Local(p) => Arc::new(LocalStore::new(p)),
+        Location::S3 {
+            endpoint,
+            bucket,
+            prefix,
+        } => {
+            let cfg = S3Config {
+                endpoint: Some(endpoint),
+                region: args.s3_region.clone(),
+                bucket,
+                prefix,
+                path_style: !args.s3_virtual_hosted,
+                ca_bundle: args.s3_ca_bundle.clone(),
+                access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
+                secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+                session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+                storage_class: args.s3_storage_class.clone(),
+                retry: RetryPolicy {
+                    max_attempts: args.s3_attempts.max(1),
+                    ..RetryPolicy::default()
+                },
+                unsigned_payload: None,
+            };
+            Arc::new(S3Store::new(cfg).await?)
+        }
+    })
+}
+
+/// Prints one event, as a JSON line or a human line.
+fn emit(json: bool, event: &str, value: serde_json::Value, human: impl FnOnce() -> String) {
+    if json {
+        let mut v = value;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("event".into(), event.into());
+        }
+        println!("{v}");
+    } else {
+        eprintln!("{}", human());
+    }
+}
+
+fn mib(n: u64) -> f64 {
+    n as f64 / (1024.0 * 1024.0)
+}
+
+fn stats_json(s: &BackupStats) -> serde_json::Value {
+    let g = BackupStats::get;
+    serde_json::json!({
+        "files_new": g(&s.files_new),
+        "files_changed": g(&s.files_changed),
+        "files_unmodified": g(&s.files_unmodified),
+        "dirs": g(&s.dirs),
+        "bytes_total": g(&s.bytes_total),
+        "bytes_read": g(&s.bytes_read),
+        "bytes_new": g(&s.bytes_new),
+        "blobs_new": g(&s.blobs_new),
+        "bytes_uploaded": g(&s.bytes_uploaded),
+        "packs_uploaded": g(&s.packs_uploaded),
+    })
+}
+
+/// Runs a mover command; the error is printed by the caller (anyhow at the edge).
+pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(&cmd.repo).await?;
+    let json = cmd.json;
+    match cmd.action {
+        MoverAction::Init => {
+            let repo = Repository::init(store.clone(), &password()?, KdfParams::default()).await?;
+            emit(
+                json,
+                "init",
+                serde_json::json!({"repository": store.describe(), "id": repo.config().id}),
+                || {
+                    format!(
+                        "created repository {} at {}",
+                        &repo.config().id[..8],
+                        store.describe()
+                    )
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        MoverAction::Backup(a) => run_backup(store, a, json).await,
+        MoverAction::Restore(a) => {
+            let repo = Repository::open(store, &password()?).await?;
+            let mut opts = RestoreOptions::default();
+            if let Some(t) = a.threads {
+                opts.threads = t.max(1);
+            }
+            let started = Instant::now();
+            let s = match restore::restore(&repo, &a.snapshot, &a.target, opts).await {
+                Ok(s) => s,
+                Err(RepoError::SnapshotNotFound { spec }) => {
+                    emit(
+                        json,
+                        "nothing_to_do",
+                        serde_json::json!({"reason": format!("no snapshot matches {spec:?}")}),
+                        || format!("nothing to do: no snapshot matches {spec:?}"),
+                    );
+                    return Ok(ExitCode::from(EXIT_NOTHING_TO_DO));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("restoring {} into {}", a.snapshot, a.target.display())
+                    });
+                }
+            };
+            let secs = started.elapsed().as_secs_f64();
+            emit(
+                json,
+                "summary",
+                serde_json::json!({"files": s.files, "dirs": s.dirs, "bytes": s.bytes, "seconds": secs, "warnings": s.warnings}),
+                || {
+                    format!(
+                        "restored {} files, {} dirs, {:.1} MiB in {secs:.1} s ({} warnings)",
+                        s.files,
+                        s.dirs,
+                        mib(s.bytes),
+                        s.warnings.len()
+                    )
+                },
+            );
+            Ok(if s.warnings.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_PARTIAL)
+            })
+        }
+        MoverAction::Check(a) => {
+            let repo = Repository::open(store, &password()?).await?;
+            let r = check::check(
+                &repo,
+                CheckOptions {
+                    read_data: a.read_data,
+                },
+            )
+            .await?;
+            for w in &r.warnings {
+                emit(json, "warning", serde_json::json!({"message": w}), || {
+                    format!("warning: {w}")
+                });
+            }
+            for e in &r.errors {
+                emit(json, "error", serde_json::json!({"message": e}), || {
+                    format!("error: {e}")
+                });
+            }
+            emit(
+                json,
+                "summary",
+                serde_json::json!({"ok": r.ok(), "errors": r.errors.len(), "warnings": r.warnings.len(), "packs": r.packs, "blobs": r.blobs, "snapshots": r.snapshots, "trees": r.trees}),
+                || {
+                    format!(
+                        "check: {} packs, {} blobs, {} snapshots, {} trees: {}",
+                        r.packs,
+                        r.blobs,
+                        r.snapshots,
+                        r.trees,
+                        if r.ok() {
+                            "no errors".to_string()
+                        } else {
+                            format!("{} errors", r.errors.len())
+                        }
+                    )
+                },
+            );
+            Ok(if r.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        MoverAction::Snapshots => {
+            let repo = Repository::open(store, &password()?).await?;
+            let snaps = repo.snapshots().await?;
+            for (id, s) in &snaps {
+                emit(
+                    json,
+                    "snapshot",
+                    serde_json::json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time, "hostname": s.hostname, "paths": s.paths, "tags": s.tags, "tree": s.tree.to_hex(), "parent": s.parent.map(|p| p.to_hex())}),
+                    || {
+                        format!(
+                            "{}  {}  {}  {}  {}",
+                            id.short(),
+                            s.time,
+                            s.hostname,
+                            s.tags.join(","),
+                            s.paths.join(" ")
+                        )
+                    },
+                );
+            }
+            Ok(if snaps.is_empty() {
+                ExitCode::from(EXIT_NOTHING_TO_DO)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let password = password()?;
+    let repo = match Repository::open(store.clone(), &password).await {
+        Ok(r) => r,
+        Err(RepoError::NotARepository { .. }) if a.init => {
+            Repository::init(store.clone(), &password, KdfParams::default()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let compression = Compression::parse(&a.compression).with_context(|| {
+        format!(
+            "--compression {:?}: expected auto, off, max or a number",
+            a.compression
+        )
+    })?;
+    let mut opts = BackupOptions {
+        compression,
+        tags: a.tags.clone(),
+        pack_size: a.pack_size_mib.clamp(1, 128) * 1024 * 1024,
+        uploads_in_flight: a.uploads.max(1),
+        ..BackupOptions::default()
+    };
+    if let Some(h) = a.host.clone() {
+        opts.hostname = h;
+    }
+    if let Some(t) = a.threads {
+        opts.threads = t.max(1);
+    }
+    let source = std::fs::canonicalize(&a.source)
+        .with_context(|| format!("source {}", a.source.display()))?;
+    opts.parent = match a.parent.as_str() {
+        "none" => None,
+        "auto" => {
+            backup::find_parent(&repo, &[source.display().to_string()], &opts.hostname).await?
+        }
+        id => Some(repo.find_snapshot(id).await?.0),
+    };
+    let stats = opts.stats.clone();
+    let started = Instant::now();
+    let reporter = {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let secs = started.elapsed().as_secs_f64();
+                emit(json, "progress", stats_json(&stats), || {
+                    let read = BackupStats::get(&stats.bytes_read);
+                    format!(
+                        "[{secs:.0}s] {} files, {:.1} MiB read ({:.1} MiB/s), {:.1} MiB uploaded",
+                        BackupStats::get(&stats.files_new)
+                            + BackupStats::get(&stats.files_changed)
+                            + BackupStats::get(&stats.files_unmodified),
+                        mib(read),
+                        mib(read) / secs.max(0.001),
+                        mib(BackupStats::get(&stats.bytes_uploaded)),
+                    )
+                });
+            }
+        })
+    };
+    let result = backup::backup(&repo, &source, opts).await;
+    reporter.abort();
+    let s = result
+        .with_context(|| format!("backing up {} to {}", source.display(), store.describe()))?;
+    for e in &s.errors {
+        emit(json, "error", serde_json::json!({"message": e}), || {
+            format!("error: {e}")
+        });
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let mut v = stats_json(&stats);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("snapshot".into(), s.snapshot_id.to_hex().into());
+        o.insert(
+            "parent".into(),
+            s.snapshot.parent.map(|p| p.to_hex()).into(),
+        );
+        o.insert("seconds".into(), secs.into());
+        o.insert("errors".into(), s.errors.len().into());
+    }
+    emit(json, "summary", v, || {
+        format!(
+            "snapshot {} saved: {} new, {} changed, {} unmodified files; {:.1} MiB read, {:.1} MiB new, {:.1} MiB uploaded in {secs:.1} s{}",
+            s.snapshot_id.short(),
+            BackupStats::get(&stats.files_new),
+            BackupStats::get(&stats.files_changed),
+            BackupStats::get(&stats.files_unmodified),
+            mib(BackupStats::get(&stats.bytes_read)),
+            mib(BackupStats::get(&stats.bytes_new)),
+            mib(BackupStats::get(&stats.bytes_uploaded)),
+            if s.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} files could not be read)", s.errors.len())
+            }
+        )
+    });
+    Ok(if s.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
