@@ -21,6 +21,10 @@ pub struct ContainerRuntime {
     pub groups: Vec<u32>,
     pub image: String,
     pub image_exe: PathBuf,
+    /// The container's stdin, for `attach` (containers with `stdin: true`);
+    /// an empty message closes it.
+    pub stdin: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    pub stdin_once: bool,
 }
 
 /// One pod the agent runs.

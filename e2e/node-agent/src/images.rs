@@ -2,9 +2,11 @@
 //! and how a container's `command` picks the program to run. Pure; no IO except
 //! [`ImageMap::load`].
 //!
-//! File format: one `image=executable` per line; blank lines and lines starting
-//! with `#` are ignored; whitespace around both sides is trimmed; the executable
-//! must be an absolute path.
+//! File format: one `image=executable` per line, optionally followed by the
+//! word `no-entrypoint`; blank lines and lines starting with `#` are ignored;
+//! whitespace around both sides is trimmed; the executable must be an absolute
+//! path. `no-entrypoint` marks images that have no ENTRYPOINT (busybox-like):
+//! for them a pod's `args` are its command when it gives no `command`.
 //!
 //! Matching rule: both the keys of the file and the pod's `image` are reduced to
 //! their repository path (registry host, `:tag` and `@digest` removed; the first
@@ -33,6 +35,9 @@ pub enum ImageMapError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ImageMap {
     entries: BTreeMap<String, PathBuf>,
+    /// Keys marked `no-entrypoint`: images without an ENTRYPOINT, whose `args`
+    /// are the command when the pod gives no `command` (busybox-like images).
+    no_entrypoint: std::collections::BTreeSet<String>,
 }
 
 /// Reduces an image reference to its repository path: no registry host, no tag,
@@ -64,6 +69,7 @@ pub fn short_name(image: &str) -> String {
 impl ImageMap {
     pub fn parse(text: &str) -> Result<Self, ImageMapError> {
         let mut entries = BTreeMap::new();
+        let mut no_entrypoint = std::collections::BTreeSet::new();
         for (idx, raw) in text.lines().enumerate() {
             let line = idx + 1;
             let trimmed = raw.trim();
@@ -76,7 +82,14 @@ impl ImageMap {
                     text: raw.to_string(),
                 });
             };
-            let (image, exe) = (image.trim(), exe.trim());
+            let (image, mut exe) = (image.trim(), exe.trim());
+            let mut flag = false;
+            if let Some(rest) = exe.strip_suffix("no-entrypoint")
+                && rest.ends_with(char::is_whitespace)
+            {
+                exe = rest.trim_end();
+                flag = true;
+            }
             if image.is_empty() || exe.is_empty() {
                 return Err(ImageMapError::Syntax {
                     line,
@@ -90,11 +103,17 @@ impl ImageMap {
                 });
             }
             let key = repository_path(image);
+            if flag {
+                no_entrypoint.insert(key.clone());
+            }
             if entries.insert(key.clone(), PathBuf::from(exe)).is_some() {
                 return Err(ImageMapError::Duplicate { line, image: key });
             }
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            no_entrypoint,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, ImageMapError> {
@@ -105,14 +124,26 @@ impl ImageMap {
         Self::parse(&text)
     }
 
+    fn key(&self, image: &str) -> Option<String> {
+        let repo = repository_path(image);
+        if self.entries.contains_key(&repo) {
+            return Some(repo);
+        }
+        let short = repo.rsplit('/').next().unwrap_or(&repo).to_string();
+        self.entries.contains_key(&short).then_some(short)
+    }
+
     /// The executable for a pod's `image`, per the matching rule in the module docs.
     pub fn resolve(&self, image: &str) -> Option<&Path> {
-        let repo = repository_path(image);
-        if let Some(p) = self.entries.get(&repo) {
-            return Some(p);
-        }
-        let short = repo.rsplit('/').next().unwrap_or(&repo);
-        self.entries.get(short).map(PathBuf::as_path)
+        self.key(image)
+            .and_then(|k| self.entries.get(&k))
+            .map(PathBuf::as_path)
+    }
+
+    /// Whether the image's line is marked `no-entrypoint`.
+    pub fn has_no_entrypoint(&self, image: &str) -> bool {
+        self.key(image)
+            .is_some_and(|k| self.no_entrypoint.contains(&k))
     }
 }
 
@@ -248,6 +279,19 @@ mod tests {
             "short name does not match a longer key"
         );
         assert_eq!(map.resolve("nginx"), None);
+    }
+
+    #[test]
+    fn no_entrypoint_flag() {
+        let map = ImageMap::parse("busybox=/bin/sh no-entrypoint\nholdfast=/x/holdfast\n")
+            .expect("parses");
+        assert_eq!(
+            map.resolve("docker.io/library/busybox:1.37"),
+            Some(Path::new("/bin/sh"))
+        );
+        assert!(map.has_no_entrypoint("busybox:1.37"));
+        assert!(!map.has_no_entrypoint("holdfast"));
+        assert!(!map.has_no_entrypoint("nginx"));
     }
 
     #[test]

@@ -415,6 +415,13 @@ impl Ctx {
             .flatten()
             .map(|s| env::expand(s, &vars))
             .collect();
+        // an image without ENTRYPOINT: the args are the command
+        let (command, args) =
+            if command.is_empty() && !args.is_empty() && map.has_no_entrypoint(&image) {
+                (args, Vec::new())
+            } else {
+                (command, args)
+            };
 
         let dir = &self.entry.dir;
         let cdir = dir.join("containers").join(&c.name);
@@ -519,7 +526,11 @@ impl Ctx {
             .arg(&spec_json)
             .env_clear()
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
+            .stdin(if c.stdin == Some(true) {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -547,6 +558,20 @@ impl Ctx {
         if let Some(err) = child.stderr.take() {
             copiers.push(tokio::spawn(log.clone().copy_from("stderr", err)));
         }
+        // stdin: true — attach sessions write into it; an empty message closes it
+        let stdin_tx = child.stdin.take().map(|mut pipe| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                while let Some(buf) = rx.recv().await {
+                    if buf.is_empty() || pipe.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                    let _ = pipe.flush().await;
+                }
+            });
+            tx
+        });
         self.entry.set_container(
             &c.name,
             ContainerRuntime {
@@ -560,6 +585,8 @@ impl Ctx {
                 groups,
                 image: image.clone(),
                 image_exe: exe.clone(),
+                stdin: stdin_tx,
+                stdin_once: c.stdin_once == Some(true),
             },
         );
         let uid_str = self.fields.uid.clone();

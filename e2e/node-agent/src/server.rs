@@ -157,6 +157,9 @@ async fn handle(
         ["exec", ns, pod, container] | ["exec", ns, pod, _, container] => {
             exec(&agent, ns, pod, container, &params, req)
         }
+        ["attach", ns, pod, container] | ["attach", ns, pod, _, container] => {
+            attach(&agent, ns, pod, container, &params, req)
+        }
         ["pods"] | ["pods", ""] => pods_list(&agent),
         _ => text(
             StatusCode::NOT_FOUND,
@@ -375,41 +378,10 @@ fn exec(
     let stdin = flag(params, "stdin") || flag(params, "input");
     let stdout = flag(params, "stdout") || flag(params, "output");
     let stderr = (flag(params, "stderr") || flag(params, "error")) && !tty;
-    let is_ws = req
-        .headers()
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !is_ws {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "holdfast-node-agent serves exec only over WebSocket (v5.channel.k8s.io / v4.channel.k8s.io); SPDY is not supported",
-        );
-    }
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let Some(proto) = wsproto::choose_protocol(offered.iter().map(String::as_str)) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "no supported WebSocket sub-protocol in {offered:?}; supported: {} {}",
-                wsproto::V5,
-                wsproto::V4
-            ),
-        );
+    let (proto, key, on_upgrade) = match negotiate(&mut req, "exec") {
+        Ok(x) => x,
+        Err(r) => return *r,
     };
-    let Some(key) = req
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .map(|k| derive_accept_key(k.as_bytes()))
-    else {
-        return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let agent = agent.clone();
     let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
     tokio::spawn(async move {
@@ -431,16 +403,252 @@ fn exec(
             Err(e) => tracing::warn!(error = %e, "exec upgrade"),
         }
     });
+    switching_protocols(proto, &key)
+}
+
+/// Checks a WebSocket upgrade request for the channel protocol and prepares the upgrade.
+fn negotiate(
+    req: &mut Request<Incoming>,
+    what: &str,
+) -> Result<(&'static str, String, hyper::upgrade::OnUpgrade), Box<Response<Body>>> {
+    let is_ws = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_ws {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "holdfast-node-agent serves {what} only over WebSocket (v5.channel.k8s.io / v4.channel.k8s.io); SPDY is not supported"
+            ),
+        )));
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let Some(proto) = wsproto::choose_protocol(offered.iter().map(String::as_str)) else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no supported WebSocket sub-protocol in {offered:?}; supported: {} {}",
+                wsproto::V5,
+                wsproto::V4
+            ),
+        )));
+    };
+    let Some(key) = req
+        .headers()
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key",
+        )));
+    };
+    Ok((proto, key, hyper::upgrade::on(req)))
+}
+
+fn switching_protocols(proto: &'static str, key: &str) -> Response<Body> {
     let mut r = text(StatusCode::SWITCHING_PROTOCOLS, "");
     let h = r.headers_mut();
     h.remove(hyper::header::CONTENT_TYPE);
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(&key) {
+    if let Ok(v) = HeaderValue::from_str(key) {
         h.insert(SEC_WEBSOCKET_ACCEPT, v);
     }
     r
+}
+
+/// Writes channel messages to the WebSocket from one task; ends with a normal closure.
+fn ws_writer<S>(
+    mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
+) -> (mpsc::Sender<Message>, tokio::task::JoinHandle<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.send(m).await.is_err() {
+                return;
+            }
+        }
+        // a normal closure (1000): clients treat "no status" (1005) as an error
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
+        let _ = sink.close().await;
+    });
+    (tx, writer)
+}
+
+fn attach(
+    agent: &Arc<Agent>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    params: &[(String, String)],
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let (entry, rt) = match lookup(agent, ns, pod, container) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    if !rt.running {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not running"),
+        );
+    }
+    let tty = flag(params, "tty");
+    let opts = AttachOpts {
+        stdin: flag(params, "stdin") || flag(params, "input"),
+        stdout: flag(params, "stdout") || flag(params, "output"),
+        stderr: (flag(params, "stderr") || flag(params, "error")) && !tty,
+        tty,
+    };
+    let (proto, key, on_upgrade) = match negotiate(&mut req, "attach") {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let container = container.to_string();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => {
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                run_attach(ws, entry, &container, rt, opts, proto == wsproto::V5).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "attach upgrade"),
+        }
+    });
+    switching_protocols(proto, &key)
+}
+
+struct AttachOpts {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+/// Attach: the container's output from now on (read from its log) and, for a
+/// container with `stdin: true`, the client's stdin into the container.
+async fn run_attach<S>(
+    ws: WebSocketStream<S>,
+    entry: Arc<crate::agent::PodEntry>,
+    container: &str,
+    rt: ContainerRuntime,
+    o: AttachOpts,
+    v5: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (tx, writer) = ws_writer(sink);
+    let first = if o.stdout {
+        wsproto::STDOUT
+    } else if o.stderr {
+        wsproto::STDERR
+    } else {
+        wsproto::ERROR
+    };
+    let _ = tx
+        .send(Message::Binary(Bytes::from(wsproto::frame(first, &[]))))
+        .await;
+    let stdin_tx = rt.stdin.clone().filter(|_| o.stdin);
+    let stdin_once = rt.stdin_once;
+    let mut reader = tokio::spawn(async move {
+        let mut stdin_tx = stdin_tx;
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(b) => match wsproto::parse(&b, v5) {
+                    wsproto::Incoming::Stdin(d) if !d.is_empty() => {
+                        if let Some(t) = stdin_tx.as_ref()
+                            && t.send(d.to_vec()).await.is_err()
+                        {
+                            stdin_tx = None;
+                        }
+                    }
+                    wsproto::Incoming::Close(wsproto::STDIN) => {
+                        if stdin_once && let Some(t) = stdin_tx.take() {
+                            let _ = t.send(Vec::new()).await;
+                        }
+                        stdin_tx = None;
+                    }
+                    _ => {}
+                },
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        if stdin_once && let Some(t) = stdin_tx.take() {
+            let _ = t.send(Vec::new()).await;
+        }
+    });
+    let path = log_path(&entry.dir, container, rt.attempt);
+    let mut file = tokio::fs::File::open(&path).await.ok();
+    let mut pending = Vec::new();
+    if let Some(f) = file.as_mut() {
+        use tokio::io::AsyncSeekExt;
+        let _ = f.seek(std::io::SeekFrom::End(0)).await;
+    }
+    loop {
+        let running = entry
+            .container(container)
+            .is_some_and(|c| c.attempt == rt.attempt && c.running);
+        if let Some(f) = file.as_mut() {
+            let _ = f.read_to_end(&mut pending).await;
+        }
+        if let Some(end) = pending.iter().rposition(|b| *b == b'\n').map(|i| i + 1) {
+            let chunk: Vec<u8> = pending.drain(..end).collect();
+            for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let Some(rec) = crate::logs::parse_record(line) else {
+                    continue;
+                };
+                let channel = match (rec.stream, o.tty) {
+                    ("stderr", false) if o.stderr => wsproto::STDERR,
+                    ("stderr", false) => continue,
+                    _ if o.stdout => wsproto::STDOUT,
+                    _ => continue,
+                };
+                if tx
+                    .send(Message::Binary(Bytes::from(wsproto::frame(
+                        channel, &rec.text,
+                    ))))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        if !running || reader.is_finished() {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = &mut reader => break,
+        }
+    }
+    let _ = tx
+        .send(Message::Binary(Bytes::from(wsproto::frame(
+            wsproto::ERROR,
+            wsproto::exit_status(0, &[]).to_string().as_bytes(),
+        ))))
+        .await;
+    reader.abort();
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
 struct ExecOpts {
@@ -489,22 +697,8 @@ async fn run_exec<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            if sink.send(m).await.is_err() {
-                return;
-            }
-        }
-        // a normal closure (1000): clients treat "no status" (1005) as an error
-        let close = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        };
-        let _ = sink.send(Message::Close(Some(close))).await;
-        let _ = sink.close().await;
-    });
+    let (sink, mut stream) = ws.split();
+    let (tx, writer) = ws_writer(sink);
     let first = if o.stdout {
         wsproto::STDOUT
     } else if o.stderr {
