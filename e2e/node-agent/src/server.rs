@@ -761,40 +761,48 @@ async fn run_exec<S>(
     cmd.arg("--mount")
         .arg("--target")
         .arg(pid.to_string())
-        .arg("--")
-        .arg(&agent.self_exe)
+        .arg("--");
+    // tty=true: a pseudo-terminal; `setsid --ctty` makes it the controlling terminal
+    let pty = if o.tty {
+        match nix::pty::openpty(None, None) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "openpty; exec continues without a terminal");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if pty.is_some() {
+        cmd.arg(host_tool("setsid")).arg("--ctty").arg("--");
+    }
+    cmd.arg(&agent.self_exe)
         .arg(SHIM_ARG)
         .arg(&spec_json)
         .env_clear()
         .envs(rt.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(if o.stdin {
+        .kill_on_drop(true);
+    let mut slave_path = None;
+    let mut master = None;
+    if let Some(p) = pty {
+        use std::os::fd::AsRawFd;
+        slave_path = std::fs::read_link(format!("/proc/self/fd/{}", p.slave.as_raw_fd())).ok();
+        let io = |fd: &std::os::fd::OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null())
+        };
+        cmd.stdin(io(&p.slave))
+            .stdout(io(&p.slave))
+            .stderr(io(&p.slave));
+        master = Some(std::fs::File::from(p.master));
+    } else {
+        cmd.stdin(if o.stdin {
             Stdio::piped()
         } else {
             Stdio::null()
-        })
-        .kill_on_drop(true);
-    // A TTY is not emulated: with tty=true stdout and stderr share one pipe.
-    let mut merged_reader = None;
-    if o.tty && o.stdout {
-        match std::io::pipe() {
-            Ok((r, w)) => {
-                let w2 = w.try_clone();
-                cmd.stdout(Stdio::from(w));
-                match w2 {
-                    Ok(w2) => {
-                        cmd.stderr(Stdio::from(w2));
-                    }
-                    Err(_) => {
-                        cmd.stderr(Stdio::null());
-                    }
-                }
-                merged_reader = Some(r);
-            }
-            Err(_) => {
-                cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-            }
-        }
-    } else {
+        });
         cmd.stdout(if o.stdout {
             Stdio::piped()
         } else {
@@ -818,12 +826,19 @@ async fn run_exec<S>(
             return;
         }
     };
-    drop(cmd); // closes our copies of the merged pipe's write ends
+    drop(cmd); // closes our copies of the terminal's slave side
     let mut pumps = Vec::new();
-    if let Some(r) = merged_reader {
-        match tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(r)) {
-            Ok(r) => pumps.push(tokio::spawn(pump(r, wsproto::STDOUT, tx.clone()))),
-            Err(e) => tracing::warn!(error = %e, "exec tty pipe"),
+    let mut stdin_h: Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>> = None;
+    if let Some(m) = master {
+        if let Ok(r) = m.try_clone() {
+            pumps.push(tokio::spawn(pump(
+                tokio::fs::File::from_std(r),
+                wsproto::STDOUT,
+                tx.clone(),
+            )));
+        }
+        if o.stdin {
+            stdin_h = Some(Box::new(tokio::fs::File::from_std(m)));
         }
     }
     if let Some(out) = child.stdout.take() {
@@ -832,7 +847,9 @@ async fn run_exec<S>(
     if let Some(err) = child.stderr.take() {
         pumps.push(tokio::spawn(pump(err, wsproto::STDERR, tx.clone())));
     }
-    let mut stdin_h = child.stdin.take();
+    if let Some(i) = child.stdin.take() {
+        stdin_h = Some(Box::new(i));
+    }
     let v5 = o.v5;
     let mut reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
@@ -846,6 +863,18 @@ async fn run_exec<S>(
                         }
                     }
                     wsproto::Incoming::Close(wsproto::STDIN) => stdin_h = None,
+                    wsproto::Incoming::Resize(d) => {
+                        if let (Some(path), Some((w, h))) =
+                            (slave_path.as_ref(), wsproto::parse_resize(d))
+                        {
+                            let _ = tokio::process::Command::new(host_tool("stty"))
+                                .arg("-F")
+                                .arg(path)
+                                .args(["rows", &h.to_string(), "cols", &w.to_string()])
+                                .status()
+                                .await;
+                        }
+                    }
                     _ => {}
                 },
                 Message::Close(_) => return,

@@ -73,6 +73,14 @@ pub fn exit_status(exit_code: i32, command: &[String]) -> Value {
     })
 }
 
+/// Terminal size from a resize message: `{"Width": w, "Height": h}`.
+pub fn parse_resize(data: &[u8]) -> Option<(u16, u16)> {
+    let v: Value = serde_json::from_slice(data).ok()?;
+    let w = u16::try_from(v.get("Width")?.as_u64()?).ok()?;
+    let h = u16::try_from(v.get("Height")?.as_u64()?).ok()?;
+    Some((w, h))
+}
+
 pub fn error_status(message: &str) -> Value {
     json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
 }
@@ -102,6 +110,16 @@ mod tests {
         assert_eq!(parse(&[255, 0], false), Incoming::Ignored);
         assert_eq!(parse(&[4, b'{'], true), Incoming::Resize(b"{"));
         assert_eq!(parse(&[], true), Incoming::Ignored);
+    }
+
+    #[test]
+    fn resize_messages() {
+        assert_eq!(
+            parse_resize(br#"{"Width":120,"Height":40}"#),
+            Some((120, 40))
+        );
+        assert_eq!(parse_resize(b"{}"), None);
+        assert_eq!(parse_resize(b"junk"), None);
     }
 
     #[test]
