@@ -7,7 +7,7 @@
 //! under `nsenter --mount --target <pid>` with no mounts.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde::{Deserialize, Serialize};
@@ -35,32 +35,22 @@ pub struct ShimSpec {
     pub error_file: Option<PathBuf>,
 }
 
-fn mount_bin() -> &'static str {
-    if Path::new("/usr/bin/mount").exists() {
-        "/usr/bin/mount"
-    } else {
-        "/bin/mount"
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
 fn do_mounts(mounts: &[MountSpec]) -> Result<(), String> {
+    use nix::mount::{MsFlags, mount};
+    use std::os::fd::AsRawFd;
     let mut sorted: Vec<&MountSpec> = mounts.iter().collect();
     sorted.sort_by_key(|m| m.target.components().count());
-    for m in sorted {
-        let src_is_dir = m.source.is_dir();
+    // Open every source before mounting anything: a volume mounted over a parent of another
+    // volume's source (an emptyDir at /tmp while the agent's state lives under /tmp) would
+    // otherwise hide that source. Mounting from /proc/self/fd/N binds the opened inode itself.
+    let mut sources = Vec::with_capacity(sorted.len());
+    for m in &sorted {
+        let f = std::fs::File::open(&m.source)
+            .map_err(|e| format!("opening mount source {}: {e}", m.source.display()))?;
+        sources.push(f);
+    }
+    for (m, src) in sorted.iter().zip(&sources) {
+        let src_is_dir = src.metadata().map(|md| md.is_dir()).unwrap_or(false);
         if src_is_dir {
             std::fs::create_dir_all(&m.target)
                 .map_err(|e| format!("creating mount point {}: {e}", m.target.display()))?;
@@ -74,14 +64,18 @@ fn do_mounts(mounts: &[MountSpec]) -> Result<(), String> {
                     .map_err(|e| format!("creating mount point {}: {e}", m.target.display()))?;
             }
         }
-        run(Command::new(mount_bin())
-            .arg("--bind")
-            .arg(&m.source)
-            .arg(&m.target))?;
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", src.as_raw_fd()));
+        mount(Some(&fd_path), &m.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| format!("bind-mounting {} on {}: {e}", m.source.display(), m.target.display()))?;
         if m.read_only {
-            run(Command::new(mount_bin())
-                .args(["-o", "remount,bind,ro"])
-                .arg(&m.target))?;
+            mount(
+                None::<&str>,
+                &m.target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| format!("remounting {} read-only: {e}", m.target.display()))?;
         }
     }
     Ok(())
