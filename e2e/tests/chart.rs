@@ -1,0 +1,147 @@
+//! The Helm chart: lints, renders, installs on the real API server, and the operator it
+//! deploys reconciles a location in its namespace.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use holdfast_api::location::{BackupStorageLocation, LocationPhase};
+use holdfast_e2e::{TestNamespace, ensure_crds, env, wait_until};
+use kube::api::Api;
+
+/// helm from HOLDFAST_HELM or the tool cache (`e2e/tools/build helm`).
+fn helm() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOLDFAST_HELM") {
+        return p.into();
+    }
+    let out = Command::new(env().repo.join("e2e/tools/build"))
+        .args(["--path", "helm"])
+        .output()
+        .expect("e2e/tools/build --path helm");
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        p.exists(),
+        "helm is not built: run `e2e/tools/build helm` (expected at {})",
+        p.display()
+    );
+    p
+}
+
+fn run_helm(args: &[&str]) -> String {
+    let out = Command::new(helm())
+        .env("KUBECONFIG", &env().kubeconfig)
+        .args(args)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn chart_lints_and_rejects_bad_values() {
+    let chart = env().repo.join("charts/holdfast");
+    let chart = chart.to_str().expect("utf-8 path");
+    run_helm(&["lint", "--strict", chart]);
+    let out = Command::new(helm())
+        .args([
+            "template",
+            "x",
+            chart,
+            "--kube-version",
+            "1.36.0",
+            "--set",
+            "replicas=0",
+        ])
+        .output()
+        .expect("helm template");
+    assert!(
+        !out.status.success(),
+        "replicas=0 must be rejected by values.schema.json"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replicas"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(helm())
+        .args([
+            "template",
+            "x",
+            chart,
+            "--kube-version",
+            "1.36.0",
+            "--set",
+            "unknownValue=1",
+        ])
+        .output()
+        .expect("helm template");
+    assert!(!out.status.success(), "unknown values must be rejected");
+}
+
+#[tokio::test]
+async fn chart_installs_an_operator_that_reconciles() {
+    ensure_crds();
+    let e = env();
+    let client = e.client().await;
+    let ns = TestNamespace::new(&client, "chart").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let chart = e.repo.join("charts/holdfast");
+    let release = format!("hf{}", holdfast_e2e::random_suffix());
+    run_helm(&[
+        "install",
+        &release,
+        chart.to_str().expect("utf-8"),
+        "--namespace",
+        &ns.name,
+        "--set",
+        "replicas=1",
+        "--set",
+        &format!("httpAddr=127.0.0.1:{port}"),
+        "--wait",
+        "--timeout",
+        "120s",
+    ]);
+    let manifest = format!(
+        "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {{name: probe}}\nspec:\n  s3: {{bucket: unused, endpoint: \"http://127.0.0.1:9\"}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("{}-bsl.yaml", ns.name));
+    std::fs::write(&file, manifest).expect("write");
+    e.kubectl_ok(["apply", "-n", &ns.name, "-f", &file.display().to_string()]);
+    let api: Api<BackupStorageLocation> = Api::namespaced(client.clone(), &ns.name);
+    wait_until(
+        "the chart's operator to reconcile a location",
+        Duration::from_secs(90),
+        Some(&ns.name),
+        || {
+            let api = api.clone();
+            async move {
+                api.get("probe")
+                    .await
+                    .ok()?
+                    .status
+                    .filter(|s| s.phase == Some(LocationPhase::Unavailable))
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+    run_helm(&["uninstall", &release, "--namespace", &ns.name, "--wait"]);
+    // Cluster-scoped RBAC of the release is gone with it.
+    let out = e.kubectl([
+        "get",
+        "clusterrole",
+        &format!("{release}-holdfast-operator"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "the release's ClusterRole should be removed by uninstall"
+    );
+}
