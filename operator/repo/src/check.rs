@@ -40,7 +40,24 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport,
     let mut rep = CheckReport::default();
     let index = repo.load_index().await?;
     rep.blobs = index.blobs.len();
-    let by_pack = index.by_pack();
+    // Pack contents from the index files themselves: a blob may be stored in several
+    // packs (concurrent writers), and the in-memory index keeps only one location.
+    let mut by_pack: HashMap<Id, Vec<format::PackedBlob>> = HashMap::new();
+    for file in &index.files {
+        let j: format::IndexJson = repo.load_json(FileType::Index, file).await?;
+        for p in j.packs {
+            let entry = by_pack.entry(p.id).or_default();
+            for b in &p.blobs {
+                let pb = b.packed();
+                if !entry.iter().any(|e| e.offset == pb.offset) {
+                    entry.push(pb);
+                }
+            }
+        }
+    }
+    for v in by_pack.values_mut() {
+        v.sort_by_key(|b| b.offset);
+    }
     rep.packs = by_pack.len();
     let stored: HashMap<Id, u64> = repo.list(FileType::Pack).await?.into_iter().collect();
     for (pack, blobs) in &by_pack {

@@ -10,9 +10,18 @@ use sha2::{Digest, Sha256};
 pub struct Id(pub [u8; 32]);
 
 impl Id {
-    /// The SHA-256 of `data`.
+    /// The SHA-256 of `data`. Uses aws-lc's assembly (AVX2/SHA-NI), about twice as
+    /// fast as the portable `sha2` code on CPUs without SHA extensions; `sha2` is the
+    /// fallback should the digest ever have an unexpected length.
     pub fn hash(data: &[u8]) -> Id {
-        Id(Sha256::digest(data).into())
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+        let mut out = [0u8; 32];
+        if d.as_ref().len() == 32 {
+            out.copy_from_slice(d.as_ref());
+            Id(out)
+        } else {
+            Id(Sha256::digest(data).into())
+        }
     }
 
     /// A random id (repository ids).
@@ -62,5 +71,20 @@ impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
         let s = String::deserialize(d)?;
         Id::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid id {s:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_known_answer() {
+        assert_eq!(
+            Id::hash(b"abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let big = vec![7u8; 3_000_001];
+        assert_eq!(Id::hash(&big), Id(Sha256::digest(&big).into()));
     }
 }
