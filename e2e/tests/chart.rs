@@ -28,6 +28,7 @@ fn helm() -> PathBuf {
 }
 
 fn run_helm(args: &[&str]) -> String {
+    let ns = args.iter().position(|a| *a == "--namespace").and_then(|i| args.get(i + 1)).copied();
     let out = Command::new(helm())
         .env("KUBECONFIG", &env().kubeconfig)
         .args(args)
@@ -35,9 +36,10 @@ fn run_helm(args: &[&str]) -> String {
         .expect("run helm");
     assert!(
         out.status.success(),
-        "helm {args:?} failed:\n{}{}",
+        "helm {args:?} failed:\n{}{}\n{}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        ns.map(holdfast_e2e::dump_namespace).unwrap_or_default()
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

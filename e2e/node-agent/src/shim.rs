@@ -6,9 +6,7 @@
 //! agent can `nsenter` it later for exec). For `kubectl exec` the same shim runs
 //! under `nsenter --mount --target <pid>` with no mounts.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -106,15 +104,46 @@ fn start(spec: &ShimSpec) -> String {
     {
         return format!("creating working directory {}: {e}", cwd.display());
     }
+    // Open the program while still root: like an image's binary inside a container, it has to
+    // be reachable whatever the host directories above it allow (a build under /root is mode
+    // 0700 there). Executing the open file checks only the file's own permissions.
+    let program = match std::fs::File::open(&spec.program) {
+        Ok(f) => f,
+        Err(e) => return format!("opening {:?} ({}): {e}", spec.argv0, spec.program.display()),
+    };
     if let Err(e) = drop_privileges(spec) {
         return e;
     }
-    let mut cmd = Command::new(&spec.program);
-    cmd.arg0(&spec.argv0).args(&spec.args);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
+    if let Some(cwd) = &spec.cwd
+        && let Err(e) = std::env::set_current_dir(cwd)
+    {
+        return format!("changing to working directory {}: {e}", cwd.display());
     }
-    let err = cmd.exec();
+    exec_file(&program, spec)
+}
+
+/// fexecve(2) of an open file with the shim's environment; returns only on failure.
+fn exec_file(program: &std::fs::File, spec: &ShimSpec) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| "argument or environment contains a NUL byte".to_string());
+    let argv: Result<Vec<CString>, String> = std::iter::once(spec.argv0.as_bytes())
+        .chain(spec.args.iter().map(|a| a.as_bytes()))
+        .map(cstr)
+        .collect();
+    let envp: Result<Vec<CString>, String> = std::env::vars_os()
+        .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect();
+    let (argv, envp) = match (argv, envp) {
+        (Ok(a), Ok(e)) => (a, e),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    // A `#!` script's interpreter reopens /dev/fd/N, so the descriptor must survive the exec.
+    let _ = nix::fcntl::fcntl(program, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+    let err = match nix::unistd::fexecve(program, &argv, &envp) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
     format!("exec {:?} ({}): {err}", spec.argv0, spec.program.display())
 }
 
