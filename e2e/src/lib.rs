@@ -296,3 +296,36 @@ pub fn dump_namespace(ns: &str) -> String {
     }
     out
 }
+
+impl Env {
+    /// Applies YAML text in namespace `ns` with kubectl (a real client, as users apply).
+    pub fn apply_yaml(&self, ns: &str, yaml: &str) {
+        let file = std::env::temp_dir().join(format!("{ns}-{}.yaml", random_suffix()));
+        std::fs::write(&file, yaml).expect("write manifest");
+        self.kubectl_ok(["apply", "-n", ns, "-f", &file.display().to_string()]);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// Waits until BackupStorageLocation `name` reports `phase`; with `reason` given, also that
+/// reason (`Some(None)`: no reason). Panics with a namespace dump on timeout.
+pub async fn wait_location(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    phase: holdfast_api::location::LocationPhase,
+    reason: Option<Option<&str>>,
+) -> holdfast_api::BackupStorageLocation {
+    let api: Api<holdfast_api::BackupStorageLocation> = Api::namespaced(client.clone(), ns);
+    let what = format!("location {name} to be {phase:?} (reason {reason:?})");
+    wait_until(&what, Duration::from_secs(90), Some(ns), || {
+        let api = api.clone();
+        async move {
+            let l = api.get(name).await.ok()?;
+            let s = l.status.as_ref()?;
+            let reason_ok = reason.is_none_or(|r| s.reason.as_deref() == r);
+            (s.phase == Some(phase) && reason_ok).then_some(l)
+        }
+    })
+    .await
+}

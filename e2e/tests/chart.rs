@@ -3,11 +3,9 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use holdfast_api::location::{BackupStorageLocation, LocationPhase};
-use holdfast_e2e::{TestNamespace, ensure_crds, env, wait_until};
-use kube::api::Api;
+use holdfast_api::location::LocationPhase;
+use holdfast_e2e::{TestNamespace, ensure_crds, env};
 
 /// helm from HOLDFAST_HELM or the tool cache (`e2e/tools/build helm`).
 fn helm() -> PathBuf {
@@ -28,7 +26,11 @@ fn helm() -> PathBuf {
 }
 
 fn run_helm(args: &[&str]) -> String {
-    let ns = args.iter().position(|a| *a == "--namespace").and_then(|i| args.get(i + 1)).copied();
+    let ns = args
+        .iter()
+        .position(|a| *a == "--namespace")
+        .and_then(|i| args.get(i + 1))
+        .copied();
     let out = Command::new(helm())
         .env("KUBECONFIG", &env().kubeconfig)
         .args(args)
@@ -114,27 +116,8 @@ async fn chart_installs_an_operator_that_reconciles() {
     let manifest = format!(
         "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {{name: probe}}\nspec:\n  s3: {{bucket: unused, endpoint: \"http://127.0.0.1:9\"}}\n"
     );
-    let file = std::env::temp_dir().join(format!("{}-bsl.yaml", ns.name));
-    std::fs::write(&file, manifest).expect("write");
-    e.kubectl_ok(["apply", "-n", &ns.name, "-f", &file.display().to_string()]);
-    let api: Api<BackupStorageLocation> = Api::namespaced(client.clone(), &ns.name);
-    wait_until(
-        "the chart's operator to reconcile a location",
-        Duration::from_secs(90),
-        Some(&ns.name),
-        || {
-            let api = api.clone();
-            async move {
-                api.get("probe")
-                    .await
-                    .ok()?
-                    .status
-                    .filter(|s| s.phase == Some(LocationPhase::Unavailable))
-                    .map(|_| ())
-            }
-        },
-    )
-    .await;
+    e.apply_yaml(&ns.name, &manifest);
+    holdfast_e2e::wait_location(&client, &ns.name, "probe", LocationPhase::Unavailable, None).await;
     run_helm(&["uninstall", &release, "--namespace", &ns.name, "--wait"]);
     // Cluster-scoped RBAC of the release is gone with it.
     let out = e.kubectl([

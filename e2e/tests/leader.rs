@@ -19,16 +19,8 @@ fn location(name: &str) -> String {
 }
 
 async fn reconciled(api: &Api<BackupStorageLocation>, name: &str, ns: &str) {
-    let what = format!("location {name} to be reconciled");
-    wait_until(&what, Duration::from_secs(60), Some(ns), || async move {
-        api.get(name)
-            .await
-            .ok()?
-            .status
-            .filter(|s| s.phase == Some(LocationPhase::Unavailable))
-            .map(|_| ())
-    })
-    .await;
+    let client = api.clone().into_client();
+    holdfast_e2e::wait_location(&client, ns, name, LocationPhase::Unavailable, None).await;
 }
 
 #[tokio::test]

@@ -32,9 +32,7 @@ async fn make_bucket(name: &str) {
 }
 
 fn apply(ns: &str, yaml: &str) {
-    let file = std::env::temp_dir().join(format!("{ns}-{}.yaml", holdfast_e2e::random_suffix()));
-    std::fs::write(&file, yaml).expect("write manifest");
-    env().kubectl_ok(["apply", "-n", ns, "-f", &file.display().to_string()]);
+    env().apply_yaml(ns, yaml);
 }
 
 fn secret(name: &str, access: &str, secret: &str) -> String {
@@ -56,17 +54,7 @@ async fn wait_phase(
     phase: LocationPhase,
     reason: Option<&str>,
 ) -> BackupStorageLocation {
-    let api: Api<BackupStorageLocation> = Api::namespaced(client.clone(), ns);
-    let what = format!("location {name} to be {phase:?} with reason {reason:?}");
-    wait_until(&what, Duration::from_secs(90), Some(ns), || {
-        let api = api.clone();
-        async move {
-            let l = api.get(name).await.ok()?;
-            let s = l.status.as_ref()?;
-            (s.phase == Some(phase) && s.reason.as_deref() == reason).then_some(l)
-        }
-    })
-    .await
+    holdfast_e2e::wait_location(client, ns, name, phase, Some(reason)).await
 }
 
 #[tokio::test]
