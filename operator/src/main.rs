@@ -2,6 +2,7 @@
 
 mod cli;
 mod controller;
+mod mover;
 mod telemetry;
 
 use clap::{Parser, Subcommand};
@@ -23,18 +24,25 @@ enum Command {
     Controller(controller::ControllerArgs),
     /// Write the CustomResourceDefinitions into crds/ (or check them with --check).
     Crdgen(cli::crdgen::CrdgenArgs),
+    /// Data mover: back up, restore and check restic-format repositories.
+    Mover(mover::MoverCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
-        Command::Crdgen(args) => cli::crdgen::run(&args),
+        Command::Crdgen(args) => cli::crdgen::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Controller(args) => {
             telemetry::init_tracing();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(controller::run(args))
+            runtime()?
+                .block_on(controller::run(args))
+                .map(|()| std::process::ExitCode::SUCCESS)
         }
+        Command::Mover(cmd) => runtime()?.block_on(mover::run(cmd)),
     }
 }
