@@ -23,6 +23,20 @@ pub fn immutable_fields(fields: &[&str]) -> String {
         .join(" && ")
 }
 
+/// CEL: a retention (`keep`) names at least one rule.
+pub fn retention_rule() -> kube::core::Rule {
+    kube::core::Rule::new(
+        "has(self.last) || has(self.hourly) || has(self.daily) || has(self.weekly) || has(self.monthly) || has(self.yearly) || has(self.within)",
+    )
+    .message("keep needs at least one rule: last, hourly, daily, weekly, monthly, yearly or within")
+}
+
+/// CEL: a string is a cron expression (loose syntax check, see [`crate::schedule::CRON_PATTERN`]).
+pub fn cron_rule(message: &str) -> kube::core::Rule {
+    kube::core::Rule::new(format!("self.matches('{}')", crate::schedule::CRON_PATTERN))
+        .message(message)
+}
+
 /// A namespace name (RFC 1123 label).
 pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A namespace name or `*`.

@@ -4,7 +4,6 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Duration, Retention};
-use crate::schedule::CRON_PATTERN;
 
 /// An SLAPolicy sets two cadences and two retentions: how often in-cluster snapshots are
 /// taken and how long they are kept, and how often data is copied to object storage and how
@@ -60,10 +59,10 @@ pub struct Cadence {
     pub every: Option<Duration>,
     /// Cron expression, evaluated in the Schedule's time zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(format!("self.matches('{CRON_PATTERN}')")).message("schedule must be a cron expression with five fields, such as '0 1 * * *', or a macro such as @daily"))]
+    #[x_kube(validation = crate::common::cron_rule("schedule must be a cron expression with five fields, such as '0 1 * * *', or a macro such as @daily"))]
     #[schemars(length(max = 256))]
     pub schedule: Option<String>,
     /// How long restore points are kept.
-    #[x_kube(validation = Rule::new("has(self.last) || has(self.hourly) || has(self.daily) || has(self.weekly) || has(self.monthly) || has(self.yearly) || has(self.within)").message("keep needs at least one rule: last, hourly, daily, weekly, monthly, yearly or within"))]
+    #[x_kube(validation = crate::common::retention_rule())]
     pub keep: Retention,
 }

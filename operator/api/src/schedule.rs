@@ -76,12 +76,12 @@ pub struct ScheduleSpec {
     pub policy: Option<String>,
     /// Cron expression (five fields or a macro like `@daily`), evaluated in `timeZone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(format!("self.matches('{CRON_PATTERN}')")).message("schedule must be a cron expression with five fields (minute hour day-of-month month day-of-week), such as '0 1 * * *', or a macro such as @daily"))]
+    #[x_kube(validation = crate::common::cron_rule("schedule must be a cron expression with five fields (minute hour day-of-month month day-of-week), such as '0 1 * * *', or a macro such as @daily"))]
     #[schemars(length(max = 256))]
     pub schedule: Option<String>,
     /// How long restore points made from `schedule` are kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("has(self.last) || has(self.hourly) || has(self.daily) || has(self.weekly) || has(self.monthly) || has(self.yearly) || has(self.within)").message("keep needs at least one rule: last, hourly, daily, weekly, monthly, yearly or within"))]
+    #[x_kube(validation = crate::common::retention_rule())]
     pub keep: Option<Retention>,
     /// IANA time zone for the cron schedule (default `UTC`), for example `Europe/Berlin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
