@@ -105,9 +105,7 @@ async fn backup_selection_is_immutable_but_cancel_ttl_and_policy_are_not() {
     let ns = TestNamespace::new(&client, "immutable").await;
     let e = env();
     let manifest = "apiVersion: holdfast.dev/v1alpha1\nkind: Backup\nmetadata: {name: b}\nspec:\n  includedResources: [configmaps]\n  ttl: 1h\n";
-    let file = std::env::temp_dir().join(format!("{}-backup.yaml", ns.name));
-    std::fs::write(&file, manifest).expect("write");
-    e.kubectl_ok(["apply", "-n", &ns.name, "-f", &file.display().to_string()]);
+    e.apply_yaml(&ns.name, manifest);
 
     let patch = |p: &str| {
         e.kubectl([

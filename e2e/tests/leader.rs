@@ -57,9 +57,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     .await;
     assert_eq!(holder, "replica-a", "the first replica should lead");
 
-    let file = std::env::temp_dir().join(format!("{}-l1.yaml", ns.name));
-    std::fs::write(&file, location("one")).expect("write");
-    e.kubectl_ok(["apply", "-n", &ns.name, "-f", &file.display().to_string()]);
+    e.apply_yaml(&ns.name, &location("one"));
     let bsl: Api<BackupStorageLocation> = Api::namespaced(client.clone(), &ns.name);
     reconciled(&bsl, "one", &ns.name).await;
 
@@ -112,8 +110,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over() {
     );
     eprintln!("takeover after leader crash: {took:?} (lease {LEASE_SECONDS}s)");
 
-    std::fs::write(&file, location("two")).expect("write");
-    e.kubectl_ok(["apply", "-n", &ns.name, "-f", &file.display().to_string()]);
+    e.apply_yaml(&ns.name, &location("two"));
     reconciled(&bsl, "two", &ns.name).await;
     let holder = leases
         .get("holdfast-controller")

@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
@@ -32,6 +32,13 @@ pub const MANAGER: &str = "holdfast-location-controller";
 /// Condition type set on locations that claim `default: true` but lose to an older one.
 pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a location reconcile sees: the shared context and the cache of all locations.
+struct LocationContext {
+    ctx: Arc<Context>,
+    /// Every location of the operator namespace, kept current by the controller's watch.
+    locations: Store<BackupStorageLocation>,
+}
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
@@ -50,6 +57,10 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let store = reader.clone();
+    let lctx = Arc::new(LocationContext {
+        ctx,
+        locations: reader.clone(),
+    });
     Controller::for_stream(trigger, reader)
         .watches(
             secrets,
@@ -66,7 +77,7 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, lctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!(error = %e, "location reconcile failed");
@@ -86,14 +97,18 @@ fn uses_secret(spec: &holdfast_api::BackupStorageLocationSpec, secret: &str) -> 
             .is_some_and(|c| c.secret_ref.name == secret)
 }
 
-async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(
+    bsl: Arc<BackupStorageLocation>,
+    lctx: Arc<LocationContext>,
+) -> Result<Action, Error> {
+    let ctx = &lctx.ctx;
     let _timer = ctx.metrics.reconcile_timer("location");
     let name = bsl.name_any();
     let ns = bsl.namespace().unwrap_or_default();
     let api: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
 
-    let outcome = match resolve_target(&bsl, &ctx).await {
+    let outcome = match resolve_target(&bsl, ctx).await {
         Ok(target) => {
             probe::probe(
                 &target,
@@ -105,11 +120,8 @@ async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result
     };
 
     // Default-location arbitration: oldest location claiming default wins.
-    let all = api
-        .list(&Default::default())
-        .await
-        .map_err(Error::kube("list BackupStorageLocations"))?;
-    let winner = effective_default(all.items.iter().map(|l| {
+    let all = lctx.locations.state();
+    let winner = effective_default(all.iter().map(|l| {
         (
             l.name_any(),
             l.creation_timestamp().map(|t| t.0),
@@ -192,7 +204,12 @@ async fn reconcile(bsl: Arc<BackupStorageLocation>, ctx: Arc<Context>) -> Result
     Ok(Action::requeue(interval))
 }
 
-fn error_policy(bsl: Arc<BackupStorageLocation>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(
+    bsl: Arc<BackupStorageLocation>,
+    err: &Error,
+    lctx: Arc<LocationContext>,
+) -> Action {
+    let ctx = &lctx.ctx;
     warn!(location = %bsl.name_any(), error = %err, "location reconcile error");
     ctx.metrics.reconcile_error("location");
     Action::requeue(Duration::from_secs(10))

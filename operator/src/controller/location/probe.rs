@@ -240,6 +240,31 @@ pub struct ProbeTarget {
     pub read_write: bool,
 }
 
+/// How long one S3 call of a probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One S3 call of a probe, bounded in time, its failure classified.
+async fn call(
+    step: Step,
+    bucket: &str,
+    endpoint: &str,
+    fut: impl std::future::Future<Output = Result<(), RawError>>,
+) -> Result<(), ProbeFailure> {
+    match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(raw)) => Err(classify(step, bucket, endpoint, &raw)),
+        Err(_) => Err(classify(
+            step,
+            bucket,
+            endpoint,
+            &RawError::Dispatch {
+                detail: format!("no answer within {PROBE_TIMEOUT:?}"),
+                timeout: true,
+            },
+        )),
+    }
+}
+
 /// Lists the prefix and, for read-write locations, writes and deletes a marker object.
 pub async fn probe(target: &ProbeTarget, marker_name: &str) -> Result<(), ProbeFailure> {
     let bucket = target.config.bucket.clone();
@@ -255,28 +280,16 @@ pub async fn probe(target: &ProbeTarget, marker_name: &str) -> Result<(), ProbeF
             message: e.to_string(),
         })?;
     let client = store.client();
-    let timeout = Duration::from_secs(20);
     let list = client
         .list_objects_v2()
         .bucket(&bucket)
         .prefix(&target.marker_prefix)
         .max_keys(1)
         .send();
-    match tokio::time::timeout(timeout, list).await {
-        Err(_) => {
-            return Err(classify(
-                Step::List,
-                &bucket,
-                &endpoint,
-                &RawError::Dispatch {
-                    detail: "no answer within 20s".into(),
-                    timeout: true,
-                },
-            ));
-        }
-        Ok(Err(e)) => return Err(classify(Step::List, &bucket, &endpoint, &raw(&e))),
-        Ok(Ok(_)) => {}
-    }
+    call(Step::List, &bucket, &endpoint, async {
+        list.await.map(drop).map_err(|e| raw(&e))
+    })
+    .await?;
     if !target.read_write {
         return Ok(());
     }
@@ -289,35 +302,15 @@ pub async fn probe(target: &ProbeTarget, marker_name: &str) -> Result<(), ProbeF
             b"holdfast location validation marker\n",
         ))
         .send();
-    match tokio::time::timeout(timeout, put).await {
-        Err(_) => {
-            return Err(classify(
-                Step::Write,
-                &bucket,
-                &endpoint,
-                &RawError::Dispatch {
-                    detail: "no answer within 20s".into(),
-                    timeout: true,
-                },
-            ));
-        }
-        Ok(Err(e)) => return Err(classify(Step::Write, &bucket, &endpoint, &raw(&e))),
-        Ok(Ok(_)) => {}
-    }
+    call(Step::Write, &bucket, &endpoint, async {
+        put.await.map(drop).map_err(|e| raw(&e))
+    })
+    .await?;
     let delete = client.delete_object().bucket(&bucket).key(&key).send();
-    match tokio::time::timeout(timeout, delete).await {
-        Err(_) => Err(classify(
-            Step::Delete,
-            &bucket,
-            &endpoint,
-            &RawError::Dispatch {
-                detail: "no answer within 20s".into(),
-                timeout: true,
-            },
-        )),
-        Ok(Err(e)) => Err(classify(Step::Delete, &bucket, &endpoint, &raw(&e))),
-        Ok(Ok(_)) => Ok(()),
-    }
+    call(Step::Delete, &bucket, &endpoint, async {
+        delete.await.map(drop).map_err(|e| raw(&e))
+    })
+    .await
 }
 
 #[cfg(test)]
