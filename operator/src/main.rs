@@ -1,9 +1,6 @@
 //! The `holdfast` binary: one image, subcommands for the controller, the data mover and code generation.
 
-mod cli;
-mod controller;
-mod mover;
-mod telemetry;
+use holdfast::{cli, controller, mover, telemetry};
 
 use clap::{Parser, Subcommand};
 
