@@ -4,6 +4,7 @@
 pub mod conditions;
 pub mod leader;
 pub mod location;
+pub mod objects;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
