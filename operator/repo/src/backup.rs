@@ -162,6 +162,8 @@ struct Packer {
 struct Ctx {
     repo: Repository,
     index: Arc<Index>,
+    /// Blobs in packs marked by prune: never deduplicated against (stored again).
+    excluded: HashSet<Id>,
     pending: Mutex<HashSet<Id>>,
     data: Packer,
     trees: Packer,
@@ -296,9 +298,14 @@ impl Ctx {
         lock(&self.errors).push(msg);
     }
 
+    /// True when the blob is stored in a pack that prune has not marked.
+    fn known(&self, id: &Id) -> bool {
+        self.index.blobs.contains_key(id) && !self.excluded.contains(id)
+    }
+
     /// Stores a blob unless it is known; returns whether it was new.
     fn add_blob(&self, id: Id, t: BlobType, plain: &[u8]) -> Result<bool, RepoError> {
-        if self.index.blobs.contains_key(&id) || !lock(&self.pending).insert(id) {
+        if self.known(&id) || !lock(&self.pending).insert(id) {
             return Ok(false);
         }
         let compressed = match self.level {
@@ -410,7 +417,7 @@ impl Ctx {
                     && same_time(&p.ctime, &node.ctime)
                     && p.content
                         .as_ref()
-                        .is_some_and(|c| c.iter().all(|id| self.index.blobs.contains_key(id)))
+                        .is_some_and(|c| c.iter().all(|id| self.known(id)))
             });
             if let Some(p) = unchanged {
                 node.content = p.content.clone();
@@ -597,6 +604,7 @@ async fn backup_locked(
     opts: BackupOptions,
 ) -> Result<BackupSummary, RepoError> {
     let index = Arc::new(repo.load_index().await?);
+    let excluded = crate::prune::blobs_in_marked_packs(repo, &index).await;
     let parent_tree = match opts.parent {
         Some(pid) => {
             let snap: Snapshot = repo.load_json(FileType::Snapshot, &pid).await?;
@@ -614,6 +622,7 @@ async fn backup_locked(
     let ctx = Ctx {
         repo: repo.clone(),
         index: index.clone(),
+        excluded,
         pending: Mutex::new(HashSet::new()),
         data: Packer {
             state: Mutex::new((Vec::new(), Vec::new())),

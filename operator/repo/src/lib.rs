@@ -5,8 +5,10 @@
 pub mod backup;
 pub mod check;
 pub mod crypto;
+pub mod forget;
 pub mod format;
 mod id;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod tree;

@@ -438,9 +438,7 @@ impl Repository {
             let Ok(l) = self.load_json::<LockJson>(FileType::Lock, &id).await else {
                 continue;
             };
-            let stale = format::parse_time(&l.time)
-                .is_none_or(|t| now.signed_duration_since(t) > chrono::Duration::minutes(30));
-            if stale {
+            if lock_is_stale(&l, now) {
                 continue;
             }
             if exclusive || l.exclusive {
@@ -467,6 +465,16 @@ impl Repository {
             gid: rustix::process::getgid().as_raw(),
         };
         let id = self.save_json(FileType::Lock, &make()).await?;
+        // Two writers may both have found no conflicting lock before either created
+        // its own: look again now that ours exists, and back off if there is a
+        // conflict (the later of two racing writers always sees the earlier one).
+        if let Some(by) = self.conflicting_lock(exclusive, &id, now).await? {
+            let _ = self.inner.store.delete(&FileType::Lock.key(&id)).await;
+            return Err(RepoError::Locked {
+                repo: self.inner.store.describe(),
+                by,
+            });
+        }
         let current = Arc::new(std::sync::Mutex::new(id));
         let me = self.clone();
         let cur = current.clone();
@@ -490,6 +498,135 @@ impl Repository {
             current,
             refresher,
         })
+    }
+}
+
+/// restic's stale-lock rules: older than 30 minutes, or taken on this host by a
+/// process that no longer exists.
+fn lock_is_stale(l: &LockJson, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let old = format::parse_time(&l.time)
+        .is_none_or(|t| now.signed_duration_since(t) > chrono::Duration::minutes(30));
+    if old {
+        return true;
+    }
+    if l.hostname == hostname() && l.pid > 0 {
+        let gone = i32::try_from(l.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|pid| {
+                matches!(
+                    rustix::process::test_kill_process(pid),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            });
+        return gone;
+    }
+    false
+}
+
+impl Repository {
+    async fn conflicting_lock(
+        &self,
+        exclusive: bool,
+        ours: &Id,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>, RepoError> {
+        for (id, _) in self.list(FileType::Lock).await? {
+            if id == *ours {
+                continue;
+            }
+            let Ok(l) = self.load_json::<LockJson>(FileType::Lock, &id).await else {
+                continue;
+            };
+            if lock_is_stale(&l, now) {
+                continue;
+            }
+            if exclusive || l.exclusive {
+                return Ok(Some(format!(
+                    "{}lock {} held by {} (pid {}) since {}",
+                    if l.exclusive { "exclusive " } else { "" },
+                    id.short(),
+                    l.hostname,
+                    l.pid,
+                    l.time
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every index file with its packs and their blobs, as stored (a blob may be
+    /// listed in several packs and a pack in several index files).
+    pub async fn load_index_files(&self) -> Result<Vec<(Id, IndexJson)>, RepoError> {
+        let ids = self.list(FileType::Index).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        let mut set = tokio::task::JoinSet::new();
+        let mut it = ids.into_iter();
+        loop {
+            while set.len() < 16 {
+                let Some((id, _)) = it.next() else { break };
+                let me = self.clone();
+                set.spawn(
+                    async move { (id, me.load_json::<IndexJson>(FileType::Index, &id).await) },
+                );
+            }
+            match set.join_next().await {
+                Some(r) => {
+                    let (id, j) = r.map_err(|e| RepoError::Internal(e.to_string()))?;
+                    out.push((id, j?));
+                }
+                None => break,
+            }
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    /// Stores an encrypted JSON document under a fixed key outside restic's
+    /// directories (restic ignores it), encoded like an unpacked file.
+    pub async fn save_extra_json<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), RepoError> {
+        let json = serde_json::to_vec(value).map_err(|source| FormatError::Json {
+            what: key.to_string(),
+            source,
+        })?;
+        let plain = format::encode_unpacked(&json).map_err(|source| FormatError::Zstd {
+            what: key.to_string(),
+            source,
+        })?;
+        let enc = self.inner.key.encrypt(&plain)?;
+        self.inner.store.put(key, Bytes::from(enc)).await?;
+        Ok(())
+    }
+
+    /// Loads a document stored by [`Repository::save_extra_json`]; `None` when absent.
+    pub async fn load_extra_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, RepoError> {
+        let raw = match self.inner.store.get(key).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let plain = self
+            .inner
+            .key
+            .decrypt(&raw)
+            .map_err(|source| FormatError::Crypto {
+                what: key.to_string(),
+                source,
+            })?;
+        let json = format::decode_unpacked(plain, key)?;
+        Ok(Some(serde_json::from_slice(&json).map_err(|source| {
+            FormatError::Json {
+                what: key.to_string(),
+                source,
+            }
+        })?))
     }
 }
 

@@ -1,9 +1,11 @@
 //! The data mover (`holdfast mover ...`) that runs inside mover pods: backup, restore,
-//! check and list snapshots of a restic-format repository on S3 or a local path.
+//! check, list, forget and prune snapshots of a restic-format repository on S3 or a
+//! local path.
 //! Talks to object storage (through holdfast-repo/holdfast-store), never to the cluster.
 //!
 //! Exit codes: 0 success, 1 failed, 2 partially failed (some files could not be
-//! read or some metadata not applied), 3 nothing to do (no snapshot to restore/list).
+//! read or some metadata not applied), 3 nothing to do (no snapshot to restore/list,
+//! no snapshot removed by forget, nothing to mark or delete for prune).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use holdfast_repo::backup::{self, BackupOptions, BackupStats, Compression};
 use holdfast_repo::check::{self, CheckOptions};
+use holdfast_repo::forget::{self, ForgetOptions, GroupBy, KeepDuration, KeepPolicy};
+use holdfast_repo::prune::{self, PruneOptions, PruneSummary};
 use holdfast_repo::restore::{self, RestoreOptions};
 use holdfast_repo::{KdfParams, RepoError, Repository};
 use holdfast_store::{DynStore, LocalStore, Location, RetryPolicy, S3Config, S3Store};
@@ -77,6 +81,77 @@ pub enum MoverAction {
     Check(CheckArgs),
     /// List snapshots.
     Snapshots,
+    /// Remove snapshots by id or by a retention policy (restic's `forget`).
+    Forget(ForgetArgs),
+    /// Two-phase garbage collection: mark unneeded packs, delete or repack packs
+    /// marked at least --grace ago that are still unneeded.
+    Prune(PruneArgs),
+}
+
+/// `mover forget`.
+#[derive(clap::Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshot to remove (id or unique prefix), repeatable; not combined with --keep-*.
+    #[arg(long = "snapshot")]
+    pub snapshots: Vec<String>,
+    /// Keep the last N snapshots (-1: all).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub keep_last: i32,
+    /// Keep the last N hourly snapshots.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub keep_hourly: i32,
+    /// Keep the last N daily snapshots.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub keep_daily: i32,
+    /// Keep the last N weekly snapshots.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub keep_weekly: i32,
+    /// Keep the last N monthly snapshots.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub keep_monthly: i32,
+    /// Keep the last N yearly snapshots.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub keep_yearly: i32,
+    /// Keep snapshots newer than the group's latest minus this (`1y2m3d4h`).
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    /// Keep snapshots with all of these tags (comma-separated), repeatable.
+    #[arg(long)]
+    pub keep_tag: Vec<String>,
+    /// Group snapshots by these fields (`host`, `paths`, `tags`, comma-separated, or
+    /// empty for one group).
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: String,
+    /// Show what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Prune afterwards.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_args: PruneFlags,
+}
+
+/// Options shared by `prune` and `forget --prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneFlags {
+    /// How long a pack stays marked before it is deleted (`24h`, `30m`, `0s`); longer
+    /// than any backup.
+    #[arg(long, default_value = "24h")]
+    pub grace: String,
+    /// Unused space tolerated in partly used packs, in percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub max_unused: f64,
+}
+
+/// `mover prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub flags: PruneFlags,
+    /// Show what would be done, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `mover backup`.
@@ -232,6 +307,16 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         MoverAction::Backup(a) => run_backup(store, a, json).await,
+        MoverAction::Forget(a) => run_forget(store, a, json).await,
+        MoverAction::Prune(a) => {
+            let repo = Repository::open(store, &password()?).await?;
+            let s = run_prune(&repo, &a.flags, a.dry_run, json).await?;
+            Ok(if s.nothing_to_do() {
+                ExitCode::from(EXIT_NOTHING_TO_DO)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         MoverAction::Restore(a) => {
             let repo = Repository::open(store, &password()?).await?;
             let mut opts = RestoreOptions::default();
@@ -453,5 +538,198 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+fn prune_options(f: &PruneFlags, dry_run: bool) -> anyhow::Result<PruneOptions> {
+    let grace = prune::parse_duration(&f.grace)
+        .with_context(|| format!("--grace {:?}: expected e.g. 24h, 30m, 1d2h or 0s", f.grace))?;
+    if !(0.0..100.0).contains(&f.max_unused) {
+        bail!(
+            "--max-unused {}: expected a percentage below 100",
+            f.max_unused
+        );
+    }
+    Ok(PruneOptions {
+        grace,
+        max_unused_percent: f.max_unused,
+        dry_run,
+        ..PruneOptions::default()
+    })
+}
+
+async fn run_prune(
+    repo: &Repository,
+    f: &PruneFlags,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<PruneSummary> {
+    let opts = prune_options(f, dry_run)?;
+    let started = Instant::now();
+    let s = prune::prune(repo, &opts)
+        .await
+        .with_context(|| format!("pruning {}", repo.store().describe()))?;
+    let secs = started.elapsed().as_secs_f64();
+    emit(
+        json,
+        "prune",
+        serde_json::json!({
+            "dry_run": dry_run,
+            "grace_seconds": opts.grace.as_secs(),
+            "snapshots": s.snapshots,
+            "packs_total": s.packs_total,
+            "packs_newly_marked": s.packs_newly_marked,
+            "packs_waiting": s.packs_waiting,
+            "packs_deleted": s.packs_deleted,
+            "packs_repacked": s.packs_repacked,
+            "packs_written": s.packs_written,
+            "blobs_repacked": s.blobs_repacked,
+            "bytes_repacked": s.bytes_repacked,
+            "bytes_freed": s.bytes_freed,
+            "bytes_unused_remaining": s.bytes_unused_remaining,
+            "index_files_written": s.index_files_written,
+            "index_files_removed": s.index_files_removed,
+            "seconds": secs,
+        }),
+        || {
+            format!(
+                "prune{}: {} packs, {} newly marked, {} waiting for the grace period ({}), {} deleted, {} repacked ({} blobs); {:.1} MiB freed, {:.1} MiB unused remain, in {secs:.1} s",
+                if dry_run { " (dry run)" } else { "" },
+                s.packs_total,
+                s.packs_newly_marked,
+                s.packs_waiting,
+                f.grace,
+                s.packs_deleted,
+                s.packs_repacked,
+                s.blobs_repacked,
+                mib(s.bytes_freed),
+                mib(s.bytes_unused_remaining),
+            )
+        },
+    );
+    Ok(s)
+}
+
+async fn run_forget(store: DynStore, a: ForgetArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = Repository::open(store, &password()?).await?;
+    let within =
+        match &a.keep_within {
+            Some(w) => Some(KeepDuration::parse(w).with_context(|| {
+                format!("--keep-within {w:?}: expected a duration like 1y2m3d4h")
+            })?),
+            None => None,
+        };
+    let mut group_by = GroupBy {
+        host: false,
+        paths: false,
+        tags: false,
+    };
+    for g in a
+        .group_by
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+    {
+        match g {
+            "host" => group_by.host = true,
+            "paths" => group_by.paths = true,
+            "tags" => group_by.tags = true,
+            other => bail!("--group-by: unknown field {other:?} (host, paths, tags)"),
+        }
+    }
+    let policy = KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|l| {
+                l.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .collect(),
+    };
+    if a.snapshots.is_empty() && policy.is_empty() {
+        bail!("nothing to forget: give --snapshot ID or at least one --keep-* option");
+    }
+    let opts = ForgetOptions {
+        snapshots: a.snapshots.clone(),
+        policy,
+        group_by,
+        dry_run: a.dry_run,
+    };
+    let s = match forget::forget(&repo, &opts).await {
+        Ok(s) => s,
+        Err(RepoError::SnapshotNotFound { spec }) => {
+            emit(
+                json,
+                "nothing_to_do",
+                serde_json::json!({"reason": format!("no snapshot matches {spec:?}")}),
+                || format!("nothing to do: no snapshot matches {spec:?}"),
+            );
+            return Ok(ExitCode::from(EXIT_NOTHING_TO_DO));
+        }
+        Err(e) => return Err(e).context("forgetting snapshots"),
+    };
+    for g in &s.groups {
+        for d in &g.decisions {
+            emit(
+                json,
+                if d.keep { "keep" } else { "remove" },
+                serde_json::json!({"id": d.id.to_hex(), "short_id": d.id.short(), "host": g.host, "paths": g.paths, "tags": g.tags, "reasons": d.reasons}),
+                || {
+                    format!(
+                        "{} {}{}",
+                        if d.keep { "keep  " } else { "remove" },
+                        d.id.short(),
+                        if d.reasons.is_empty() {
+                            String::new()
+                        } else {
+                            format!("  ({})", d.reasons.join(", "))
+                        }
+                    )
+                },
+            );
+        }
+    }
+    if s.groups.is_empty() {
+        for id in &s.removed {
+            emit(
+                json,
+                "remove",
+                serde_json::json!({"id": id.to_hex(), "short_id": id.short(), "reasons": []}),
+                || format!("remove {}", id.short()),
+            );
+        }
+    }
+    emit(
+        json,
+        "summary",
+        serde_json::json!({"removed": s.removed.len(), "kept": s.kept, "dry_run": a.dry_run}),
+        || {
+            format!(
+                "{} {} snapshots, kept {}",
+                if a.dry_run { "would remove" } else { "removed" },
+                s.removed.len(),
+                s.kept
+            )
+        },
+    );
+    let mut did_something = !s.removed.is_empty();
+    if a.prune && !a.dry_run {
+        let p = run_prune(&repo, &a.prune_args, false, json).await?;
+        did_something |= !p.nothing_to_do();
+    }
+    Ok(if did_something {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_NOTHING_TO_DO)
     })
 }

@@ -214,6 +214,9 @@ pub fn assert_same_tree(original: &Path, restored: &Path) {
         assert_eq!(Some(ea), b.get(p), "entry {} differs", p.display());
     }
     let ino = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+    if !original.join("hardlink-to-small").exists() {
+        return;
+    }
     assert_eq!(
         ino(&restored.join("small.txt")),
         ino(&restored.join("hardlink-to-small")),
