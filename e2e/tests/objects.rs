@@ -578,6 +578,28 @@ spec:
     )
     .await;
 
+    // As the Restore controller does it: namespaces first, then (after the volumes) the rest.
+    let selection = Selection::default();
+    let first = objects::restore(
+        &client,
+        RestoreRequest {
+            archive: &captured.archive,
+            selection: &selection,
+            namespace_mapping: &BTreeMap::new(),
+            existing: ExistingResourcePolicy::None,
+            include_kinds: Some(&["namespaces"]),
+            exclude_kinds: &[],
+            labels: restore_labels(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(first.failed.is_empty(), "{first:#?}");
+    assert_eq!(first.restored, 1, "{first:#?}");
+    assert!(
+        crds.get_opt(&crd_name).await.unwrap().is_none(),
+        "only the namespace"
+    );
     let report = restore(
         &client,
         &captured.archive,
@@ -586,7 +608,8 @@ spec:
     )
     .await;
     assert!(report.failed.is_empty(), "{report:#?}");
-    assert_eq!(report.restored, 3, "{report:#?}");
+    assert!(report.warnings.is_empty(), "{report:#?}");
+    assert_eq!(report.restored, 2, "{report:#?}");
     let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
     let w = widgets.get("big").await.unwrap();
     assert_eq!(w.data["spec"]["size"], 7);

@@ -210,8 +210,8 @@ pub fn prepare_for_restore(
 // Discovery
 
 /// Every served resource that can be listed, each at the first (preferred) version of its
-/// group that serves it.
-pub async fn discover(client: &Client) -> Result<Vec<ResourceType>, ObjectsError> {
+/// group that serves it; and warnings about APIs that are registered but not available.
+pub async fn discover(client: &Client) -> Result<(Vec<ResourceType>, Vec<String>), ObjectsError> {
     let aggregated = async {
         let mut groups = client.list_core_api_versions_aggregated().await?.items;
         groups.extend(client.list_api_groups_aggregated().await?.items);
@@ -249,19 +249,28 @@ pub async fn discover(client: &Client) -> Result<Vec<ResourceType>, ObjectsError
                     }
                 }
             }
-            Ok(out)
+            Ok((out, Vec::new()))
         }
     }
 }
 
-fn from_aggregated(groups: Vec<APIGroupDiscovery>) -> Vec<ResourceType> {
+/// Resource types from aggregated discovery, and a warning for each group version that is
+/// stale (an aggregated API server that does not answer): its objects cannot be listed.
+fn from_aggregated(groups: Vec<APIGroupDiscovery>) -> (Vec<ResourceType>, Vec<String>) {
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for g in groups {
         let group = g.metadata.and_then(|m| m.name).unwrap_or_default();
         let mut seen = HashSet::new();
         // Versions come in order of preference.
         for v in g.versions {
             let Some(version) = v.version else { continue };
+            if v.freshness.as_deref() == Some("Stale") {
+                warnings.push(format!(
+                    "API {group}/{version} is not available (stale discovery); its objects are not captured"
+                ));
+                continue;
+            }
             for r in v.resources {
                 let Some(plural) = r.resource else { continue };
                 let kind = r.response_kind.and_then(|k| k.kind).unwrap_or_default();
@@ -284,7 +293,7 @@ fn from_aggregated(groups: Vec<APIGroupDiscovery>) -> Vec<ResourceType> {
             }
         }
     }
-    out
+    (out, warnings)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,11 +358,10 @@ fn find<'a>(resources: &'a [ResourceType], group: &str, plural: &str) -> Option<
 
 /// Captures the objects of a selection.
 pub async fn capture(client: &Client, req: CaptureRequest<'_>) -> Result<Captured, ObjectsError> {
-    let resources = discover(client).await?;
+    let (resources, mut warnings) = discover(client).await?;
     let sel = req.selection;
     let labels = select::LabelFilter::new(sel)?;
     let mut items: Vec<Item> = Vec::new();
-    let mut warnings = Vec::new();
     let mut pvcs = Vec::new();
 
     let pvc_rt = find(&resources, "", "persistentvolumeclaims").cloned();
@@ -641,11 +649,40 @@ pub fn restore_selected(
         && !select::completed(rt, &item.object)
 }
 
-/// Objects that exist as a matter of course in a namespace (or are namespaces): finding them
-/// is no news.
-fn exists_naturally(item: &Item) -> bool {
-    item.resource.is("", "namespaces")
-        || (item.resource.is("", "serviceaccounts") && item.name() == "default")
+/// Objects that exist as a matter of course (namespaces, and what the cluster creates in every
+/// namespace: the `default` ServiceAccount; on OpenShift also the `builder`, `deployer` and
+/// `pipeline` accounts and the `system:*` RoleBindings): finding them is no news.
+pub fn exists_naturally(item: &Item) -> bool {
+    let rt = &item.resource;
+    rt.is("", "namespaces")
+        || (rt.is("", "serviceaccounts")
+            && matches!(item.name(), "default" | "builder" | "deployer" | "pipeline"))
+        || (rt.is("rbac.authorization.k8s.io", "rolebindings")
+            && item.name().starts_with("system:"))
+}
+
+/// A restored claim keeps `spec.volumeName` only when its volume is restored too; otherwise it
+/// would wait for (or bind to) the old volume.
+pub fn unbind_claim(obj: &mut DynamicObject, restored_volumes: &HashSet<String>) {
+    let Some(spec) = obj.data.get_mut("spec").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
+    let keep = spec
+        .get("volumeName")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| restored_volumes.contains(v));
+    if !keep {
+        spec.remove("volumeName");
+    }
+}
+
+/// The claims among archive items, as typed objects.
+pub fn claims(items: &[Item]) -> Vec<PersistentVolumeClaim> {
+    items
+        .iter()
+        .filter(|i| i.resource.is("", "persistentvolumeclaims"))
+        .filter_map(|i| i.object.clone().try_parse().ok())
+        .collect()
 }
 
 /// Restores the selected objects of an archive.
@@ -666,12 +703,20 @@ pub async fn restore(
         .map(|i| (i.name(), i))
         .collect();
 
+    let volumes: HashSet<String> = chosen
+        .iter()
+        .filter(|i| i.resource.is("", "persistentvolumes"))
+        .map(|i| i.name().to_string())
+        .collect();
+
     let mut r = Restorer {
         client,
         req: &req,
         report: RestoreReport::default(),
         ready: HashSet::new(),
+        broken: HashMap::new(),
         crds: Vec::new(),
+        volumes,
     };
     for item in chosen {
         if sanitize::priority(&item.resource) > 1 && !r.crds.is_empty() {
@@ -681,6 +726,7 @@ pub async fn restore(
             let target = sanitize::map_namespace(item.name(), req.namespace_mapping).to_string();
             if let Err(e) = r.wait_not_terminating(&target).await {
                 r.report.failed.push(format!("{}: {e}", item.describe()));
+                r.broken.insert(target, e);
                 continue;
             }
             r.restore_item(item).await;
@@ -714,8 +760,12 @@ struct Restorer<'a> {
     report: RestoreReport,
     /// Target namespaces known to exist and not to be terminating.
     ready: HashSet<String>,
+    /// Target namespaces that could not be made ready, with the cause (not tried again).
+    broken: HashMap<String, String>,
     /// CRDs created and not yet seen Established.
     crds: Vec<String>,
+    /// PersistentVolumes being restored (claims bound to others are unbound).
+    volumes: HashSet<String>,
 }
 
 impl Restorer<'_> {
@@ -728,13 +778,17 @@ impl Restorer<'_> {
     }
 
     async fn restore_item(&mut self, item: &Item) {
-        let obj = match prepare_for_restore(item, self.req.namespace_mapping, &self.req.labels) {
+        let mut obj = match prepare_for_restore(item, self.req.namespace_mapping, &self.req.labels)
+        {
             Ok(o) => o,
             Err(e) => {
                 self.report.failed.push(e.to_string());
                 return;
             }
         };
+        if item.resource.is("", "persistentvolumeclaims") {
+            unbind_claim(&mut obj, &self.volumes);
+        }
         let target = match obj.metadata.namespace.as_deref() {
             Some(ns) => format!("{} {ns}/{}", item.resource.group_resource(), obj.name_any()),
             None => format!("{} {}", item.resource.group_resource(), obj.name_any()),
@@ -815,6 +869,18 @@ impl Restorer<'_> {
         if self.ready.contains(target) {
             return Ok(());
         }
+        if let Some(e) = self.broken.get(target) {
+            return Err(e.clone());
+        }
+        let result = self.make_namespace(target, source).await;
+        match &result {
+            Ok(()) => self.ready.insert(target.to_string()),
+            Err(e) => self.broken.insert(target.to_string(), e.clone()).is_none(),
+        };
+        result
+    }
+
+    async fn make_namespace(&mut self, target: &str, source: Option<&Item>) -> Result<(), String> {
         self.wait_not_terminating(target).await?;
         let api: Api<Namespace> = Api::all(self.client.clone());
         let exists = api
@@ -847,7 +913,6 @@ impl Restorer<'_> {
                 Err(e) => return Err(format!("creating namespace {target}: {}", kube_cause(&e))),
             }
         }
-        self.ready.insert(target.to_string());
         Ok(())
     }
 

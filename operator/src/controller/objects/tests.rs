@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use super::archive::{self, Item};
 use super::sanitize::{self, prepare};
 use super::select::{self, ClaimRefs, LabelFilter, ResourceType};
-use super::{RestoreRequest, from_aggregated, restore_selected};
+use super::{
+    RestoreRequest, claims, exists_naturally, from_aggregated, restore_selected, unbind_claim,
+};
 
 fn rt(group: &str, kind: &str, plural: &str, namespaced: bool) -> ResourceType {
     ResourceType::new(group, "v1", kind, plural, namespaced)
@@ -866,6 +868,8 @@ fn aggregated_discovery_takes_preferred_versions_and_listable_resources() {
             {"resource": "bindings", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "scope": "Namespaced", "verbs": ["create"]},
             {"resource": "namespaces", "responseKind": {"group": "", "version": "v1", "kind": "Namespace"}, "scope": "Cluster", "verbs": ["get", "list"]}
         ]}]},
+        {"metadata": {"name": "stale.example.com"}, "versions": [{"version": "v1", "freshness": "Stale", "resources": [
+            {"resource": "things", "responseKind": {"group": "stale.example.com", "version": "v1", "kind": "Thing"}, "scope": "Namespaced", "verbs": ["list"]}]}]},
         {"metadata": {"name": "example.com"}, "versions": [
             {"version": "v2", "resources": [
                 {"resource": "widgets", "responseKind": {"group": "example.com", "version": "v2", "kind": "Widget"}, "scope": "Namespaced", "verbs": ["list"]}]},
@@ -875,7 +879,13 @@ fn aggregated_discovery_takes_preferred_versions_and_listable_resources() {
         ]}
     ]))
     .unwrap();
-    let got = from_aggregated(groups);
+    let (got, warnings) = from_aggregated(groups);
+    assert_eq!(
+        warnings,
+        [
+            "API stale.example.com/v1 is not available (stale discovery); its objects are not captured"
+        ]
+    );
     let names: Vec<(String, String, bool)> = got
         .iter()
         .map(|r| (r.group_resource(), r.version.clone(), r.namespaced))
@@ -892,4 +902,63 @@ fn aggregated_discovery_takes_preferred_versions_and_listable_resources() {
     assert_eq!(got[0].short_names, ["po"]);
     assert!(got[0].matches_name("po"));
     assert!(got[0].matches_name("pod"));
+}
+
+#[test]
+fn natural_objects_claims_and_unbinding() {
+    let sas = rt("", "ServiceAccount", "serviceaccounts", true);
+    let rbs = rt(
+        "rbac.authorization.k8s.io",
+        "RoleBinding",
+        "rolebindings",
+        true,
+    );
+    let nsr = rt("", "Namespace", "namespaces", false);
+    assert!(exists_naturally(&item(
+        &sas,
+        json!({"metadata": {"name": "default", "namespace": "a"}})
+    )));
+    assert!(!exists_naturally(&item(
+        &sas,
+        json!({"metadata": {"name": "app", "namespace": "a"}})
+    )));
+    assert!(exists_naturally(&item(
+        &rbs,
+        json!({"metadata": {"name": "system:image-pullers", "namespace": "a"}})
+    )));
+    assert!(!exists_naturally(&item(
+        &rbs,
+        json!({"metadata": {"name": "app-reads", "namespace": "a"}})
+    )));
+    assert!(exists_naturally(&item(
+        &nsr,
+        json!({"metadata": {"name": "a"}})
+    )));
+
+    let pvcs = rt("", "PersistentVolumeClaim", "persistentvolumeclaims", true);
+    let claim = item(
+        &pvcs,
+        json!({"metadata": {"name": "data", "namespace": "a"},
+        "spec": {"volumeName": "pv-1", "storageClassName": "standard", "resources": {"requests": {"storage": "1Gi"}}},
+        "status": {"phase": "Bound"}}),
+    );
+    let typed = claims(&[
+        claim.clone(),
+        item(&sas, json!({"metadata": {"name": "x", "namespace": "a"}})),
+    ]);
+    assert_eq!(typed.len(), 1);
+    assert_eq!(
+        typed[0].spec.as_ref().unwrap().volume_name.as_deref(),
+        Some("pv-1")
+    );
+
+    let mut restored = prepare(&claim, &BTreeMap::new(), &BTreeMap::new()).unwrap();
+    unbind_claim(&mut restored, &["pv-1".to_string()].into());
+    assert_eq!(
+        restored.data["spec"]["volumeName"], "pv-1",
+        "its volume comes back too"
+    );
+    unbind_claim(&mut restored, &Default::default());
+    assert!(restored.data["spec"].get("volumeName").is_none());
+    assert_eq!(restored.data["spec"]["storageClassName"], "standard");
 }
