@@ -7,6 +7,7 @@
 //! `HOLDFAST_S3_SECRET_KEY` and `HOLDFAST_S3_REGION`.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod app;
 pub mod operator;
 
 use std::collections::BTreeMap;

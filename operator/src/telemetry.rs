@@ -39,6 +39,7 @@ pub struct Metrics {
     duration: HistogramVec,
     location_available: IntGaugeVec,
     leader: IntGauge,
+    finished: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -82,12 +83,21 @@ impl Metrics {
         )
         .expect("metric");
         let leader = IntGauge::new("leader", "1 when this replica is the leader").expect("metric");
+        let finished = IntCounterVec::new(
+            Opts::new(
+                "operations_finished_total",
+                "Backups, restores and transfers that reached a terminal phase, by kind and phase",
+            ),
+            &["kind", "phase"],
+        )
+        .expect("metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(location_available.clone()),
             Box::new(leader.clone()),
+            Box::new(finished.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -98,6 +108,7 @@ impl Metrics {
             duration,
             location_available,
             leader,
+            finished,
         }
     }
 
@@ -115,6 +126,11 @@ impl Metrics {
         self.location_available
             .with_label_values(&[location])
             .set(i64::from(available));
+    }
+
+    /// Counts an operation that reached terminal phase `phase`.
+    pub fn finished(&self, kind: &str, phase: &str) {
+        self.finished.with_label_values(&[kind, phase]).inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -113,6 +113,14 @@ pub struct DataDownloadSpec {
     pub repository: String,
     /// The repository snapshot restored.
     pub snapshot_id: String,
+    /// StorageClass of the new volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Size of the new volume (a quantity such as `10Gi`).
+    pub capacity: String,
+    /// `Filesystem` or `Block`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mode: Option<String>,
     /// Stop the download; the target volume is marked unusable.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
@@ -146,6 +154,10 @@ pub struct TransferStatus {
     /// New bytes stored (uploads only).
     #[serde(default)]
     pub bytes_uploaded: u64,
+    /// The PersistentVolume holding the restored data, reserved for the target claim
+    /// (downloads only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// Repository snapshot written (uploads) or read (downloads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<String>,

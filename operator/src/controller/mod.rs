@@ -1,10 +1,15 @@
 //! The operator process: waits for the CRDs, elects a leader, and runs one controller per kind.
 //! Talks to the cluster (and, through the location controller, to object storage).
 
+pub mod backup;
 pub mod conditions;
 pub mod leader;
 pub mod location;
 pub mod objects;
+pub mod repository;
+pub mod restore;
+pub mod snapshot;
+pub mod transfer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +35,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("{0}")]
+    Other(String),
 }
 
 impl Error {
@@ -46,6 +53,10 @@ pub struct Context {
     pub namespace: String,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Image of mover pods.
+    pub mover_image: String,
+    /// Mover pods running at once, over all transfers of this operator.
+    pub max_movers: usize,
 }
 
 impl Context {
@@ -79,6 +90,12 @@ pub struct ControllerArgs {
     /// How long a leader's lease is valid without renewal.
     #[arg(long, env = "HOLDFAST_LEASE_DURATION", default_value = "15s")]
     pub lease_duration: holdfast_api::Duration,
+    /// Image of the data-mover pods (default: this release's image).
+    #[arg(long, env = "HOLDFAST_MOVER_IMAGE", default_value = concat!("ghcr.io/holdfast-dev/holdfast:", env!("CARGO_PKG_VERSION")))]
+    pub mover_image: String,
+    /// How many mover pods may run at once (uploads and downloads together).
+    #[arg(long, env = "HOLDFAST_MAX_MOVERS", default_value_t = 4)]
+    pub max_movers: usize,
     /// This replica's identity in the Lease (default: the pod name or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -153,15 +170,88 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
+        mover_image: args.mover_image.clone(),
+        max_movers: args.max_movers.max(1),
     });
-    let stop = shutdown.clone();
-    location::run(ctx, async move { stop.cancelled().await }).await;
+    let stop = || {
+        let s = shutdown.clone();
+        async move { s.cancelled().await }
+    };
+    tokio::join!(
+        location::run(ctx.clone(), stop()),
+        backup::run(ctx.clone(), stop()),
+        transfer::run_uploads(ctx.clone(), stop()),
+        transfer::run_downloads(ctx.clone(), stop()),
+        restore::run(ctx.clone(), stop()),
+    );
 
     if let Some(l) = lease {
         l.release().await;
     }
     info!("stopped");
     Ok(())
+}
+
+/// A stable 10-hex-digit hash of `parts` (FNV-1a over the parts with separators).
+pub fn short_hash(parts: &[&str]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")[..10].to_string()
+}
+
+/// A child object name: a readable prefix (cut to fit) and a hash of what makes it unique.
+/// At most 63 characters, a valid DNS label (usable as a label value and a pod name).
+pub fn child_name(prefix: &str, parts: &[&str]) -> String {
+    let mut p: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(52)
+        .collect();
+    while p.ends_with('-') {
+        p.pop();
+    }
+    let p = p.trim_start_matches('-');
+    if p.is_empty() {
+        format!("hf-{}", short_hash(parts))
+    } else {
+        format!("{p}-{}", short_hash(parts))
+    }
+}
+
+/// Bytes of a Kubernetes quantity (`10Gi`, `500M`, `1024`); `None` when not understood.
+pub fn parse_quantity(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let m: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        _ => return None,
+    };
+    Some((n * m) as u64)
 }
 
 fn hostname() -> String {

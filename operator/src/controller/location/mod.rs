@@ -216,7 +216,7 @@ fn error_policy(
 }
 
 /// Reads Secrets and builds the probe target; a failure here is a configuration problem.
-async fn resolve_target(
+pub(crate) async fn resolve_target(
     bsl: &BackupStorageLocation,
     ctx: &Context,
 ) -> Result<ProbeTarget, ProbeFailure> {

@@ -1,0 +1,192 @@
+//! A sample application with data in PersistentVolumeClaims, and ways to look at that data:
+//! what the backup and restore scenarios protect and compare.
+
+use std::time::Duration;
+
+use holdfast_store::{S3Config, S3Store};
+
+use crate::{env, wait_until};
+
+/// Creates bucket `name` on the testbed's MinIO.
+pub async fn make_bucket(name: &str) {
+    let s3 = env().s3();
+    let store = S3Store::new(S3Config {
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some(s3.region.clone()),
+        bucket: name.to_string(),
+        prefix: String::new(),
+        path_style: true,
+        ca_bundle: None,
+        access_key_id: Some(s3.access_key.clone()),
+        secret_access_key: Some(s3.secret_key.clone()),
+        session_token: None,
+        storage_class: None,
+        retry: Default::default(),
+        unsigned_payload: None,
+    })
+    .await
+    .expect("s3 client");
+    store.ensure_bucket().await.expect("create bucket");
+}
+
+/// A location `name` in namespace `ns` on `bucket` (prefix `e2e`), marked default, with its
+/// credentials Secret.
+pub fn location_yaml(name: &str, bucket: &str) -> String {
+    let s3 = env().s3();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-credentials}}\nstringData: {{accessKeyId: {}, secretAccessKey: {}}}\n---\napiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {{name: {name}}}\nspec:\n  default: true\n  s3: {{bucket: {bucket}, endpoint: \"{}\", region: {}, forcePathStyle: true, prefix: e2e}}\n  credentials: {{secretRef: {{name: {name}-credentials}}}}\n  validationInterval: 10s\n",
+        s3.access_key, s3.secret_key, s3.endpoint, s3.region
+    )
+}
+
+/// Shell run by the sample pods: seed `/data` once (random blob of `mib` MiB, 200 small
+/// text files, a nested file, a symlink), then wait.
+fn seed_script(mib: u32) -> String {
+    format!(
+        "set -e; if [ ! -f /data/.seeded ]; then head -c {mib}M /dev/urandom > /data/blob; mkdir -p /data/dir/sub; echo hello > /data/dir/sub/hello.txt; i=0; while [ $i -lt 200 ]; do echo \"line $i of $HOSTNAME\" > /data/dir/f$i.txt; i=$((i+1)); done; ln -sf dir/sub/hello.txt /data/link; touch /data/.seeded; fi; exec sleep 100000"
+    )
+}
+
+/// The sample application: ConfigMap, Secret, Service, a Deployment `writer` with claim
+/// `writer-data`, and a StatefulSet `web` whose claim template gives `data-web-0`. Every
+/// object carries `app.kubernetes.io/part-of: shop`.
+pub fn sample_app_yaml(mib: u32) -> String {
+    let script = seed_script(mib).replace('"', "\\\"");
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings, labels: {{app.kubernetes.io/part-of: shop}}}}
+data: {{greeting: hello, mode: production}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: db-password, labels: {{app.kubernetes.io/part-of: shop}}}}
+stringData: {{password: s3cr3t-value}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, labels: {{app.kubernetes.io/part-of: shop}}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: writer-data, labels: {{app.kubernetes.io/part-of: shop}}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: standard
+  resources: {{requests: {{storage: 256Mi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: writer, labels: {{app.kubernetes.io/part-of: shop}}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: writer}}}}
+  template:
+    metadata: {{labels: {{app: writer, app.kubernetes.io/part-of: shop}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, "{script}"]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+      volumes:
+      - name: data
+        persistentVolumeClaim: {{claimName: writer-data}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: web, labels: {{app.kubernetes.io/part-of: shop}}}}
+spec:
+  serviceName: web
+  replicas: 1
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web, app.kubernetes.io/part-of: shop}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, "{script}"]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data, labels: {{app.kubernetes.io/part-of: shop}}}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      storageClassName: standard
+      resources: {{requests: {{storage: 256Mi}}}}
+"#
+    )
+}
+
+/// The two workloads of the sample app, as `kubectl exec` targets.
+pub const WORKLOADS: [&str; 2] = ["deploy/writer", "statefulset/web"];
+
+/// Waits until `target`'s pod has seeded its data.
+pub async fn wait_seeded(ns: &str, target: &str) {
+    wait_until(
+        &format!("{target} in {ns} to seed its volume"),
+        Duration::from_secs(180),
+        Some(ns),
+        || async move {
+            let o = env().kubectl([
+                "exec",
+                "-n",
+                ns,
+                target,
+                "--",
+                "test",
+                "-f",
+                "/data/.seeded",
+            ]);
+            o.status.success().then_some(())
+        },
+    )
+    .await;
+}
+
+/// `sha256sum` of every file under `/data` of `target`'s pod, sorted by path, plus the
+/// symlink targets: equal lists mean byte-identical contents.
+pub fn volume_checksums(ns: &str, target: &str) -> String {
+    env().kubectl_ok([
+        "exec",
+        "-n",
+        ns,
+        target,
+        "--",
+        "sh",
+        "-c",
+        "cd /data && find . -type f ! -name .seeded | LC_ALL=C sort | while read -r f; do sha256sum \"$f\"; done; for l in $(find . -type l | LC_ALL=C sort); do echo \"$l -> $(readlink \"$l\")\"; done",
+    ])
+}
+
+/// Runs a shell command in `target`'s pod.
+pub fn sh(ns: &str, target: &str, script: &str) -> String {
+    env().kubectl_ok(["exec", "-n", ns, target, "--", "sh", "-c", script])
+}
+
+/// `restic snapshots --json` of the repository of `source_ns` in `bucket` (prefix `e2e`).
+pub fn restic_snapshots(bucket: &str, source_ns: &str, password: &str) -> serde_json::Value {
+    let s3 = env().s3();
+    let out = std::process::Command::new("restic")
+        .args(["snapshots", "--json", "--no-lock"])
+        .env(
+            "RESTIC_REPOSITORY",
+            format!("s3:{}/{bucket}/e2e/holdfast/repo/{source_ns}", s3.endpoint),
+        )
+        .env("RESTIC_PASSWORD", password)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .output()
+        .expect("run restic");
+    assert!(
+        out.status.success(),
+        "restic snapshots failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("restic json")
+}

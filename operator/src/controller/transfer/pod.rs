@@ -1,0 +1,290 @@
+//! Mover pods: their spec (Pod Security `baseline` at most) and reading their result.
+
+use std::collections::BTreeMap;
+
+use holdfast_api::location::BackupStorageLocation;
+use holdfast_api::transfer::{DataDownload, DataUpload};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, PersistentVolumeClaimVolumeSource, Pod,
+    PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, LogParams, ObjectMeta};
+
+use super::super::{Context, repository};
+
+/// Where the volume is mounted in a mover pod.
+pub const DATA: &str = "/data";
+
+/// Capabilities a mover needs: reading every file (backup) or writing any owner, mode and
+/// time (restore). All are allowed by the `baseline` Pod Security level.
+const BACKUP_CAPS: &[&str] = &["DAC_OVERRIDE"];
+const RESTORE_CAPS: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "MKNOD",
+    "SETFCAP",
+];
+
+fn mover_pod(
+    name: &str,
+    ctx: &Context,
+    owner: OwnerReference,
+    labels: BTreeMap<String, String>,
+    args: Vec<String>,
+    mut env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    claim: &str,
+    read_only: bool,
+    caps: &[&str],
+    bsl: &BackupStorageLocation,
+    namespace: &str,
+) -> Pod {
+    let (access_env, mut volumes, mut mounts) = repository::mover_access(bsl, namespace);
+    env.extend(access_env);
+    volumes.push(Volume {
+        name: "data".into(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.into(),
+            read_only: Some(read_only),
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: "data".into(),
+        mount_path: DATA.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    });
+    mounts.push(VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    });
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ctx.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(0),
+                run_as_group: Some(0),
+                run_as_non_root: Some(false),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            containers: vec![Container {
+                name: "mover".into(),
+                image: Some(ctx.mover_image.clone()),
+                args: Some(args),
+                env: Some(env),
+                volume_mounts: Some(mounts),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    read_only_root_filesystem: Some(true),
+                    privileged: Some(false),
+                    capabilities: Some(Capabilities {
+                        drop: Some(vec!["ALL".into()]),
+                        add: Some(caps.iter().map(|c| c.to_string()).collect()),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The pod that copies an exposed snapshot (claim `claim`) into the repository.
+pub fn upload_pod(
+    du: &DataUpload,
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    claim: &str,
+    owner: OwnerReference,
+    labels: BTreeMap<String, String>,
+) -> Pod {
+    let name = du.metadata.name.clone().unwrap_or_default();
+    let args = vec![
+        "mover".into(),
+        "--json".into(),
+        "backup".into(),
+        "--source".into(),
+        DATA.into(),
+        "--init".into(),
+        "--parent".into(),
+        "auto".into(),
+        "--host".into(),
+        format!("{}/{}", du.spec.pvc.namespace, du.spec.pvc.name),
+        "--tag".into(),
+        format!("holdfast.dev/backup={}", du.spec.backup),
+        "--tag".into(),
+        format!("holdfast.dev/pvc={}", du.spec.pvc),
+    ];
+    let mut env = Vec::new();
+    let compression = match bsl.spec.repository.compression {
+        holdfast_api::location::Compression::Auto => "auto",
+        holdfast_api::location::Compression::Off => "off",
+        holdfast_api::location::Compression::Max => "max",
+    };
+    let mut args = args;
+    args.extend(["--compression".into(), compression.into()]);
+    if let Some(p) = bsl.spec.repository.pack_size_mib {
+        args.extend(["--pack-size-mib".into(), p.to_string()]);
+    }
+    if let Some(u) = bsl.spec.repository.upload_concurrency {
+        args.extend(["--uploads".into(), u.to_string()]);
+    }
+    env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: "RUST_LOG".into(),
+        value: Some("warn".into()),
+        ..Default::default()
+    });
+    mover_pod(
+        &name,
+        ctx,
+        owner,
+        labels,
+        args,
+        env,
+        claim,
+        true,
+        BACKUP_CAPS,
+        bsl,
+        &du.spec.repository,
+    )
+}
+
+/// The pod that writes a repository snapshot into the temporary claim `claim`.
+pub fn download_pod(
+    dd: &DataDownload,
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    claim: &str,
+    owner: OwnerReference,
+    labels: BTreeMap<String, String>,
+) -> Pod {
+    let name = dd.metadata.name.clone().unwrap_or_default();
+    let args = vec![
+        "mover".into(),
+        "--json".into(),
+        "restore".into(),
+        "--snapshot".into(),
+        dd.spec.snapshot_id.clone(),
+        "--target".into(),
+        DATA.into(),
+    ];
+    mover_pod(
+        &name,
+        ctx,
+        owner,
+        labels,
+        args,
+        Vec::new(),
+        claim,
+        false,
+        RESTORE_CAPS,
+        bsl,
+        &dd.spec.repository,
+    )
+}
+
+/// How a mover pod ended, from its status.
+pub enum Outcome {
+    Running,
+    Succeeded,
+    /// Exit code 2: done, but some files or metadata could not be handled.
+    Partial,
+    Failed(String),
+}
+
+pub fn outcome(p: &Pod) -> Outcome {
+    let status = p.status.clone().unwrap_or_default();
+    let terminated = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "mover")
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone());
+    match (status.phase.as_deref(), terminated) {
+        (_, Some(t)) if t.exit_code == 0 => Outcome::Succeeded,
+        (_, Some(t)) if t.exit_code == 2 => Outcome::Partial,
+        (_, Some(t)) => Outcome::Failed(format!(
+            "mover exited with code {}{}",
+            t.exit_code,
+            t.message.map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+        (Some("Failed"), None) => Outcome::Failed(
+            status
+                .message
+                .unwrap_or_else(|| "the mover pod failed".into()),
+        ),
+        (Some("Succeeded"), None) => Outcome::Succeeded,
+        _ => Outcome::Running,
+    }
+}
+
+/// The last JSON line the mover printed with `"event": <event>`.
+pub async fn last_event(pods: &Api<Pod>, name: &str, event: &str) -> Option<serde_json::Value> {
+    let lp = LogParams {
+        container: Some("mover".into()),
+        tail_lines: Some(50),
+        ..Default::default()
+    };
+    let logs = pods.logs(name, &lp).await.ok()?;
+    logs.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .find(|v| v["event"] == event)
+}
+
+/// Why the mover failed, from the end of its log (`error` events and the final error line).
+pub async fn failure_detail(pods: &Api<Pod>, name: &str) -> Option<String> {
+    let lp = LogParams {
+        container: Some("mover".into()),
+        tail_lines: Some(20),
+        ..Default::default()
+    };
+    let logs = pods.logs(name, &lp).await.ok()?;
+    let lines: Vec<String> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter_map(
+            |l| match serde_json::from_str::<serde_json::Value>(l.trim()) {
+                Ok(v) if v["event"] == "error" => v["message"].as_str().map(Into::into),
+                Ok(_) => None,
+                Err(_) => Some(l.trim().to_string()),
+            },
+        )
+        .collect();
+    let tail: Vec<String> = lines.into_iter().rev().take(3).collect();
+    (!tail.is_empty()).then(|| {
+        tail.into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("; ")
+            .chars()
+            .take(2000)
+            .collect()
+    })
+}
