@@ -14,7 +14,7 @@ use holdfast_api::backup::Selection;
 use holdfast_api::restore::ExistingResourcePolicy;
 use holdfast_e2e::{TestNamespace, env, random_suffix, wait_until};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -620,4 +620,72 @@ spec:
 
     ns.delete_and_wait(&client).await;
     let _ = crds.delete(&crd_name, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn restore_waits_for_a_terminating_namespace() {
+    let e = env();
+    let client = e.client().await;
+    let ns = TestNamespace::new(&client, "objects-term").await;
+    // A foreign finalizer keeps the namespace terminating until the test lets it go.
+    e.apply_yaml(
+        &ns.name,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: held, finalizers: [holdfast.dev/e2e-hold]}\ndata: {a: b}\n",
+    );
+    let captured = capture(&client, &ns.name, &Selection::default()).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(
+        "the namespace to be terminating",
+        Duration::from_secs(30),
+        None,
+        || {
+            let namespaces = namespaces.clone();
+            let name = ns.name.clone();
+            async move {
+                let n = namespaces.get_opt(&name).await.ok().flatten()?;
+                n.metadata.deletion_timestamp.map(|_| ())
+            }
+        },
+    )
+    .await;
+
+    let task = {
+        let client = client.clone();
+        let archive = captured.archive.clone();
+        tokio::spawn(async move {
+            restore(
+                &client,
+                &archive,
+                &BTreeMap::new(),
+                ExistingResourcePolicy::None,
+            )
+            .await
+        })
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let report = task.await.unwrap();
+    assert!(report.failed.is_empty(), "{report:#?}");
+    assert!(report.warnings.is_empty(), "{report:#?}");
+    let held = cms.get("held").await.unwrap();
+    assert_eq!(held.data.unwrap()["a"], "b");
+    assert!(held.metadata.deletion_timestamp.is_none());
+    // Finalizers are never copied: nothing would remove this one.
+    assert!(
+        held.metadata.finalizers.is_none(),
+        "{:?}",
+        held.metadata.finalizers
+    );
+    let restored_ns = namespaces.get(&ns.name).await.unwrap();
+    assert!(restored_ns.metadata.deletion_timestamp.is_none());
 }
