@@ -135,7 +135,7 @@ pub fn write(items: &[Item]) -> Result<Vec<u8>, ObjectsError> {
     gz.finish().map_err(archive_err)
 }
 
-/// Reads the items of an archive written by [`write`], in index order.
+/// Reads the items of an archive written by [`write()`], in index order.
 pub fn read(archive: &[u8]) -> Result<Vec<Item>, ObjectsError> {
     let err = |what: &str, cause: String| ObjectsError::Archive {
         what: what.to_string(),

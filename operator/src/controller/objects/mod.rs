@@ -35,10 +35,13 @@
 //!
 //! # Restore
 //! Items pass the Restore's selection (namespaces are the backup's names), `include_kinds` and
-//! `exclude_kinds`, and the rules above. They are restored in Velero's order (see
-//! [`sanitize::priority`]): namespaces, CRDs (waited for until Established), storage classes,
-//! service accounts, config maps, secrets, limit ranges, quotas, roles, bindings, volumes,
-//! services, everything else, then workloads and pods. Each object is prepared
+//! `exclude_kinds`, and the rules above; the CRDs of selected custom resources and the volumes
+//! of selected claims come along whatever their labels (but not against the kinds or
+//! `excludedResources`). They are restored in Velero's order (see [`sanitize::priority`]):
+//! namespaces, CRDs (waited for until Established), storage classes, service accounts, config
+//! maps, secrets, limit ranges, quotas, roles, bindings, volumes, claims (which lose
+//! `spec.volumeName` unless their volume is restored too), services, everything else, then
+//! workloads and pods. Each object is prepared
 //! ([`prepare_for_restore`]):
 //! - removed: `uid`, `resourceVersion`, `generation`, `creationTimestamp`,
 //!   `deletionTimestamp`, `deletionGracePeriodSeconds`, `managedFields`, `selfLink`,
@@ -616,7 +619,55 @@ async fn capture_cluster(
 // ---------------------------------------------------------------------------------------------
 // Restore
 
-/// Whether an item of the archive is to be restored (selection, kinds, never-restore rules).
+/// The items to restore, in restore order: those [`restore_selected`] takes, plus the
+/// definitions of the custom resources and the volumes of the claims among them (as a capture
+/// takes them), which need not match the selection's resources or labels but are still
+/// subject to the kinds and `excludedResources`.
+pub fn select_for_restore<'a>(
+    items: &'a [Item],
+    req: &RestoreRequest<'_>,
+    labels: &select::LabelFilter,
+) -> Vec<&'a Item> {
+    let mut chosen: Vec<&Item> = items
+        .iter()
+        .filter(|i| restore_selected(i, req, labels))
+        .collect();
+    let needed_crds: HashSet<String> = chosen
+        .iter()
+        .filter(|i| i.resource.group.contains('.'))
+        .map(|i| format!("{}.{}", i.resource.plural, i.resource.group))
+        .collect();
+    let needed_volumes: HashSet<String> = chosen
+        .iter()
+        .filter(|i| i.resource.is("", "persistentvolumeclaims"))
+        .filter_map(|i| i.object.data.pointer("/spec/volumeName")?.as_str())
+        .map(str::to_string)
+        .collect();
+    let have: HashSet<String> = chosen.iter().map(|i| i.path()).collect();
+    let kinds_allow = |rt: &ResourceType| {
+        !req.exclude_kinds.iter().any(|k| rt.matches_name(k))
+            && req
+                .include_kinds
+                .is_none_or(|inc| inc.iter().any(|k| rt.matches_name(k)))
+            && !select::resource_excluded(rt, req.selection)
+    };
+    let related: Vec<&Item> = items
+        .iter()
+        .filter(|i| {
+            let rt = &i.resource;
+            let wanted = (rt.is("apiextensions.k8s.io", "customresourcedefinitions")
+                && needed_crds.contains(i.name()))
+                || (rt.is("", "persistentvolumes") && needed_volumes.contains(i.name()));
+            wanted && kinds_allow(rt) && !have.contains(&i.path())
+        })
+        .collect();
+    chosen.extend(related);
+    sanitize::sort_for_restore(&mut chosen);
+    chosen
+}
+
+/// Whether an item of the archive is to be restored by the selection itself (resources,
+/// namespaces, labels, kinds, never-restore rules).
 pub fn restore_selected(
     item: &Item,
     req: &RestoreRequest<'_>,
@@ -692,11 +743,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, ObjectsError> {
     let items = read_archive(req.archive)?;
     let labels = select::LabelFilter::new(req.selection)?;
-    let mut chosen: Vec<&Item> = items
-        .iter()
-        .filter(|i| restore_selected(i, &req, &labels))
-        .collect();
-    sanitize::sort_for_restore(&mut chosen);
+    let chosen = select_for_restore(&items, &req, &labels);
     let namespaces: HashMap<&str, &Item> = items
         .iter()
         .filter(|i| i.resource.is("", "namespaces"))

@@ -962,3 +962,77 @@ fn natural_objects_claims_and_unbinding() {
     assert!(restored.data["spec"].get("volumeName").is_none());
     assert_eq!(restored.data["spec"]["storageClassName"], "standard");
 }
+
+#[test]
+fn restore_brings_definitions_and_volumes_of_selected_objects() {
+    let crds = rt(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+    );
+    let widgets = rt("example.com", "Widget", "widgets", true);
+    let pvcs = rt("", "PersistentVolumeClaim", "persistentvolumeclaims", true);
+    let pvs = rt("", "PersistentVolume", "persistentvolumes", false);
+    let items = vec![
+        item(&crds, json!({"metadata": {"name": "widgets.example.com"}})),
+        item(&crds, json!({"metadata": {"name": "gadgets.example.com"}})),
+        item(&pvs, json!({"metadata": {"name": "pv-1"}})),
+        item(&pvs, json!({"metadata": {"name": "pv-2"}})),
+        item(
+            &widgets,
+            json!({"metadata": {"name": "w", "namespace": "a", "labels": {"app": "x"}}}),
+        ),
+        item(
+            &pvcs,
+            json!({"metadata": {"name": "data", "namespace": "a", "labels": {"app": "x"}}, "spec": {"volumeName": "pv-1"}}),
+        ),
+        item(
+            &pvcs,
+            json!({"metadata": {"name": "other", "namespace": "a"}, "spec": {"volumeName": "pv-2"}}),
+        ),
+    ];
+    let m = BTreeMap::new();
+    let by_label = sel(json!({"labelSelector": {"matchLabels": {"app": "x"}}}));
+    let paths = |req: &RestoreRequest<'_>| -> Vec<String> {
+        let f = LabelFilter::new(req.selection).unwrap();
+        super::select_for_restore(&items, req, &f)
+            .iter()
+            .map(|i| i.path())
+            .collect()
+    };
+    assert_eq!(
+        paths(&request(&by_label, None, &[], &m)),
+        [
+            "resources/customresourcedefinitions.apiextensions.k8s.io/cluster/widgets.example.com.json",
+            "resources/persistentvolumes.core/cluster/pv-1.json",
+            "resources/persistentvolumeclaims.core/namespaces/a/data.json",
+            "resources/widgets.example.com/namespaces/a/w.json",
+        ]
+    );
+    // The kinds still rule: the caller restores volumes itself.
+    assert_eq!(
+        paths(&request(
+            &by_label,
+            None,
+            &["persistentvolumeclaims", "persistentvolumes"],
+            &m
+        )),
+        [
+            "resources/customresourcedefinitions.apiextensions.k8s.io/cluster/widgets.example.com.json",
+            "resources/widgets.example.com/namespaces/a/w.json",
+        ]
+    );
+    let no_crds = sel(
+        json!({"labelSelector": {"matchLabels": {"app": "x"}}, "excludedResources": ["crd", "customresourcedefinitions"]}),
+    );
+    assert_eq!(
+        paths(&request(
+            &no_crds,
+            None,
+            &["pvc", "persistentvolumeclaims", "persistentvolumes"],
+            &m
+        )),
+        ["resources/widgets.example.com/namespaces/a/w.json"]
+    );
+}
