@@ -458,7 +458,18 @@ async fn capture_and_restore_an_application() {
         "red"
     );
 
-    // Update brings the backed-up version back.
+    // Update brings the backed-up version back, except for the namespace's own labels.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"labels": {holdfast_e2e::E2E_LABEL: "changed"}}}),
+            ),
+        )
+        .await
+        .unwrap();
     let report = restore(
         &client,
         &all.archive,
@@ -469,11 +480,20 @@ async fn capture_and_restore_an_application() {
     assert!(report.failed.is_empty(), "{report:#?}");
     assert_eq!(report.skipped_existing, 0, "{report:#?}");
     assert_eq!(report.updated, report.restored, "{report:#?}");
-    assert_eq!(report.updated, expected + 2, "{report:#?}");
+    // Everything but the namespace, which is never updated.
+    assert_eq!(report.updated, expected + 1, "{report:#?}");
     assert_eq!(
         cms.get("settings").await.unwrap().data.unwrap()["color"],
         "blue"
     );
+    let labels = namespaces
+        .get(&ns.name)
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap();
+    assert_eq!(labels[holdfast_e2e::E2E_LABEL], "changed");
 
     drop(copy);
 }

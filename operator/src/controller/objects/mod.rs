@@ -65,7 +65,10 @@
 //! field manager `holdfast-restore`. An object that exists already is left alone and reported
 //! (`ExistingResourcePolicy::None`) or server-side applied with force
 //! (`ExistingResourcePolicy::Update`). Namespaces and `default` ServiceAccounts, which exist
-//! as a matter of course, are left alone without a warning and not counted as skipped.
+//! as a matter of course, are left alone without a warning and not counted as skipped (under
+//! `None`). An existing Namespace is never updated, under either policy: its labels carry
+//! policy (Pod Security admission levels, network policy selectors) that a restore must not
+//! overwrite.
 //!
 //! # RBAC assumed
 //! Capture: `get`, `list` on `*/*` (discovery-driven listing, Namespaces,
@@ -864,6 +867,7 @@ impl Restorer<'_> {
                         ));
                     }
                 }
+                ExistingResourcePolicy::Update if item.resource.is("", "namespaces") => {}
                 ExistingResourcePolicy::Update => {
                     let pp = PatchParams::apply(FIELD_MANAGER).force();
                     match api.patch(&obj.name_any(), &pp, &Patch::Apply(&obj)).await {
