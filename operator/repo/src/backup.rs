@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::Metadata;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::format::{self, BlobType, FileType, IndexBlob, IndexJson, IndexPack, PackedBlob};
 use crate::repo::{Index, Repository, hostname, username};
-use crate::tree::{Node, Snapshot, Tree, go_mode_from_unix};
+use crate::tree::{ExtendedAttribute, Node, Snapshot, Tree, go_mode_from_unix};
 use crate::{Id, RepoError};
 
 /// Chunk sizes: restic's (512 KiB min, 1 MiB average, 8 MiB max).
@@ -288,6 +287,52 @@ fn node_from_metadata(name: String, md: &Metadata) -> Node {
     }
 }
 
+/// The extended attributes of `path` (not following symlinks), sorted by name, in
+/// restic's node format. File systems without xattr support yield none.
+pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<ExtendedAttribute>> {
+    use rustix::io::Errno;
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let need = rustix::fs::llistxattr_query(path)?;
+                names.resize(need.max(names.len() * 2), 0);
+            }
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name_str) = std::str::from_utf8(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 256];
+        let got = loop {
+            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+                Ok(k) => break Some(k),
+                Err(Errno::RANGE) => {
+                    let need = rustix::fs::lgetxattr_query(path, name)?;
+                    value.resize(need.max(value.len() * 2), 0);
+                }
+                // Removed between listing and reading.
+                Err(Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(k) = got {
+            value.truncate(k);
+            out.push(ExtendedAttribute {
+                name: name_str.to_string(),
+                value,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 fn same_time(a: &str, b: &str) -> bool {
     a == b || matches!((format::parse_time(a), format::parse_time(b)), (Some(x), Some(y)) if x == y)
 }
@@ -384,6 +429,11 @@ impl Ctx {
             }
         };
         let mut node = node_from_metadata(name, &md);
+        match read_xattrs(path) {
+            Ok(x) if !x.is_empty() => node.extended_attributes = Some(x),
+            Ok(_) => {}
+            Err(e) => self.record(format!("extended attributes of {}: {e}", path.display())),
+        }
         let ft = md.file_type();
         use std::os::unix::fs::FileTypeExt;
         if ft.is_dir() {
@@ -473,27 +523,66 @@ impl Ctx {
     }
 
     /// Chunks, stores and returns the content ids of a file; `Ok(None)` when the file
-    /// could not be read (recorded as an error).
+    /// could not be read (recorded as an error). Holes of sparse files (found with
+    /// SEEK_DATA/SEEK_HOLE) of at least [`ZERO_CHUNK`] bytes are not read: they become
+    /// references to one all-zero blob of that size.
     fn backup_file(&self, path: &Path, md: &Metadata) -> Result<Option<Vec<Id>>, RepoError> {
-        let mut f = match open_noatime(path) {
+        let f = match open_noatime(path) {
             Ok(f) => f,
             Err(e) => {
                 self.record(format!("open {}: {e}", path.display()));
                 return Ok(None);
             }
         };
-        let mut buf: Vec<u8> =
-            Vec::with_capacity((md.len() as usize).saturating_add(1).min(READ_BATCH));
+        let len = md.len();
+        let regions = if md.blocks().saturating_mul(512) < len {
+            sparse_regions(&f, len)
+        } else {
+            vec![Region::Dense(0, len)]
+        };
         let mut ids = Vec::new();
-        let mut eof = false;
+        for r in regions {
+            match r {
+                Region::Zero(n) => {
+                    let z = zero_chunk();
+                    self.add_blob(z.0, BlobType::Data, &z.1)?;
+                    ids.extend(std::iter::repeat_n(z.0, n as usize));
+                }
+                Region::Dense(start, end) => {
+                    if !self.chunk_range(&f, path, start, end, &mut ids)? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(Some(ids))
+    }
+
+    /// Reads `[start, end)` of `f` (or to its end, if it shrank), cuts it with FastCDC
+    /// and stores the chunks. `Ok(false)` when reading failed (recorded).
+    fn chunk_range(
+        &self,
+        f: &std::fs::File,
+        path: &Path,
+        start: u64,
+        end: u64,
+        ids: &mut Vec<Id>,
+    ) -> Result<bool, RepoError> {
+        let mut buf: Vec<u8> =
+            Vec::with_capacity(((end - start) as usize).saturating_add(1).min(READ_BATCH));
+        let mut off = start;
+        let mut eof = start >= end;
         loop {
             if !eof && buf.len() < READ_BATCH {
-                let want = (READ_BATCH - buf.len()) as u64;
-                match f.by_ref().take(want).read_to_end(&mut buf) {
-                    Ok(n) => eof = (n as u64) < want,
+                let want = ((READ_BATCH - buf.len()) as u64).min(end - off) as usize;
+                match read_full_at(f, &mut buf, off, want) {
+                    Ok(n) => {
+                        off += n as u64;
+                        eof = n < want || off >= end;
+                    }
                     Err(e) => {
                         self.record(format!("read {}: {e}", path.display()));
-                        return Ok(None);
+                        return Ok(false);
                     }
                 }
             }
@@ -526,8 +615,234 @@ impl Ctx {
                 break;
             }
         }
-        Ok(Some(ids))
+        Ok(true)
     }
+}
+
+impl Ctx {
+    /// Backs up a block device (or an image file) as a tree with one file node, in
+    /// fixed [`BLOCK_CHUNK`] pieces: all-zero pieces (holes of an image file are not
+    /// even read) become one deduplicated zero blob.
+    fn backup_block(&self, src: &Path, name: &str) -> Result<Id, RepoError> {
+        let f = open_noatime(src).map_err(|e| RepoError::io("open", src, e))?;
+        let md = f.metadata().map_err(|e| RepoError::io("stat", src, e))?;
+        let size = rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))
+            .map_err(|e| RepoError::io("size of", src, e.into()))?;
+        let extents = if md.is_file() {
+            data_extents(&f, size)
+        } else {
+            None
+        };
+        BackupStats::add(&self.stats.bytes_total, size);
+        let chunk = BLOCK_CHUNK as u64;
+        let count = size.div_ceil(chunk);
+        let per_batch = (READ_BATCH / BLOCK_CHUNK) as u64;
+        let mut ids = Vec::with_capacity(count as usize);
+        let mut first = 0u64;
+        while first < count {
+            let last = (first + per_batch).min(count);
+            let batch: Vec<Id> = (first..last)
+                .into_par_iter()
+                .map(|i| {
+                    let start = i * chunk;
+                    let len = (size - start).min(chunk) as usize;
+                    let hole = extents
+                        .as_ref()
+                        .is_some_and(|x| !overlaps_data(x, start, start + len as u64));
+                    let data = if hole {
+                        vec![0u8; len]
+                    } else {
+                        let mut buf = Vec::with_capacity(len);
+                        let n = read_full_at(&f, &mut buf, start, len)
+                            .map_err(|e| RepoError::io("read", src, e))?;
+                        if n < len {
+                            return Err(RepoError::io(
+                                "read",
+                                src,
+                                std::io::Error::new(
+                                    std::io::ErrorKind::UnexpectedEof,
+                                    format!("short read at {start}: the device shrank"),
+                                ),
+                            ));
+                        }
+                        BackupStats::add(&self.stats.bytes_read, n as u64);
+                        buf
+                    };
+                    let id = if len == BLOCK_CHUNK && (hole || is_zero(&data)) {
+                        block_zero_id()
+                    } else {
+                        Id::hash(&data)
+                    };
+                    self.add_blob(id, BlobType::Data, &data)?;
+                    Ok(id)
+                })
+                .collect::<Result<_, RepoError>>()?;
+            ids.extend(batch);
+            first = last;
+        }
+        BackupStats::add(&self.stats.files_new, 1);
+        let node = Node {
+            name: name.to_string(),
+            node_type: "file".into(),
+            mode: md.mode() & 0o777,
+            mtime: format::format_time(&format::unix_time(md.mtime(), md.mtime_nsec())),
+            atime: format::format_time(&format::unix_time(md.atime(), md.atime_nsec())),
+            ctime: format::format_time(&format::unix_time(md.ctime(), md.ctime_nsec())),
+            uid: md.uid(),
+            gid: md.gid(),
+            size,
+            links: 1,
+            content: Some(ids),
+            ..Default::default()
+        };
+        let tree = Tree { nodes: vec![node] };
+        let blob = tree.to_blob().map_err(|source| format::FormatError::Json {
+            what: format!("tree of {}", src.display()),
+            source,
+        })?;
+        let id = Id::hash(&blob);
+        self.add_blob(id, BlobType::Tree, &blob)?;
+        Ok(id)
+    }
+}
+
+/// Piece size of block device backups: fixed, so that a changed block maps to one
+/// piece (changed block tracking can reuse the parent's list by offset) and 1 MiB
+/// like restic's average chunk.
+pub const BLOCK_CHUNK: usize = 1024 * 1024;
+
+/// Tag of snapshots holding a block device image (one file node).
+pub const BLOCK_TAG: &str = "holdfast:block";
+
+/// The id of a zero [`BLOCK_CHUNK`].
+pub fn block_zero_id() -> Id {
+    static Z: std::sync::OnceLock<Id> = std::sync::OnceLock::new();
+    *Z.get_or_init(|| Id::hash(&vec![0u8; BLOCK_CHUNK]))
+}
+
+fn is_zero(d: &[u8]) -> bool {
+    let mut chunks = d.chunks_exact(16);
+    chunks.all(|c| c == [0u8; 16]) && chunks.remainder().iter().all(|&b| b == 0)
+}
+
+/// True when `[a, b)` overlaps a data extent (extents sorted, disjoint).
+fn overlaps_data(extents: &[(u64, u64)], a: u64, b: u64) -> bool {
+    // First extent ending after a.
+    let i = extents.partition_point(|&(_, e)| e <= a);
+    extents.get(i).is_some_and(|&(s, _)| s < b)
+}
+
+/// Size of the all-zero blob that stands for holes of sparse files (the largest chunk
+/// FastCDC cuts).
+pub const ZERO_CHUNK: u64 = CHUNK_MAX as u64;
+
+/// The all-zero chunk of [`ZERO_CHUNK`] bytes and its id (computed once).
+fn zero_chunk() -> &'static (Id, Vec<u8>) {
+    static Z: std::sync::OnceLock<(Id, Vec<u8>)> = std::sync::OnceLock::new();
+    Z.get_or_init(|| {
+        let v = vec![0u8; ZERO_CHUNK as usize];
+        (Id::hash(&v), v)
+    })
+}
+
+/// A part of a file: bytes to read and chunk, or a number of all-zero chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Dense(u64, u64),
+    Zero(u64),
+}
+
+/// Appends up to `want` bytes read at `off` to `buf`; returns how many (short at EOF).
+fn read_full_at(
+    f: &std::fs::File,
+    buf: &mut Vec<u8>,
+    off: u64,
+    want: usize,
+) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let base = buf.len();
+    buf.resize(base + want, 0);
+    let mut got = 0;
+    while got < want {
+        match f.read_at(&mut buf[base + got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                buf.truncate(base);
+                return Err(e);
+            }
+        }
+    }
+    buf.truncate(base + got);
+    Ok(got)
+}
+
+/// The data extents of `f` (SEEK_DATA/SEEK_HOLE); `None` when the file system
+/// cannot tell.
+pub fn data_extents(f: &std::fs::File, len: u64) -> Option<Vec<(u64, u64)>> {
+    use rustix::fs::SeekFrom;
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(_) => return None,
+        };
+        if data >= len {
+            break;
+        }
+        let hole = rustix::fs::seek(f, SeekFrom::Hole(data)).ok()?.min(len);
+        if hole <= data {
+            return None;
+        }
+        out.push((data, hole));
+        pos = hole;
+    }
+    Some(out)
+}
+
+/// Splits a sparse file into regions: each hole of at least [`ZERO_CHUNK`] bytes
+/// becomes whole zero chunks (its first `len % ZERO_CHUNK` bytes stay with the data
+/// before it, read as zeros from the page cache); the rest is read.
+fn sparse_regions(f: &std::fs::File, len: u64) -> Vec<Region> {
+    let Some(extents) = data_extents(f, len) else {
+        return vec![Region::Dense(0, len)];
+    };
+    regions_from_extents(&extents, len, ZERO_CHUNK)
+}
+
+fn regions_from_extents(extents: &[(u64, u64)], len: u64, z: u64) -> Vec<Region> {
+    let mut holes = Vec::new();
+    let mut prev = 0u64;
+    for &(s, e) in extents {
+        if s > prev {
+            holes.push((prev, s));
+        }
+        prev = e;
+    }
+    if len > prev {
+        holes.push((prev, len));
+    }
+    let mut out = Vec::new();
+    let mut dense_from = 0u64;
+    for (hs, he) in holes {
+        let n = (he - hs) / z;
+        if n == 0 {
+            continue;
+        }
+        let zs = he - n * z;
+        if zs > dense_from {
+            out.push(Region::Dense(dense_from, zs));
+        }
+        out.push(Region::Zero(n));
+        dense_from = he;
+    }
+    if len > dense_from {
+        out.push(Region::Dense(dense_from, len));
+    }
+    out
 }
 
 type UploadResult = Result<(Id, Vec<PackedBlob>, u64), RepoError>;
@@ -591,17 +906,53 @@ pub async fn backup(
         ));
     }
     let lock_guard = repo.lock(false).await?;
-    let result = backup_locked(repo, &source, opts).await;
+    let result = backup_locked(repo, &source, opts, None).await;
     let released = lock_guard.release().await;
     let summary = result?;
     released?;
     Ok(summary)
 }
 
+/// Backs up a block device, or a regular file holding a disk image, as a snapshot
+/// with one file node named `name` (like `restic backup --stdin`), tagged
+/// [`BLOCK_TAG`]; `restic restore` yields the image as a file.
+pub async fn backup_block(
+    repo: &Repository,
+    source: &Path,
+    name: &str,
+    mut opts: BackupOptions,
+) -> Result<BackupSummary, RepoError> {
+    let source = std::fs::canonicalize(source).map_err(|e| RepoError::io("resolve", source, e))?;
+    let md = std::fs::metadata(&source).map_err(|e| RepoError::io("stat", &source, e))?;
+    use std::os::unix::fs::FileTypeExt;
+    if !md.file_type().is_block_device() && !md.is_file() {
+        return Err(RepoError::io(
+            "back up",
+            &source,
+            std::io::Error::other("neither a block device nor a regular file"),
+        ));
+    }
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(RepoError::Internal(format!("invalid image name {name:?}")));
+    }
+    if !opts.tags.iter().any(|t| t == BLOCK_TAG) {
+        opts.tags.push(BLOCK_TAG.to_string());
+    }
+    opts.parent = None;
+    let lock_guard = repo.lock(false).await?;
+    let result = backup_locked(repo, &source, opts, Some(name.to_string())).await;
+    let released = lock_guard.release().await;
+    let summary = result?;
+    released?;
+    Ok(summary)
+}
+
+/// `block`: the image name when backing up a block device.
 async fn backup_locked(
     repo: &Repository,
     source: &Path,
     opts: BackupOptions,
+    block: Option<String>,
 ) -> Result<BackupSummary, RepoError> {
     let index = Arc::new(repo.load_index().await?);
     let excluded = crate::prune::blobs_in_marked_packs(repo, &index).await;
@@ -647,7 +998,10 @@ async fn backup_locked(
             .build()
             .map_err(|e| RepoError::Internal(format!("thread pool: {e}")))?;
         let r = pool.install(|| {
-            let root = ctx.backup_dir(&src, parent_tree.as_ref())?;
+            let root = match &block {
+                Some(name) => ctx.backup_block(&src, name)?,
+                None => ctx.backup_dir(&src, parent_tree.as_ref())?,
+            };
             ctx.data.flush(&ctx)?;
             ctx.trees.flush(&ctx)?;
             Ok::<_, RepoError>(root)
@@ -681,4 +1035,48 @@ async fn backup_locked(
         snapshot,
         errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_cover_the_file_and_holes_become_zero_chunks() {
+        let z = 8u64;
+        // data [0,3), hole [3,30), data [30,31), hole [31,40)
+        let r = regions_from_extents(&[(0, 3), (30, 31)], 40, z);
+        assert_eq!(
+            r,
+            vec![
+                Region::Dense(0, 6),
+                Region::Zero(3),
+                Region::Dense(30, 32),
+                Region::Zero(1),
+            ]
+        );
+        assert!(!overlaps_data(&[(0, 3), (30, 31)], 3, 30));
+        assert!(overlaps_data(&[(0, 3), (30, 31)], 2, 4));
+        assert!(overlaps_data(&[(0, 3), (30, 31)], 29, 31));
+        assert!(!overlaps_data(&[(0, 3), (30, 31)], 31, 40));
+        // No data at all.
+        assert_eq!(
+            regions_from_extents(&[], 17, z),
+            vec![Region::Dense(0, 1), Region::Zero(2)]
+        );
+        // Small holes stay dense.
+        assert_eq!(
+            regions_from_extents(&[(0, 3), (5, 9)], 9, z),
+            vec![Region::Dense(0, 9)]
+        );
+        // Covered lengths add up.
+        let total: u64 = regions_from_extents(&[(0, 3), (30, 31)], 40, z)
+            .iter()
+            .map(|x| match x {
+                Region::Dense(a, b) => b - a,
+                Region::Zero(n) => n * z,
+            })
+            .sum();
+        assert_eq!(total, 40);
+    }
 }

@@ -233,10 +233,7 @@ impl Ctx<'_> {
                         },
                         other => other,
                     })?;
-                if !is_zero(&data) {
-                    f.write_all_at(&data, o)
-                        .map_err(|e| RepoError::io("write", path, e))?;
-                }
+                write_nonzero(&f, &data, o).map_err(|e| RepoError::io("write", path, e))?;
                 Ok::<_, RepoError>(())
             })?;
         self.files.fetch_add(1, Ordering::Relaxed);
@@ -258,6 +255,11 @@ impl Ctx<'_> {
             )
         {
             self.warn(format!("chmod {}: {e}", path.display()));
+        }
+        if let Some(x) = &n.extended_attributes {
+            for w in write_xattrs(path, x) {
+                self.warn(w);
+            }
         }
         let mtime = to_timespec(&n.mtime);
         let atime = to_timespec(&n.atime).or(mtime);
@@ -283,6 +285,51 @@ impl Ctx<'_> {
                 Ok(())
             })
     }
+}
+
+/// Writes `data` at `off` into a file that reads as zeros there (freshly sized),
+/// skipping all-zero 64 KiB pieces so that they stay holes.
+fn write_nonzero(f: &std::fs::File, data: &[u8], off: u64) -> std::io::Result<()> {
+    const PIECE: usize = 64 * 1024;
+    let mut run: Option<usize> = None; // start of a run of non-zero pieces
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + PIECE).min(data.len());
+        let zero = is_zero(&data[pos..end]);
+        match (zero, run) {
+            (false, None) => run = Some(pos),
+            (true, Some(r)) => {
+                f.write_all_at(&data[r..pos], off + r as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(r) = run {
+        f.write_all_at(&data[r..], off + r as u64)?;
+    }
+    Ok(())
+}
+
+/// Sets the node's extended attributes on `path` (not following symlinks).
+pub fn write_xattrs(path: &Path, attrs: &[crate::tree::ExtendedAttribute]) -> Vec<String> {
+    let mut errs = Vec::new();
+    for a in attrs {
+        if let Err(e) = rustix::fs::lsetxattr(
+            path,
+            a.name.as_str(),
+            &a.value,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            errs.push(format!(
+                "set extended attribute {} on {}: {e}",
+                a.name,
+                path.display()
+            ));
+        }
+    }
+    errs
 }
 
 fn is_zero(d: &[u8]) -> bool {
@@ -333,4 +380,145 @@ pub async fn restore(
     })
     .await
     .map_err(|e| RepoError::Internal(e.to_string()))?
+}
+
+/// Restores a block-image snapshot (one file node, see
+/// [`crate::backup::backup_block`]) onto `target`: a block device is written in place
+/// (all-zero pieces are discarded with `fallocate(PUNCH_HOLE)`, which zeroes them,
+/// or written as zeros where that is not supported); a regular file (created if
+/// missing) is rewritten in place with all-zero pieces left as holes.
+pub async fn restore_block(
+    repo: &Repository,
+    spec: &str,
+    target: &Path,
+    opts: RestoreOptions,
+) -> Result<RestoreSummary, RepoError> {
+    let (_, snap) = repo.find_snapshot(spec).await?;
+    let index = repo.load_index().await?;
+    let tree = repo.load_tree(&index, &snap.tree).await?;
+    let node = match tree.nodes.as_slice() {
+        [n] if n.node_type == "file" => n.clone(),
+        _ => {
+            return Err(RepoError::Integrity {
+                what: format!("snapshot {spec}"),
+                reason: "is not a block image (its root is not exactly one file)".into(),
+            });
+        }
+    };
+    let repo = repo.clone();
+    let target = target.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileTypeExt;
+        let device = std::fs::metadata(&target)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(!device)
+            .truncate(false)
+            .open(&target)
+            .map_err(|e| RepoError::io("open", &target, e))?;
+        if device {
+            let size = rustix::fs::seek(&f, rustix::fs::SeekFrom::End(0))
+                .map_err(|e| RepoError::io("size of", &target, e.into()))?;
+            if size < node.size {
+                return Err(RepoError::io(
+                    "restore onto",
+                    &target,
+                    std::io::Error::other(format!(
+                        "device has {size} bytes, the image {}",
+                        node.size
+                    )),
+                ));
+            }
+        } else {
+            // Same inode, all zeros (holes), then the data.
+            f.set_len(0)
+                .and_then(|()| f.set_len(node.size))
+                .map_err(|e| RepoError::io("set length of", &target, e))?;
+        }
+        let content = node.content.clone().unwrap_or_default();
+        let mut offsets = Vec::with_capacity(content.len());
+        let mut off = 0u64;
+        let mut zero_ids: HashMap<u32, Id> = HashMap::new();
+        let mut zero = Vec::with_capacity(content.len());
+        for id in &content {
+            let (_, loc) = index.get(id).ok_or(RepoError::BlobNotFound { id: *id })?;
+            let len = loc.data_length();
+            let zid = *zero_ids
+                .entry(len)
+                .or_insert_with(|| Id::hash(&vec![0u8; len as usize]));
+            zero.push(zid == *id);
+            offsets.push((off, len));
+            off += u64::from(len);
+        }
+        if off != node.size {
+            return Err(RepoError::Integrity {
+                what: format!("image {:?}", node.name),
+                reason: format!("content is {off} bytes, the node says {}", node.size),
+            });
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads.max(1))
+            .thread_name(|i| format!("holdfast-restore-{i}"))
+            .build()
+            .map_err(|e| RepoError::Internal(format!("thread pool: {e}")))?;
+        pool.install(|| {
+            content
+                .par_iter()
+                .zip(offsets.par_iter())
+                .zip(zero.par_iter())
+                .try_for_each(|((id, &(o, len)), &is_zero_blob)| {
+                    if is_zero_blob {
+                        if device {
+                            zero_range(&f, o, u64::from(len))
+                                .map_err(|e| RepoError::io("zero", &target, e))?;
+                        }
+                        return Ok(());
+                    }
+                    let data = repo.read_blob_blocking(&index, id)?;
+                    if device {
+                        f.write_all_at(&data, o)
+                    } else {
+                        write_nonzero(&f, &data, o)
+                    }
+                    .map_err(|e| RepoError::io("write", &target, e))?;
+                    Ok::<_, RepoError>(())
+                })
+        })?;
+        f.sync_all()
+            .map_err(|e| RepoError::io("sync", &target, e))?;
+        Ok(RestoreSummary {
+            files: 1,
+            dirs: 0,
+            bytes: node.size,
+            warnings: Vec::new(),
+        })
+    })
+    .await
+    .map_err(|e| RepoError::Internal(e.to_string()))?
+}
+
+/// Makes `[off, off+len)` read as zeros: discard (PUNCH_HOLE) where supported,
+/// otherwise write zeros.
+fn zero_range(f: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    if rustix::fs::fallocate(
+        f,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        off,
+        len,
+    )
+    .is_ok()
+    {
+        return Ok(());
+    }
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], off + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }

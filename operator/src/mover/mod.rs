@@ -154,12 +154,31 @@ pub struct PruneArgs {
     pub dry_run: bool,
 }
 
+/// What a source or target is.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A block device is `block`, anything else `dir` (restore: a snapshot tagged
+    /// as a block image, or a block device target, is `block`).
+    Auto,
+    /// A directory tree.
+    Dir,
+    /// A block device or an image file, stored as one file of fixed 1 MiB pieces.
+    Block,
+}
+
 /// `mover backup`.
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
-    /// Directory to back up; its contents become the snapshot's root.
+    /// Directory to back up (its contents become the snapshot's root), or a block
+    /// device / image file with --source-kind block.
     #[arg(long)]
     pub source: PathBuf,
+    /// Whether the source is a directory or a block device/image.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub source_kind: Kind,
+    /// File name of the image inside a block snapshot (default: the source's name).
+    #[arg(long)]
+    pub image_name: Option<String>,
     /// Parent snapshot for skipping unchanged files: `auto` (latest of the same path
     /// and host), `none`, or a snapshot id.
     #[arg(long, default_value = "auto")]
@@ -193,9 +212,12 @@ pub struct RestoreArgs {
     /// Snapshot: `latest`, an id or a unique id prefix.
     #[arg(long, default_value = "latest")]
     pub snapshot: String,
-    /// Target directory.
+    /// Target directory, or a block device / image file for a block snapshot.
     #[arg(long)]
     pub target: PathBuf,
+    /// Whether to restore a directory tree or write a block image in place.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub target_kind: Kind,
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -324,7 +346,24 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
                 opts.threads = t.max(1);
             }
             let started = Instant::now();
-            let s = match restore::restore(&repo, &a.snapshot, &a.target, opts).await {
+            let block = match a.target_kind {
+                Kind::Dir => false,
+                Kind::Block => true,
+                Kind::Auto => {
+                    use std::os::unix::fs::FileTypeExt;
+                    std::fs::metadata(&a.target).is_ok_and(|m| m.file_type().is_block_device())
+                        || matches!(
+                            repo.find_snapshot(&a.snapshot).await,
+                            Ok((_, s)) if s.tags.iter().any(|t| t == backup::BLOCK_TAG)
+                        )
+                }
+            };
+            let result = if block {
+                restore::restore_block(&repo, &a.snapshot, &a.target, opts).await
+            } else {
+                restore::restore(&repo, &a.snapshot, &a.target, opts).await
+            };
+            let s = match result {
                 Ok(s) => s,
                 Err(RepoError::SnapshotNotFound { spec }) => {
                     emit(
@@ -465,7 +504,16 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
     }
     let source = std::fs::canonicalize(&a.source)
         .with_context(|| format!("source {}", a.source.display()))?;
+    let block = match a.source_kind {
+        Kind::Dir => false,
+        Kind::Block => true,
+        Kind::Auto => {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(&source).is_ok_and(|m| m.file_type().is_block_device())
+        }
+    };
     opts.parent = match a.parent.as_str() {
+        _ if block => None,
         "none" => None,
         "auto" => {
             backup::find_parent(&repo, &[source.display().to_string()], &opts.hostname).await?
@@ -497,7 +545,18 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
             }
         })
     };
-    let result = backup::backup(&repo, &source, opts).await;
+    let result = if block {
+        let name = match &a.image_name {
+            Some(n) => n.clone(),
+            None => source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image".into()),
+        };
+        backup::backup_block(&repo, &source, &name, opts).await
+    } else {
+        backup::backup(&repo, &source, opts).await
+    };
     reporter.abort();
     let s = result
         .with_context(|| format!("backing up {} to {}", source.display(), store.describe()))?;
