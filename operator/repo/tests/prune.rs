@@ -652,3 +652,133 @@ async fn kill_9_during_prune_never_damages_the_repository() {
     let (id, reference) = kept_ref.last().expect("a trial");
     assert_restores(&repo, &url, &[], id, reference, tmp.path()).await;
 }
+
+/// The mover's forget and prune subcommands: JSON lines, exit codes 0 / 1 / 3, and
+/// the two phases with a real grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mover_forget_and_prune_commands() {
+    let Some(bin) = mover_bin() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo_dir = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let s = src.to_str().expect("utf8");
+    for v in 0..3u64 {
+        std::fs::write(src.join("f.bin"), random_bytes(v, 1 << 20)).expect("w");
+        let o = mover(&bin, &repo_dir, &["backup", "--init", "--source", s]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let code = |o: &std::process::Output| o.status.code();
+    let events = |o: &std::process::Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    // Usage errors: exit 1.
+    assert_eq!(code(&mover(&bin, &repo_dir, &["forget"])), Some(1));
+    assert_eq!(
+        code(&mover(
+            &bin,
+            &repo_dir,
+            &["forget", "--snapshot", "ab", "--keep-last", "1"]
+        )),
+        Some(1)
+    );
+    assert_eq!(
+        code(&mover(&bin, &repo_dir, &["prune", "--grace", "soon"])),
+        Some(1)
+    );
+    // Nothing to do: exit 3.
+    assert_eq!(
+        code(&mover(&bin, &repo_dir, &["forget", "--keep-last", "5"])),
+        Some(3)
+    );
+    assert_eq!(
+        code(&mover(
+            &bin,
+            &repo_dir,
+            &["forget", "--snapshot", "00000000"]
+        )),
+        Some(3)
+    );
+    // Dry run removes nothing.
+    let o = mover(
+        &bin,
+        &repo_dir,
+        &["--json", "forget", "--keep-last", "1", "--dry-run"],
+    );
+    assert_eq!(code(&o), Some(0));
+    let ev = events(&o);
+    assert_eq!(ev.iter().filter(|e| e["event"] == "remove").count(), 2);
+    assert_eq!(ev.iter().filter(|e| e["event"] == "keep").count(), 1);
+    assert_eq!(
+        std::fs::read_dir(repo_dir.join("snapshots"))
+            .expect("ls")
+            .count(),
+        3
+    );
+    // forget --prune with a grace period: marks, deletes nothing.
+    let packs = pack_count(&repo_dir);
+    let o = mover(
+        &bin,
+        &repo_dir,
+        &[
+            "--json",
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--grace",
+            "1h",
+        ],
+    );
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = events(&o);
+    let summary = ev
+        .iter()
+        .find(|e| e["event"] == "summary")
+        .expect("summary");
+    assert_eq!(summary["removed"], 2);
+    let p = ev
+        .iter()
+        .find(|e| e["event"] == "prune")
+        .expect("prune event");
+    assert!(p["packs_newly_marked"].as_u64() >= Some(2), "{p}");
+    assert_eq!(p["packs_deleted"], 0);
+    assert_eq!(pack_count(&repo_dir), packs);
+    // Within the grace period: still waiting (exit 0: marked packs are pending work).
+    let o = mover(&bin, &repo_dir, &["--json", "prune", "--grace", "1h"]);
+    assert_eq!(code(&o), Some(0));
+    assert_eq!(events(&o)[0]["packs_deleted"], 0);
+    // Sweep.
+    let o = mover(&bin, &repo_dir, &["--json", "prune", "--grace", "0s"]);
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(events(&o)[0]["packs_deleted"].as_u64() >= Some(2));
+    assert!(pack_count(&repo_dir) < packs);
+    assert_eq!(
+        code(&mover(&bin, &repo_dir, &["prune", "--grace", "0s"])),
+        Some(3)
+    );
+    let o = mover(&bin, &repo_dir, &["check", "--read-data"]);
+    assert_eq!(code(&o), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp.path().join("out");
+    let o = mover(
+        &bin,
+        &repo_dir,
+        &["restore", "--target", out.to_str().expect("utf8")],
+    );
+    assert_eq!(code(&o), Some(0));
+    assert_eq!(
+        std::fs::read(out.join("f.bin")).expect("read"),
+        random_bytes(2, 1 << 20)
+    );
+    if let Some(restic) = restic() {
+        run_restic(
+            &restic,
+            repo_dir.to_str().expect("utf8"),
+            &["check", "--read-data"],
+            None,
+        );
+    }
+}
