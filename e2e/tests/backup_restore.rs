@@ -13,6 +13,9 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, ListParams};
 
+/// The scenarios each run an operator that watches the whole cluster: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn wait_backup(client: &Client, ns: &str, name: &str, timeout: Duration) -> Backup {
     let api: Api<Backup> = Api::namespaced(client.clone(), ns);
     wait_until(
@@ -101,6 +104,7 @@ async fn repo_password(client: &Client, opns: &str, app_ns: &str) -> String {
 
 #[tokio::test]
 async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
+    let _serial = SERIAL.lock().await;
     ensure_crds();
     let e = env();
     let client = e.client().await;
@@ -220,4 +224,478 @@ async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
         );
     }
     assert_no_leftovers(&client, &opns.name).await;
+}
+
+/// An operator namespace with a location on a fresh bucket, an application namespace with the
+/// sample app seeded, and the operator running.
+struct Setup {
+    client: Client,
+    opns: TestNamespace,
+    app_ns: TestNamespace,
+    bucket: String,
+    op: Operator,
+}
+
+async fn setup(prefix: &str, mib: u32, operator_args: &[&str]) -> Setup {
+    ensure_crds();
+    let e = env();
+    let client = e.client().await;
+    let opns = TestNamespace::new(&client, &format!("{prefix}-op")).await;
+    let app_ns = TestNamespace::new(&client, &format!("{prefix}-app")).await;
+    let bucket = format!("hf-{prefix}-{}", holdfast_e2e::random_suffix());
+    app::make_bucket(&bucket).await;
+    let op = Operator::start(&opns.name, &format!("{prefix}-0"), operator_args);
+    op.wait_ready().await;
+    e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
+    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(mib));
+    for w in WORKLOADS {
+        app::wait_seeded(&app_ns.name, w).await;
+    }
+    holdfast_e2e::wait_location(
+        &client,
+        &opns.name,
+        "primary",
+        holdfast_api::location::LocationPhase::Available,
+        None,
+    )
+    .await;
+    Setup {
+        client,
+        opns,
+        app_ns,
+        bucket,
+        op,
+    }
+}
+
+fn restore_yaml(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: holdfast.dev/v1alpha1\nkind: Restore\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+    )
+}
+
+fn checksums(ns: &str) -> Vec<String> {
+    WORKLOADS
+        .iter()
+        .map(|w| app::volume_checksums(ns, w))
+        .collect()
+}
+
+async fn completed_backup(s: &Setup, name: &str, extra: &str) -> Backup {
+    env().apply_yaml(&s.opns.name, &backup_yaml(name, &s.app_ns.name, extra));
+    let b = wait_backup(&s.client, &s.opns.name, name, Duration::from_secs(300)).await;
+    let st = b.status.clone().expect("status");
+    assert_eq!(
+        st.phase,
+        Some(BackupPhase::Completed),
+        "backup {name}: {st:#?}\n{}",
+        s.op.logs()
+    );
+    b
+}
+
+fn uploaded(b: &Backup, pvc: &str) -> u64 {
+    b.status
+        .as_ref()
+        .expect("status")
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == pvc)
+        .and_then(|v| v.copy.as_ref())
+        .map(|c| c.bytes_uploaded)
+        .expect("volume copy")
+}
+
+async fn bucket_keys(s: &Setup, prefix: &str) -> Vec<String> {
+    use holdfast_store::Store;
+    let e = env().s3();
+    let store = holdfast_store::S3Store::new(holdfast_store::S3Config {
+        endpoint: Some(e.endpoint.clone()),
+        region: Some(e.region.clone()),
+        bucket: s.bucket.clone(),
+        prefix: String::new(),
+        path_style: true,
+        ca_bundle: None,
+        access_key_id: Some(e.access_key.clone()),
+        secret_access_key: Some(e.secret_key.clone()),
+        session_token: None,
+        storage_class: None,
+        retry: Default::default(),
+        unsigned_payload: None,
+    })
+    .await
+    .expect("store");
+    store
+        .list(prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_mapping_in_place_and_deletion_policies() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("inc", 48, &[]).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    let b1 = completed_backup(&s, "b1", "").await;
+    let at_b1 = checksums(&app_ns);
+
+    // ~1% of the data changes: the next backup stores about that much.
+    app::sh(
+        &app_ns,
+        "deploy/writer",
+        "head -c 500K /dev/urandom > /data/dir/new.bin",
+    );
+    let b2 = completed_backup(&s, "b2", "").await;
+    let (w1, w2) = (uploaded(&b1, "writer-data"), uploaded(&b2, "writer-data"));
+    assert!(w1 >= 48 << 20, "first backup uploaded {w1} bytes");
+    assert!(
+        w2 >= 500 << 10 && w2 < 3 << 20,
+        "second backup uploaded {w2} bytes for ~500 KiB of change"
+    );
+    let web2 = uploaded(&b2, "data-web-0");
+    eprintln!(
+        "uploaded: first backup {w1} B, after ~500 KiB changed {w2} B, unchanged volume {web2} B"
+    );
+    assert!(web2 < 1 << 20, "unchanged volume uploaded {web2} bytes");
+
+    // Into another namespace, onto another StorageClass.
+    let alt = format!("hf-alt-{}", holdfast_e2e::random_suffix());
+    e.apply_yaml("default", &format!("apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: {alt}}}\nprovisioner: hostpath.csi.k8s.io\nreclaimPolicy: Delete\nvolumeBindingMode: Immediate\n"));
+    let mapped = TestNamespace {
+        name: format!("{app_ns}-mapped"),
+    };
+    e.apply_yaml(&opns, &restore_yaml("mapped", &format!("  source: {{backup: b1}}\n  namespaceMapping: {{{app_ns}: {}}}\n  storageClassMapping: {{standard: {alt}}}\n", mapped.name)));
+    let r = wait_restore(&s.client, &opns, "mapped").await;
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed),
+        "{:#?}\n{}",
+        r.status,
+        s.op.logs()
+    );
+    for pvc in ["writer-data", "data-web-0"] {
+        let sc = e.kubectl_ok([
+            "get",
+            "pvc",
+            pvc,
+            "-n",
+            &mapped.name,
+            "-o",
+            "jsonpath={.spec.storageClassName}",
+        ]);
+        assert_eq!(sc.trim(), alt, "claim {pvc} restored onto the mapped class");
+    }
+    for w in WORKLOADS {
+        app::wait_seeded(&mapped.name, w).await;
+    }
+    assert_eq!(
+        checksums(&mapped.name),
+        at_b1,
+        "mapped restore has the data of b1"
+    );
+
+    // In place: refused while mounted, done after scale-down.
+    let in_place = format!(
+        "  source: {{backup: b1}}\n  includedNamespaces: [{app_ns}]\n  volumes: {{target: InPlace}}\n"
+    );
+    e.apply_yaml(&opns, &restore_yaml("inplace-busy", &in_place));
+    let r = wait_restore(&s.client, &opns, "inplace-busy").await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, Some(RestorePhase::Failed), "{st:#?}");
+    assert_eq!(st.reason.as_deref(), Some("VolumeInUse"), "{st:#?}");
+    assert!(
+        st.message.as_deref().unwrap_or("").contains("scale"),
+        "{st:#?}"
+    );
+    e.kubectl_ok([
+        "scale",
+        "-n",
+        &app_ns,
+        "deploy/writer",
+        "statefulset/web",
+        "--replicas=0",
+    ]);
+    wait_until(
+        "sample pods to stop",
+        Duration::from_secs(120),
+        Some(&app_ns),
+        || async {
+            let pods: Api<Pod> = Api::namespaced(s.client.clone(), &app_ns);
+            pods.list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    e.apply_yaml(&opns, &restore_yaml("inplace", &in_place));
+    let r = wait_restore(&s.client, &opns, "inplace").await;
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed),
+        "{:#?}\n{}",
+        r.status,
+        s.op.logs()
+    );
+    e.kubectl_ok([
+        "scale",
+        "-n",
+        &app_ns,
+        "deploy/writer",
+        "statefulset/web",
+        "--replicas=1",
+    ]);
+    for w in WORKLOADS {
+        app::wait_seeded(&app_ns, w).await;
+    }
+    assert_eq!(
+        checksums(&app_ns),
+        at_b1,
+        "in-place restore brought back b1 (new.bin gone)"
+    );
+
+    // Delete removes the data; Retain keeps it.
+    let password = repo_password(&s.client, &opns, &app_ns).await;
+    assert_eq!(
+        app::restic_snapshots(&s.bucket, &app_ns, &password)
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    e.kubectl_ok([
+        "delete",
+        "backup",
+        "b2",
+        "-n",
+        &opns,
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        app::restic_snapshots(&s.bucket, &app_ns, &password)
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "b2's repository snapshots are gone"
+    );
+    assert!(
+        bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/b2/"))
+            .await
+            .is_empty(),
+        "b2's objects are gone"
+    );
+    let vs = e.kubectl_ok([
+        "get",
+        "volumesnapshots",
+        "-A",
+        "-l",
+        &format!(
+            "holdfast.dev/backup-uid={}",
+            b2.metadata.uid.clone().unwrap_or_default()
+        ),
+        "-o",
+        "name",
+    ]);
+    assert!(vs.trim().is_empty(), "b2's snapshots are gone: {vs}");
+    e.kubectl_ok([
+        "patch",
+        "backup",
+        "b1",
+        "-n",
+        &opns,
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"deletionPolicy\":\"Retain\"}}",
+    ]);
+    e.kubectl_ok([
+        "delete",
+        "backup",
+        "b1",
+        "-n",
+        &opns,
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    assert_eq!(
+        app::restic_snapshots(&s.bucket, &app_ns, &password)
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "b1 retained"
+    );
+    assert!(
+        !bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/b1/"))
+            .await
+            .is_empty(),
+        "b1's objects retained"
+    );
+    let vs = e.kubectl_ok([
+        "get",
+        "volumesnapshots",
+        "-A",
+        "-l",
+        &format!(
+            "holdfast.dev/backup-uid={}",
+            b1.metadata.uid.clone().unwrap_or_default()
+        ),
+        "-o",
+        "name",
+    ]);
+    assert_eq!(vs.lines().count(), 2, "b1's snapshots retained: {vs}");
+    assert_no_leftovers(&s.client, &opns).await;
+    e.kubectl(["delete", "storageclass", &alt]);
+    drop(mapped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_leaves_nothing_and_operator_restarts_resume() {
+    let _serial = SERIAL.lock().await;
+    let mut s = setup("cxl", 160, &["--leader-elect=false"]).await;
+    let e = env();
+    let opns = s.opns.name.clone();
+    let uploads: Api<holdfast_api::DataUpload> = Api::namespaced(s.client.clone(), &opns);
+    let in_progress = || async {
+        uploads
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == holdfast_api::backup::TransferPhase::InProgress)
+            })
+            .map(|_| ())
+    };
+
+    // Cancel while the mover uploads.
+    e.apply_yaml(&opns, &backup_yaml("cancelled", &s.app_ns.name, ""));
+    wait_until(
+        "an upload to be in progress",
+        Duration::from_secs(120),
+        Some(&opns),
+        in_progress,
+    )
+    .await;
+    e.kubectl_ok([
+        "patch",
+        "backup",
+        "cancelled",
+        "-n",
+        &opns,
+        "--type=merge",
+        "-p",
+        "{\"spec\":{\"cancel\":true}}",
+    ]);
+    let b = wait_backup(&s.client, &opns, "cancelled", Duration::from_secs(120)).await;
+    let st = b.status.clone().expect("status");
+    assert_eq!(st.phase, Some(BackupPhase::Cancelled), "{st:#?}");
+    assert_eq!(st.reason.as_deref(), Some("Cancelled"));
+    assert_no_leftovers(&s.client, &opns).await;
+    let vs = e.kubectl_ok([
+        "get",
+        "volumesnapshots",
+        "-A",
+        "-l",
+        &format!(
+            "holdfast.dev/backup-uid={}",
+            b.metadata.uid.clone().unwrap_or_default()
+        ),
+        "-o",
+        "name",
+    ]);
+    assert!(
+        vs.trim().is_empty(),
+        "cancelled backup's snapshots are gone: {vs}"
+    );
+    assert!(
+        bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/cancelled/"))
+            .await
+            .is_empty()
+    );
+    assert!(
+        uploads
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .is_empty(),
+        "DataUploads of the cancelled backup are gone"
+    );
+
+    // The operator dies at three points of a backup; each time a new one finishes the job.
+    e.apply_yaml(&opns, &backup_yaml("survivor", &s.app_ns.name, ""));
+    let api: Api<Backup> = Api::namespaced(s.client.clone(), &opns);
+    let points: [(&str, Box<dyn Fn(&Backup) -> bool>); 3] = [
+        (
+            "right after it started",
+            Box::new(|b: &Backup| b.status.as_ref().is_some_and(|s| s.start_time.is_some())),
+        ),
+        (
+            "while volumes were snapshotted or copied",
+            Box::new(|b: &Backup| {
+                b.status.as_ref().is_some_and(|s| {
+                    s.volumes.iter().any(|v| {
+                        matches!(v.phase, VolumePhase::Snapshotting | VolumePhase::Copying)
+                    })
+                })
+            }),
+        ),
+        (
+            "while a mover pod was uploading",
+            Box::new(|_: &Backup| true),
+        ),
+    ];
+    for (i, (what, reached)) in points.iter().enumerate() {
+        let b = wait_until(
+            &format!("backup to reach the point {what}"),
+            Duration::from_secs(180),
+            Some(&opns),
+            || async {
+                let b = api.get("survivor").await.ok()?;
+                reached(&b).then_some(b)
+            },
+        )
+        .await;
+        if i == 2 {
+            wait_until(
+                "an upload to be in progress",
+                Duration::from_secs(120),
+                Some(&opns),
+                in_progress,
+            )
+            .await;
+        }
+        assert!(
+            !b.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_terminal()),
+            "the backup finished before the operator could be killed {what}"
+        );
+        s.op.kill();
+        s.op = Operator::start(&opns, &format!("cxl-{}", i + 1), &["--leader-elect=false"]);
+        s.op.wait_ready().await;
+    }
+    let b = wait_backup(&s.client, &opns, "survivor", Duration::from_secs(300)).await;
+    let st = b.status.clone().expect("status");
+    assert_eq!(
+        st.phase,
+        Some(BackupPhase::Completed),
+        "{st:#?}\n{}",
+        s.op.logs()
+    );
+    assert!(
+        st.volumes
+            .iter()
+            .all(|v| v.copy.as_ref().is_some_and(|c| c.snapshot_id.is_some()))
+    );
+    assert_no_leftovers(&s.client, &opns).await;
 }

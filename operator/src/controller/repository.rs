@@ -229,6 +229,48 @@ pub async fn read_password(
         .and_then(|b| String::from_utf8(b.0).ok()))
 }
 
+/// Serializes repository creation in this process: two movers racing to create the same
+/// repository would each write a config and a key, and one of them would lose its data.
+static INIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Makes sure the repository of `namespace` on the location exists (creating it with the
+/// password of its Secret), so that mover pods only ever open it.
+pub async fn ensure_repository(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    namespace: &str,
+) -> Result<(), Error> {
+    let _guard = INIT_LOCK.lock().await;
+    let location = bsl.name_any();
+    let password = read_password(ctx, &location, namespace)
+        .await?
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "repository Secret {} has no password",
+                password_secret_name(&location, namespace)
+            ))
+        })?;
+    let store = open_repository_store(ctx, bsl, namespace)
+        .await
+        .map_err(|e| Error::Other(format!("repository of {namespace} on {location}: {e}")))?;
+    match holdfast_repo::Repository::open(store.clone(), &password).await {
+        Ok(_) => Ok(()),
+        Err(holdfast_repo::RepoError::NotARepository { .. }) => {
+            holdfast_repo::Repository::init(store, &password, holdfast_repo::KdfParams::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    Error::Other(format!(
+                        "creating the repository of {namespace} on {location}: {e}"
+                    ))
+                })
+        }
+        Err(e) => Err(Error::Other(format!(
+            "opening the repository of {namespace} on {location}: {e}"
+        ))),
+    }
+}
+
 /// A store over the whole bucket of a location (keys include the location prefix).
 pub async fn open_bucket(ctx: &Context, bsl: &BackupStorageLocation) -> Result<DynStore, String> {
     open_with_prefix(ctx, bsl, String::new()).await

@@ -132,6 +132,15 @@ async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer("backup");
     let ns = b.namespace().unwrap_or_default();
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
+    // The watch cache can lag behind our own last status write: decide on the current object.
+    let Some(b) = api
+        .get_opt(&b.name_any())
+        .await
+        .map_err(Error::kube("get Backup"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let b = Arc::new(b);
     if b.meta().deletion_timestamp.is_some() {
         return delete(&b, &ctx, &api).await;
     }
@@ -231,14 +240,14 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
     }
     if b.spec.cancel {
         cancel_children(b, ctx).await?;
-        remove_snapshots(b, ctx).await?;
+        let snapshots_left = remove_snapshots(b, ctx).await?;
         if let Some(loc) = &st.storage_location
             && let Ok(Ok(bsl)) = repository::resolve_location(ctx, Some(loc)).await
         {
             // Best effort: a cancelled backup leaves no objects behind in the bucket.
             let _ = delete_bucket_objects(ctx, &bsl, &ns, &b.name_any()).await;
         }
-        if children_left(b, ctx).await? {
+        if snapshots_left > 0 || children_left(b, ctx).await? {
             st.reason = Some("Cancelling".into());
             return Ok(Action::requeue(POLL));
         }
@@ -675,6 +684,7 @@ async fn advance_volume(
                 Some(du) => du,
                 None => {
                     repository::ensure_password(ctx, &bsl.name_any(), &v.pvc.namespace).await?;
+                    repository::ensure_repository(ctx, bsl, &v.pvc.namespace).await?;
                     let du = DataUpload {
                         metadata: ObjectMeta {
                             name: Some(name.clone()),
@@ -854,16 +864,20 @@ async fn children_left(b: &Backup, ctx: &Context) -> Result<bool, Error> {
         .is_empty())
 }
 
-/// Deletes the backup's VolumeSnapshots (their contents go with them per the class's policy).
-async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<(), Error> {
+/// Deletes the backup's VolumeSnapshots (their contents go with them per the class's
+/// policy); returns how many still exist (being deleted).
+async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<usize, Error> {
     let api: Api<VolumeSnapshot> = Api::all(ctx.client.clone());
     let lp = ListParams::default().labels(&uid_selector(b));
-    for vs in api
+    let items = api
         .list(&lp)
         .await
         .map_err(Error::kube("list VolumeSnapshots"))?
-        .items
-    {
+        .items;
+    for vs in &items {
+        if vs.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         let ns = vs.namespace().unwrap_or_default();
         let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
         api.delete(&vs.name_any(), &DeleteParams::default())
@@ -872,7 +886,7 @@ async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<(), Error> {
             .or_else(ignore_not_found)
             .map_err(Error::kube("delete VolumeSnapshot"))?;
     }
-    Ok(())
+    Ok(items.len())
 }
 
 pub(crate) fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
@@ -949,7 +963,9 @@ async fn delete(b: &Backup, ctx: &Context, api: &Api<Backup>) -> Result<Action, 
     }
     let st = b.status.clone().unwrap_or_default();
     if b.spec.deletion_policy == holdfast_api::backup::DeletionPolicy::Delete {
-        remove_snapshots(b, ctx).await?;
+        if remove_snapshots(b, ctx).await? > 0 {
+            return Ok(Action::requeue(POLL));
+        }
         if let Some(loc) = &st.storage_location {
             let locs: Api<BackupStorageLocation> =
                 Api::namespaced(ctx.client.clone(), &ctx.namespace);

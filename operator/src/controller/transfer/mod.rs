@@ -245,6 +245,15 @@ async fn reconcile_upload(du: Arc<DataUpload>, ctx: Arc<Context>) -> Result<Acti
     let _timer = ctx.metrics.reconcile_timer("dataupload");
     let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let name = du.name_any();
+    // The watch cache can lag behind our own last status write: decide on the current object.
+    let Some(du) = api
+        .get_opt(&du.name_any())
+        .await
+        .map_err(Error::kube("get DataUpload"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let du = Arc::new(du);
     if du.meta().deletion_timestamp.is_some() {
         if !cleanup_upload(&ctx, &name).await? {
             return Ok(Action::requeue(POLL));
@@ -679,6 +688,15 @@ async fn reconcile_download(dd: Arc<DataDownload>, ctx: Arc<Context>) -> Result<
     let _timer = ctx.metrics.reconcile_timer("datadownload");
     let api: Api<DataDownload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let name = dd.name_any();
+    // The watch cache can lag behind our own last status write: decide on the current object.
+    let Some(dd) = api
+        .get_opt(&dd.name_any())
+        .await
+        .map_err(Error::kube("get DataDownload"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let dd = Arc::new(dd);
     if dd.meta().deletion_timestamp.is_some() {
         let st = dd.status.clone().unwrap_or_default();
         if !cleanup_download(&ctx, &name, st.phase != TransferPhase::Completed).await? {

@@ -130,7 +130,6 @@ pub fn upload_pod(
         "backup".into(),
         "--source".into(),
         DATA.into(),
-        "--init".into(),
         "--parent".into(),
         "auto".into(),
         "--host".into(),
