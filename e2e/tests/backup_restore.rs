@@ -86,6 +86,35 @@ async fn assert_no_leftovers(client: &Client, opns: &str) {
     .await;
 }
 
+/// Deletes the Backups and Restores of the operator namespace while the operator still runs
+/// (their finalizers need it), so the namespace can go.
+async fn delete_all(client: &Client, opns: &str) {
+    env().kubectl_ok([
+        "delete",
+        "restores,backups",
+        "--all",
+        "-n",
+        opns,
+        "--wait=false",
+    ]);
+    wait_until(
+        "backups, restores and transfers to be deleted",
+        Duration::from_secs(180),
+        Some(opns),
+        || async {
+            let du: Api<holdfast_api::DataUpload> = Api::namespaced(client.clone(), opns);
+            let b: Api<Backup> = Api::namespaced(client.clone(), opns);
+            let r: Api<Restore> = Api::namespaced(client.clone(), opns);
+            let lp = ListParams::default();
+            (du.list(&lp).await.ok()?.items.is_empty()
+                && b.list(&lp).await.ok()?.items.is_empty()
+                && r.list(&lp).await.ok()?.items.is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
 fn backup_yaml(name: &str, app_ns: &str, extra: &str) -> String {
     format!(
         "apiVersion: holdfast.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n  includedNamespaces: [{app_ns}]\n{extra}"
@@ -224,6 +253,7 @@ async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
         );
     }
     assert_no_leftovers(&client, &opns.name).await;
+    delete_all(&client, &opns.name).await;
 }
 
 /// An operator namespace with a location on a fresh bucket, an application namespace with the
@@ -550,6 +580,7 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
     assert_eq!(vs.lines().count(), 2, "b1's snapshots retained: {vs}");
     assert_no_leftovers(&s.client, &opns).await;
     e.kubectl(["delete", "storageclass", &alt]);
+    delete_all(&s.client, &opns).await;
     drop(mapped);
 }
 
@@ -698,4 +729,5 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
             .all(|v| v.copy.as_ref().is_some_and(|c| c.snapshot_id.is_some()))
     );
     assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
 }
