@@ -367,6 +367,11 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
                 ..Default::default()
             })
             .collect();
+        if b.spec.hooks.as_ref().is_some_and(|h| !h.rules.is_empty()) {
+            // Hooks are not implemented yet: say so rather than pretend they ran.
+            st.warnings = Some(st.warnings.unwrap_or(0) + 1);
+            publish(ctx, b, EventType::Warning, "HooksNotRun", "spec.hooks is not implemented yet: no hook was run, the snapshots are crash-consistent only").await;
+        }
         st.items_backed_up = Some(captured.items);
         st.reason = None;
         st.message = None;
@@ -925,7 +930,8 @@ async fn delete_bucket_objects(
     Ok(())
 }
 
-/// Removes the repository snapshots of the backup's copies.
+/// Removes the repository snapshots of the backup's copies (restic's `forget`, under the
+/// repository lock). Their data is reclaimed by the next prune.
 async fn forget_copies(
     ctx: &Context,
     bsl: &BackupStorageLocation,
@@ -938,16 +944,34 @@ async fn forget_copies(
         }
     }
     for (ns, ids) in by_ns {
+        let password = repository::read_password(ctx, &bsl.name_any(), &ns)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the password Secret of the repository of {ns} is gone"))?;
         let store = repository::open_repository_store(ctx, bsl, &ns).await?;
-        for id in ids {
-            // A restic snapshot is one object, snapshots/<id>; its data goes at the next prune.
-            let key = format!("snapshots/{id}");
-            store
-                .delete(&key)
-                .await
-                .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
-                .map_err(|e| format!("deleting repository snapshot {id} of namespace {ns}: {e}"))?;
+        let repo = holdfast_repo::Repository::open(store, &password)
+            .await
+            .map_err(|e| format!("opening the repository of {ns}: {e}"))?;
+        let existing: std::collections::HashSet<String> = repo
+            .snapshots()
+            .await
+            .map_err(|e| format!("listing the snapshots of the repository of {ns}: {e}"))?
+            .into_iter()
+            .map(|(id, _)| id.to_hex())
+            .collect();
+        let ids: Vec<String> = ids.into_iter().filter(|i| existing.contains(i)).collect();
+        if ids.is_empty() {
+            continue;
         }
+        holdfast_repo::forget::forget(
+            &repo,
+            &holdfast_repo::forget::ForgetOptions {
+                snapshots: ids,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("forgetting snapshots in the repository of {ns}: {e}"))?;
     }
     Ok(())
 }
