@@ -745,6 +745,12 @@ fn zero_chunk() -> &'static (Id, Vec<u8>) {
     })
 }
 
+/// The id of the all-zero [`ZERO_CHUNK`] (restore skips it without reading it).
+pub fn sparse_zero_id() -> Id {
+    static Z: std::sync::OnceLock<Id> = std::sync::OnceLock::new();
+    *Z.get_or_init(|| zero_chunk().0)
+}
+
 /// A part of a file: bytes to read and chunk, or a number of all-zero chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Region {

@@ -223,6 +223,11 @@ impl Ctx<'_> {
             .par_iter()
             .zip(offsets.par_iter())
             .try_for_each(|(id, &o)| {
+                // The zero blobs of sparse files and block images: nothing to read
+                // or write in a freshly sized file.
+                if *id == crate::backup::sparse_zero_id() || *id == crate::backup::block_zero_id() {
+                    return Ok(());
+                }
                 let data = self
                     .repo
                     .read_blob_blocking(self.index, id)
