@@ -607,7 +607,14 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
     };
 
     // Cancel while the mover uploads.
-    e.apply_yaml(&opns, &backup_yaml("cancelled", &s.app_ns.name, ""));
+    e.apply_yaml(
+        &opns,
+        &backup_yaml(
+            "cancelled",
+            &s.app_ns.name,
+            "  volumes: {moverResources: {requests: {cpu: 100m}, limits: {memory: 768Mi}}}\n",
+        ),
+    );
     wait_until(
         "an upload to be in progress",
         Duration::from_secs(120),
@@ -615,6 +622,18 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
         in_progress,
     )
     .await;
+    // The mover pods carry the resources the Backup asked for.
+    let limits = e.kubectl_ok([
+        "get",
+        "pods",
+        "-n",
+        &opns,
+        "-l",
+        "holdfast.dev/transfer",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].resources.limits.memory}",
+    ]);
+    assert!(limits.contains("768Mi"), "mover pod resources: {limits:?}");
     e.kubectl_ok([
         "patch",
         "backup",

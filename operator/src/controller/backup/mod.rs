@@ -883,6 +883,17 @@ async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<usize, Error> {
         if vs.metadata.deletion_timestamp.is_some() {
             continue;
         }
+        // A snapshot still being cut is deleted once it is ready (or has failed): deleting it
+        // mid-creation can leave it stuck in the snapshot-controller until its next resync
+        // (seen with external-snapshotter v8.6: the content turned ready after the delete).
+        let st = vs.status.clone().unwrap_or_default();
+        let age = vs
+            .creation_timestamp()
+            .map(|t| Timestamp::now().duration_since(t.0).unsigned_abs())
+            .unwrap_or_default();
+        if st.ready_to_use != Some(true) && st.error.is_none() && age < DEFAULT_SNAPSHOT_TIMEOUT {
+            continue;
+        }
         let ns = vs.namespace().unwrap_or_default();
         let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &ns);
         api.delete(&vs.name_any(), &DeleteParams::default())

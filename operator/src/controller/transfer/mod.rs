@@ -333,7 +333,7 @@ async fn step_upload(
                     return Ok(Action::requeue(Duration::ZERO));
                 }
             };
-            let p = pod::upload_pod(
+            let mut p = pod::upload_pod(
                 du,
                 ctx,
                 &bsl,
@@ -341,6 +341,18 @@ async fn step_upload(
                 owner(du),
                 labels_for(&name, du.labels()),
             );
+            // Resources of the mover come from the Backup (spec.volumes.moverResources).
+            let backups: Api<holdfast_api::Backup> =
+                Api::namespaced(ctx.client.clone(), &du.spec.backup.namespace);
+            if let Some(r) = backups
+                .get_opt(&du.spec.backup.name)
+                .await
+                .map_err(Error::kube("get Backup"))?
+                .and_then(|b| b.spec.volumes.mover_resources)
+                && let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut())
+            {
+                c.resources = Some(r);
+            }
             create_ignoring_conflict(
                 &Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace),
                 &p,
