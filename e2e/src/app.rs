@@ -7,13 +7,13 @@ use holdfast_store::{S3Config, S3Store};
 
 use crate::{env, wait_until};
 
-/// Creates bucket `name` on the testbed's MinIO.
-pub async fn make_bucket(name: &str) {
+/// A store over bucket `bucket` of the testbed's MinIO (keys from the bucket's root).
+pub async fn s3_store(bucket: &str) -> S3Store {
     let s3 = env().s3();
-    let store = S3Store::new(S3Config {
+    S3Store::new(S3Config {
         endpoint: Some(s3.endpoint.clone()),
         region: Some(s3.region.clone()),
-        bucket: name.to_string(),
+        bucket: bucket.to_string(),
         prefix: String::new(),
         path_style: true,
         ca_bundle: None,
@@ -25,8 +25,16 @@ pub async fn make_bucket(name: &str) {
         unsigned_payload: None,
     })
     .await
-    .expect("s3 client");
-    store.ensure_bucket().await.expect("create bucket");
+    .expect("s3 client")
+}
+
+/// Creates bucket `name` on the testbed's MinIO.
+pub async fn make_bucket(name: &str) {
+    s3_store(name)
+        .await
+        .ensure_bucket()
+        .await
+        .expect("create bucket");
 }
 
 /// A location `name` in namespace `ns` on `bucket` (prefix `e2e`), marked default, with its

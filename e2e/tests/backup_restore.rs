@@ -338,24 +338,8 @@ fn uploaded(b: &Backup, pvc: &str) -> u64 {
 
 async fn bucket_keys(s: &Setup, prefix: &str) -> Vec<String> {
     use holdfast_store::Store;
-    let e = env().s3();
-    let store = holdfast_store::S3Store::new(holdfast_store::S3Config {
-        endpoint: Some(e.endpoint.clone()),
-        region: Some(e.region.clone()),
-        bucket: s.bucket.clone(),
-        prefix: String::new(),
-        path_style: true,
-        ca_bundle: None,
-        access_key_id: Some(e.access_key.clone()),
-        secret_access_key: Some(e.secret_key.clone()),
-        session_token: None,
-        storage_class: None,
-        retry: Default::default(),
-        unsigned_payload: None,
-    })
-    .await
-    .expect("store");
-    store
+    app::s3_store(&s.bucket)
+        .await
         .list(prefix)
         .await
         .expect("list")

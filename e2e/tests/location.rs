@@ -6,29 +6,11 @@ use std::time::Duration;
 use holdfast_api::location::{BackupStorageLocation, LocationPhase};
 use holdfast_e2e::operator::Operator;
 use holdfast_e2e::{TestNamespace, ensure_crds, env, wait_until};
-use holdfast_store::{S3Config, S3Store};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
 async fn make_bucket(name: &str) {
-    let s3 = env().s3();
-    let store = S3Store::new(S3Config {
-        endpoint: Some(s3.endpoint.clone()),
-        region: Some(s3.region.clone()),
-        bucket: name.to_string(),
-        prefix: String::new(),
-        path_style: true,
-        ca_bundle: None,
-        access_key_id: Some(s3.access_key.clone()),
-        secret_access_key: Some(s3.secret_key.clone()),
-        session_token: None,
-        storage_class: None,
-        retry: Default::default(),
-        unsigned_payload: None,
-    })
-    .await
-    .expect("s3 client");
-    store.ensure_bucket().await.expect("create bucket");
+    holdfast_e2e::app::make_bucket(name).await;
 }
 
 fn apply(ns: &str, yaml: &str) {
