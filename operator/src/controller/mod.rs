@@ -192,6 +192,61 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Treats "not found" as done (for deletes and patches of objects that may already be gone).
+pub fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Adds `finalizer` to `o`; true when it had to be added (the caller waits for the event).
+pub async fn add_finalizer<K>(api: &Api<K>, o: &K, finalizer: &str) -> Result<bool, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut fins = o.meta().finalizers.clone().unwrap_or_default();
+    if fins.iter().any(|f| f == finalizer) {
+        return Ok(false);
+    }
+    fins.push(finalizer.into());
+    patch_finalizers(api, o, fins).await?;
+    Ok(true)
+}
+
+/// Removes `finalizer` from `o` (an object already gone is fine).
+pub async fn remove_finalizer<K>(api: &Api<K>, o: &K, finalizer: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let fins: Vec<String> = o
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    patch_finalizers(api, o, fins).await
+}
+
+/// Replaces the finalizers, guarded by the resource version that was read.
+async fn patch_finalizers<K>(api: &Api<K>, o: &K, fins: Vec<String>) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": o.meta().resource_version}});
+    api.patch(
+        &o.meta().name.clone().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .or_else(ignore_not_found)
+    .map_err(Error::kube("patch finalizers"))
+}
+
 /// A stable 10-hex-digit hash of `parts` (FNV-1a over the parts with separators).
 pub fn short_hash(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

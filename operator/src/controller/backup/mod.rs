@@ -37,7 +37,9 @@ use super::conditions::{self, READY, RECONCILING, STALLED};
 use super::snapshot::{
     self, VolumeSnapshot, VolumeSnapshotClass, VolumeSnapshotSource, VolumeSnapshotSpec,
 };
-use super::{Context, Error, objects, repository};
+use super::{
+    Context, Error, add_finalizer, ignore_not_found, objects, remove_finalizer, repository,
+};
 
 /// Field manager of this controller's writes.
 pub const MANAGER: &str = "holdfast-backup-controller";
@@ -144,17 +146,7 @@ async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
     if b.meta().deletion_timestamp.is_some() {
         return delete(&b, &ctx, &api).await;
     }
-    if !b.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut fins = b.finalizers().to_vec();
-        fins.push(FINALIZER.to_string());
-        let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": b.resource_version()}});
-        api.patch(
-            &b.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(Error::kube("add Backup finalizer"))?;
+    if add_finalizer(&api, &*b, FINALIZER).await? {
         return Ok(Action::await_change());
     }
     let status = b.status.clone().unwrap_or_default();
@@ -905,13 +897,6 @@ async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<usize, Error> {
     Ok(items.len())
 }
 
-pub(crate) fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
-    match e {
-        kube::Error::Api(s) if s.code == 404 => Ok(()),
-        e => Err(e),
-    }
-}
-
 async fn delete_bucket_objects(
     ctx: &Context,
     bsl: &BackupStorageLocation,
@@ -1034,22 +1019,7 @@ async fn delete(b: &Backup, ctx: &Context, api: &Api<Backup>) -> Result<Action, 
             }
         }
     }
-    let fins: Vec<String> = b
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": b.resource_version()}});
-    api.patch(
-        &b.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .or_else(ignore_not_found)
-    .map_err(Error::kube("remove Backup finalizer"))?;
+    remove_finalizer(api, b, FINALIZER).await?;
     info!(backup = %b.name_any(), policy = ?b.spec.deletion_policy, "backup deleted");
     Ok(Action::await_change())
 }

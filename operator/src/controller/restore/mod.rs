@@ -29,12 +29,13 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::backup::ignore_not_found;
 use super::backup::metadata::{BackupMetadata, METADATA, RESOURCES};
 use super::conditions::{self, READY, RECONCILING, STALLED};
 use super::snapshot::VolumeSnapshot;
 use super::transfer::RECLAIM_ANNOTATION;
-use super::{Context, Error, objects, repository};
+use super::{
+    Context, Error, add_finalizer, ignore_not_found, objects, remove_finalizer, repository,
+};
 
 pub const MANAGER: &str = "holdfast-restore-controller";
 pub const FINALIZER: &str = "holdfast.dev/restore-cleanup";
@@ -118,35 +119,10 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
         if !delete_downloads(&r, &ctx).await? {
             return Ok(Action::requeue(POLL));
         }
-        let fins: Vec<String> = r
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": r.resource_version()}});
-        api.patch(
-            &r.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
-        .or_else(ignore_not_found)
-        .map_err(Error::kube("remove Restore finalizer"))?;
+        remove_finalizer(&api, &*r, FINALIZER).await?;
         return Ok(Action::await_change());
     }
-    if !r.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut fins = r.finalizers().to_vec();
-        fins.push(FINALIZER.to_string());
-        let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": r.resource_version()}});
-        api.patch(
-            &r.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(Error::kube("add Restore finalizer"))?;
+    if add_finalizer(&api, &*r, FINALIZER).await? {
         return Ok(Action::await_change());
     }
     let old = r.status.clone().unwrap_or_default();
@@ -782,10 +758,9 @@ async fn advance_volume(
                 ));
             }
         } else if let Some(e) = &existing
-            && !e
-                .labels()
+            && e.labels()
                 .get("holdfast.dev/restore")
-                .is_some_and(|n| *n == r.name_any())
+                .is_none_or(|n| *n != r.name_any())
         {
             v.phase = TransferPhase::Failed;
             v.reason = Some("PVCExists".into());

@@ -33,12 +33,11 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::backup::ignore_not_found;
 use super::snapshot::{
     ContentSource, SnapshotRef, VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotContentSpec,
     VolumeSnapshotSource, VolumeSnapshotSpec,
 };
-use super::{Context, Error};
+use super::{Context, Error, add_finalizer, ignore_not_found, remove_finalizer};
 
 /// Field manager of the transfer controllers' writes.
 pub const MANAGER: &str = "holdfast-transfer-controller";
@@ -111,51 +110,6 @@ fn labels_for(name: &str, parent: &BTreeMap<String, String>) -> BTreeMap<String,
     l
 }
 
-/// Adds `FINALIZER`; true when it had to be added (the caller waits for the next event).
-async fn ensure_finalizer<K>(api: &Api<K>, o: &K) -> Result<bool, Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    if o.meta().finalizers.iter().flatten().any(|f| f == FINALIZER) {
-        return Ok(false);
-    }
-    let mut fins = o.meta().finalizers.clone().unwrap_or_default();
-    fins.push(FINALIZER.into());
-    let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": o.meta().resource_version}});
-    api.patch(
-        &o.meta().name.clone().unwrap_or_default(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::kube("add transfer finalizer"))?;
-    Ok(true)
-}
-
-async fn remove_finalizer<K>(api: &Api<K>, o: &K) -> Result<(), Error>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let fins: Vec<String> = o
-        .meta()
-        .finalizers
-        .iter()
-        .flatten()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch = serde_json::json!({"metadata": {"finalizers": fins, "resourceVersion": o.meta().resource_version}});
-    api.patch(
-        &o.meta().name.clone().unwrap_or_default(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .or_else(ignore_not_found)
-    .map_err(Error::kube("remove transfer finalizer"))
-}
-
 async fn write_status<K>(
     api: &Api<K>,
     o: &K,
@@ -219,6 +173,23 @@ async fn active_movers(ctx: &Context) -> Result<usize, Error> {
     Ok(a + b)
 }
 
+/// Pending → Preparing once fewer than `--max-movers` transfers hold a mover slot.
+async fn take_slot(ctx: &Context, st: &mut TransferStatus) -> Result<Action, Error> {
+    if active_movers(ctx).await? >= ctx.max_movers {
+        st.reason = Some("WaitingForSlot".into());
+        st.message = Some(format!(
+            "{} mover pods are running (limit --max-movers)",
+            ctx.max_movers
+        ));
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    st.phase = TransferPhase::Preparing;
+    st.reason = None;
+    st.message = None;
+    st.start_time = Some(Time(Timestamp::now()));
+    Ok(Action::requeue(Duration::ZERO))
+}
+
 fn finish(
     st: &mut TransferStatus,
     phase: TransferPhase,
@@ -258,10 +229,10 @@ async fn reconcile_upload(du: Arc<DataUpload>, ctx: Arc<Context>) -> Result<Acti
         if !cleanup_upload(&ctx, &name).await? {
             return Ok(Action::requeue(POLL));
         }
-        remove_finalizer(&api, &*du).await?;
+        remove_finalizer(&api, &*du, FINALIZER).await?;
         return Ok(Action::await_change());
     }
-    if ensure_finalizer(&api, &*du).await? {
+    if add_finalizer(&api, &*du, FINALIZER).await? {
         return Ok(Action::await_change());
     }
     let old = du.status.clone().unwrap_or_default();
@@ -297,21 +268,7 @@ async fn step_upload(
         return Ok(Action::requeue(Duration::ZERO));
     }
     match st.phase {
-        TransferPhase::Pending => {
-            if active_movers(ctx).await? >= ctx.max_movers {
-                st.reason = Some("WaitingForSlot".into());
-                st.message = Some(format!(
-                    "{} mover pods are running (limit --max-movers)",
-                    ctx.max_movers
-                ));
-                return Ok(Action::requeue(Duration::from_secs(5)));
-            }
-            st.phase = TransferPhase::Preparing;
-            st.reason = None;
-            st.message = None;
-            st.start_time = Some(Time(Timestamp::now()));
-            Ok(Action::requeue(Duration::ZERO))
-        }
+        TransferPhase::Pending => take_slot(ctx, st).await,
         TransferPhase::Preparing => {
             let Some(bsl) = location(ctx, &du.spec.storage_location).await? else {
                 finish(
@@ -714,10 +671,10 @@ async fn reconcile_download(dd: Arc<DataDownload>, ctx: Arc<Context>) -> Result<
         if !cleanup_download(&ctx, &name, st.phase != TransferPhase::Completed).await? {
             return Ok(Action::requeue(POLL));
         }
-        remove_finalizer(&api, &*dd).await?;
+        remove_finalizer(&api, &*dd, FINALIZER).await?;
         return Ok(Action::await_change());
     }
-    if ensure_finalizer(&api, &*dd).await? {
+    if add_finalizer(&api, &*dd, FINALIZER).await? {
         return Ok(Action::await_change());
     }
     let old = dd.status.clone().unwrap_or_default();
@@ -757,21 +714,7 @@ async fn step_download(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), opns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), opns);
     match st.phase {
-        TransferPhase::Pending => {
-            if active_movers(ctx).await? >= ctx.max_movers {
-                st.reason = Some("WaitingForSlot".into());
-                st.message = Some(format!(
-                    "{} mover pods are running (limit --max-movers)",
-                    ctx.max_movers
-                ));
-                return Ok(Action::requeue(Duration::from_secs(5)));
-            }
-            st.phase = TransferPhase::Preparing;
-            st.reason = None;
-            st.message = None;
-            st.start_time = Some(Time(Timestamp::now()));
-            Ok(Action::requeue(Duration::ZERO))
-        }
+        TransferPhase::Pending => take_slot(ctx, st).await,
         TransferPhase::Preparing => {
             let Some(bsl) = location(ctx, &dd.spec.storage_location).await? else {
                 finish(

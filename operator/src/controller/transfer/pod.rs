@@ -28,19 +28,36 @@ const RESTORE_CAPS: &[&str] = &[
     "SETFCAP",
 ];
 
+/// What differs between an upload and a download pod.
+struct MoverRun<'a> {
+    name: &'a str,
+    /// Arguments of the `holdfast` binary.
+    args: Vec<String>,
+    env: Vec<k8s_openapi::api::core::v1::EnvVar>,
+    /// The claim mounted at [`DATA`], read-only for uploads.
+    claim: &'a str,
+    read_only: bool,
+    caps: &'a [&'a str],
+    /// The source namespace whose repository is used.
+    repository: &'a str,
+}
+
 fn mover_pod(
-    name: &str,
     ctx: &Context,
+    bsl: &BackupStorageLocation,
     owner: OwnerReference,
     labels: BTreeMap<String, String>,
-    args: Vec<String>,
-    mut env: Vec<k8s_openapi::api::core::v1::EnvVar>,
-    claim: &str,
-    read_only: bool,
-    caps: &[&str],
-    bsl: &BackupStorageLocation,
-    namespace: &str,
+    run: MoverRun<'_>,
 ) -> Pod {
+    let MoverRun {
+        name,
+        args,
+        mut env,
+        claim,
+        read_only,
+        caps,
+        repository: namespace,
+    } = run;
     let (access_env, mut volumes, mut mounts) = repository::mover_access(bsl, namespace);
     env.extend(access_env);
     volumes.push(Volume {
@@ -159,17 +176,19 @@ pub fn upload_pod(
         ..Default::default()
     });
     mover_pod(
-        &name,
         ctx,
+        bsl,
         owner,
         labels,
-        args,
-        env,
-        claim,
-        true,
-        BACKUP_CAPS,
-        bsl,
-        &du.spec.repository,
+        MoverRun {
+            name: &name,
+            args,
+            env,
+            claim,
+            read_only: true,
+            caps: BACKUP_CAPS,
+            repository: &du.spec.repository,
+        },
     )
 }
 
@@ -193,17 +212,19 @@ pub fn download_pod(
         DATA.into(),
     ];
     mover_pod(
-        &name,
         ctx,
+        bsl,
         owner,
         labels,
-        args,
-        Vec::new(),
-        claim,
-        false,
-        RESTORE_CAPS,
-        bsl,
-        &dd.spec.repository,
+        MoverRun {
+            name: &name,
+            args,
+            env: Vec::new(),
+            claim,
+            read_only: false,
+            caps: RESTORE_CAPS,
+            repository: &dd.spec.repository,
+        },
     )
 }
 
