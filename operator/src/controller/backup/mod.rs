@@ -20,7 +20,7 @@ use holdfast_api::backup::{
 use holdfast_api::common::{NamespacedName, Progress};
 use holdfast_api::location::BackupStorageLocation;
 use holdfast_api::transfer::{DataUpload, DataUploadSpec};
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -1044,20 +1044,6 @@ async fn expire(b: &Backup, st: &BackupStatus, api: &Api<Backup>) -> Result<Acti
         .unsigned_abs()
         .min(Duration::from_secs(3600));
     Ok(Action::requeue(wait))
-}
-
-#[allow(dead_code)]
-fn pod_mounts(pod: &Pod, claim: &str) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.volumes.as_ref())
-        .is_some_and(|vs| {
-            vs.iter().any(|v| {
-                v.persistent_volume_claim
-                    .as_ref()
-                    .is_some_and(|c| c.claim_name == claim)
-            })
-        })
 }
 
 #[cfg(test)]
