@@ -131,6 +131,53 @@ spec:
     )
 }
 
+/// A volume no CSI driver manages (so it has no snapshot class): PersistentVolume `pv` with
+/// `hostPath` `dir` and StorageClass name `manual`, bound to claim `live-data`, written by a
+/// Deployment `live` (exec target `deploy/live`) with the same seed as the sample app.
+pub fn live_app_yaml(pv: &str, dir: &str, mib: u32) -> String {
+    let script = seed_script(mib).replace('"', "\\\"");
+    format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}, labels: {{holdfast.dev/e2e: "true"}}}}
+spec:
+  capacity: {{storage: 256Mi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: {dir}, type: DirectoryOrCreate}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: live-data}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: {pv}
+  resources: {{requests: {{storage: 256Mi}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: live}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: live}}}}
+  template:
+    metadata: {{labels: {{app: live}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox
+        command: [sh, -c, "{script}"]
+        volumeMounts: [{{name: data, mountPath: /data}}]
+      volumes:
+      - name: data
+        persistentVolumeClaim: {{claimName: live-data}}
+"#
+    )
+}
+
 /// The two workloads of the sample app, as `kubectl exec` targets.
 pub const WORKLOADS: [&str; 2] = ["deploy/writer", "statefulset/web"];
 

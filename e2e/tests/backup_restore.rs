@@ -734,3 +734,228 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
     assert_no_leftovers(&s.client, &opns).await;
     delete_all(&s.client, &opns).await;
 }
+
+/// What a watch of every mover pod (all namespaces) saw: the most that ran at once on one node,
+/// and the namespaces they ran in.
+#[derive(Default, Debug)]
+struct MoverWatch {
+    max_per_node: usize,
+    namespaces: BTreeSet<String>,
+}
+
+/// Watches mover pods (label `holdfast.dev/transfer`, every namespace) until aborted. Every
+/// change the API server reports is seen, so two pods running at once on one node cannot be
+/// missed between polls.
+fn watch_movers(
+    client: &Client,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<MoverWatch>>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(MoverWatch::default()));
+    let out = seen.clone();
+    let api: Api<Pod> = Api::all(client.clone());
+    let task = tokio::spawn(async move {
+        let mut running: std::collections::BTreeMap<String, String> = Default::default();
+        let mut stream = std::pin::pin!(watcher(
+            api,
+            watcher::Config::default().labels("holdfast.dev/transfer")
+        ));
+        while let Some(ev) = stream.next().await {
+            let (pod, gone) = match ev {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),
+                Ok(watcher::Event::Delete(p)) => (p, true),
+                _ => continue,
+            };
+            let key = format!(
+                "{}/{}",
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default()
+            );
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            let done = gone || matches!(phase.as_deref(), Some("Succeeded") | Some("Failed"));
+            match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                Some(node) if !done => {
+                    running.insert(key, node);
+                }
+                _ => {
+                    running.remove(&key);
+                }
+            }
+            let mut per_node: std::collections::BTreeMap<&str, usize> = Default::default();
+            for n in running.values() {
+                *per_node.entry(n).or_default() += 1;
+            }
+            let mut s = out.lock().expect("lock");
+            s.max_per_node = s
+                .max_per_node
+                .max(per_node.values().copied().max().unwrap_or(0));
+            s.namespaces
+                .insert(pod.metadata.namespace.clone().unwrap_or_default());
+        }
+    });
+    (task, seen)
+}
+
+/// A volume without a snapshot class is copied live by a mover pod in its own namespace
+/// (administrators only), and restored onto another class; with `--max-movers-per-node 1` the
+/// three mover pods of the backup never run together on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_copy_and_per_node_mover_limit() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("live", 8, &["--max-movers-per-node", "1"]).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    let dir = std::env::temp_dir().join(format!("hf-live-{app_ns}"));
+    std::fs::create_dir_all(&dir).expect("host directory of the live volume");
+    let pv = format!("{app_ns}-live");
+    e.apply_yaml(
+        &app_ns,
+        &app::live_app_yaml(&pv, &dir.display().to_string(), 6),
+    );
+    app::wait_seeded(&app_ns, "deploy/live").await;
+    let live_before = app::volume_checksums(&app_ns, "deploy/live");
+    let before = checksums(&app_ns);
+
+    // A tenant may not ask for a live copy: it would put the location's credentials in reach.
+    e.apply_yaml(
+        &app_ns,
+        &backup_yaml(
+            "tenant-live",
+            &app_ns,
+            "  volumes: {mode: Snapshot, withoutSnapshot: LiveCopy}\n",
+        ),
+    );
+    let t = wait_backup(&s.client, &app_ns, "tenant-live", Duration::from_secs(180)).await;
+    let st = t.status.clone().expect("status");
+    assert_eq!(st.phase, Some(BackupPhase::PartiallyFailed), "{st:#?}");
+    let v = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "live-data")
+        .expect("live volume");
+    assert_eq!(v.reason.as_deref(), Some("LiveCopyNotAllowed"), "{v:#?}");
+
+    // The administrator's backup: snapshots for two claims, a live copy for the third.
+    let (watch, seen) = watch_movers(&s.client);
+    let waited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll = {
+        let (client, opns, waited) = (s.client.clone(), opns.clone(), waited.clone());
+        tokio::spawn(async move {
+            let du: Api<holdfast_api::DataUpload> = Api::namespaced(client, &opns);
+            loop {
+                if let Ok(l) = du.list(&ListParams::default()).await
+                    && l.items.iter().any(|d| {
+                        d.status.as_ref().and_then(|s| s.reason.as_deref())
+                            == Some("WaitingForNodeSlot")
+                    })
+                {
+                    waited.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let b = completed_backup(&s, "live", "  volumes: {withoutSnapshot: LiveCopy}\n").await;
+    poll.abort();
+    watch.abort();
+    let st = b.status.clone().expect("status");
+    let live = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "live-data")
+        .expect("live volume");
+    assert_eq!(live.phase, VolumePhase::Completed, "{live:#?}");
+    assert_eq!(
+        live.consistency,
+        Some(holdfast_api::backup::Consistency::Inconsistent),
+        "{live:#?}"
+    );
+    assert_eq!(live.reason.as_deref(), Some("LiveCopy"), "{live:#?}");
+    assert!(live.snapshot.is_none(), "{live:#?}");
+    assert!(
+        live.copy
+            .as_ref()
+            .and_then(|c| c.snapshot_id.as_ref())
+            .is_some(),
+        "{live:#?}"
+    );
+    for v in st.volumes.iter().filter(|v| v.pvc.name != "live-data") {
+        assert_eq!(
+            v.consistency,
+            Some(holdfast_api::backup::Consistency::CrashConsistent),
+            "{v:#?}"
+        );
+    }
+    let seen = seen.lock().expect("lock");
+    eprintln!("mover pods: {seen:?}");
+    assert_eq!(
+        seen.max_per_node, 1,
+        "mover pods at once on the node (limit 1): {seen:?}"
+    );
+    assert!(
+        seen.namespaces.contains(&app_ns) && seen.namespaces.contains(&opns),
+        "the live copy ran in {app_ns}, the snapshot copies in {opns}: {seen:?}"
+    );
+    assert!(
+        waited.load(std::sync::atomic::Ordering::SeqCst),
+        "a DataUpload waited for a node slot (WaitingForNodeSlot)"
+    );
+    drop(seen);
+    // Nothing of the live copy is left next to the application.
+    let lp = ListParams::default().labels("holdfast.dev/transfer");
+    wait_until(
+        "the live copy's pod and Secret to be gone",
+        Duration::from_secs(60),
+        Some(&app_ns),
+        || async {
+            let pods: Api<Pod> = Api::namespaced(s.client.clone(), &app_ns);
+            let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &app_ns);
+            (pods.list(&lp).await.ok()?.items.is_empty()
+                && secrets.list(&lp).await.ok()?.items.is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    assert_no_leftovers(&s.client, &opns).await;
+
+    // The namespace and the volume go; the restore puts the live-copied claim on `standard`.
+    s.app_ns.delete_and_wait(&s.client).await;
+    e.kubectl_ok(["delete", "pv", &pv, "--wait=true"]);
+    std::fs::remove_dir_all(&dir).expect("remove the old volume's directory");
+    e.apply_yaml(
+        &opns,
+        &restore_yaml(
+            "live",
+            "  source: {backup: live}\n  storageClassMapping: {manual: standard}\n",
+        ),
+    );
+    let r = wait_restore(&s.client, &opns, "live").await;
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed),
+        "{:#?}\n{}",
+        r.status,
+        s.op.logs()
+    );
+    let sc = e.kubectl_ok([
+        "get",
+        "pvc",
+        "live-data",
+        "-n",
+        &app_ns,
+        "-o",
+        "jsonpath={.spec.storageClassName}",
+    ]);
+    assert_eq!(sc.trim(), "standard");
+    app::wait_seeded(&app_ns, "deploy/live").await;
+    assert_eq!(app::volume_checksums(&app_ns, "deploy/live"), live_before);
+    for w in WORKLOADS {
+        app::wait_seeded(&app_ns, w).await;
+    }
+    assert_eq!(checksums(&app_ns), before);
+    assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
+}

@@ -57,6 +57,8 @@ pub struct Context {
     pub mover_image: String,
     /// Mover pods running at once, over all transfers of this operator.
     pub max_movers: usize,
+    /// Mover pods running at once on one node, counted over all namespaces (0: no limit).
+    pub max_movers_per_node: usize,
 }
 
 impl Context {
@@ -96,6 +98,10 @@ pub struct ControllerArgs {
     /// How many mover pods may run at once (uploads and downloads together).
     #[arg(long, env = "HOLDFAST_MAX_MOVERS", default_value_t = 4)]
     pub max_movers: usize,
+    /// How many mover pods may run at once on one node, counting every Holdfast mover pod
+    /// there (0: no per-node limit).
+    #[arg(long, env = "HOLDFAST_MAX_MOVERS_PER_NODE", default_value_t = 2)]
+    pub max_movers_per_node: usize,
     /// This replica's identity in the Lease (default: the pod name or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -172,6 +178,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         mover_image: args.mover_image.clone(),
         max_movers: args.max_movers.max(1),
+        max_movers_per_node: args.max_movers_per_node,
     });
     let stop = || {
         let s = shutdown.clone();

@@ -329,20 +329,33 @@ fn env_secret(name: &str, secret: &str, key: &str) -> EnvVar {
     }
 }
 
-/// Environment, volumes and mounts that give a mover pod access to a namespace's repository.
-/// Credentials and the password come from Secrets by reference, never by value.
+/// Keys of a copied access Secret (see [`copy_access_secret`]).
+const COPY_ACCESS_KEY: &str = "accessKeyId";
+const COPY_SECRET_KEY: &str = "secretAccessKey";
+const COPY_CA_KEY: &str = "ca.crt";
+
+/// The environment, volumes and mounts a mover pod needs to open the repository of
+/// `namespace` on `bsl`: Secret references to the password and the location's credentials in
+/// the operator namespace, or, with `copied`, to the one Secret [`copy_access_secret`] made in
+/// the pod's own namespace.
 pub fn mover_access(
     bsl: &BackupStorageLocation,
     namespace: &str,
+    copied: Option<&str>,
 ) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
     let location = bsl.name_any();
-    let mut envs = vec![
-        env("HOLDFAST_REPOSITORY", repository_url(bsl, namespace)),
-        env_secret(
+    let password_secret = password_secret_name(&location, namespace);
+    let password = match copied {
+        Some(c) => env_secret("HOLDFAST_REPOSITORY_PASSWORD", c, PASSWORD_KEY),
+        None => env_secret(
             "HOLDFAST_REPOSITORY_PASSWORD",
-            &password_secret_name(&location, namespace),
+            &password_secret,
             PASSWORD_KEY,
         ),
+    };
+    let mut envs = vec![
+        env("HOLDFAST_REPOSITORY", repository_url(bsl, namespace)),
+        password,
     ];
     if let Some(r) = &bsl.spec.s3.region {
         envs.push(env("HOLDFAST_S3_REGION", r.clone()));
@@ -357,23 +370,23 @@ pub fn mover_access(
         envs.push(env("HOLDFAST_S3_ATTEMPTS", a.to_string()));
     }
     if let Some(c) = &bsl.spec.credentials {
-        envs.push(env_secret(
-            "AWS_ACCESS_KEY_ID",
-            &c.secret_ref.name,
-            "accessKeyId",
-        ));
-        envs.push(env_secret(
-            "AWS_SECRET_ACCESS_KEY",
-            &c.secret_ref.name,
-            "secretAccessKey",
-        ));
+        let (secret, id, key) = match copied {
+            Some(s) => (s, COPY_ACCESS_KEY, COPY_SECRET_KEY),
+            None => (c.secret_ref.name.as_str(), "accessKeyId", "secretAccessKey"),
+        };
+        envs.push(env_secret("AWS_ACCESS_KEY_ID", secret, id));
+        envs.push(env_secret("AWS_SECRET_ACCESS_KEY", secret, key));
     }
     let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
     if let Some(ca) = &bsl.spec.s3.ca_bundle {
+        let (secret, key) = match copied {
+            Some(s) => (s, COPY_CA_KEY),
+            None => (ca.secret_ref.name.as_str(), ca.secret_ref.key.as_str()),
+        };
         volumes.push(Volume {
             name: "ca-bundle".into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.secret_ref.name.clone()),
+                secret_name: Some(secret.into()),
                 ..Default::default()
             }),
             ..Default::default()
@@ -386,10 +399,95 @@ pub fn mover_access(
         });
         envs.push(env(
             "HOLDFAST_S3_CA_BUNDLE",
-            format!("/etc/holdfast/ca/{}", ca.secret_ref.key),
+            format!("/etc/holdfast/ca/{key}"),
         ));
     }
     (envs, volumes, mounts)
+}
+
+/// Reads one key of a Secret in the operator namespace.
+async fn secret_key(ctx: &Context, name: &str, key: &str) -> Result<Option<ByteString>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    Ok(api
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get Secret"))?
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(key)))
+}
+
+/// Copies what a mover pod outside the operator namespace needs (repository password,
+/// location credentials, CA bundle) into one Secret `name` in `target_ns` (server-side apply,
+/// so a rotated credential is picked up on the next copy). `Ok(Err(message))` when an original
+/// is missing. The caller deletes the copy when the pod is done.
+pub async fn copy_access_secret(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    repository_ns: &str,
+    target_ns: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<Result<(), String>, Error> {
+    let mut data = BTreeMap::new();
+    let pw = password_secret_name(&bsl.name_any(), repository_ns);
+    match secret_key(ctx, &pw, PASSWORD_KEY).await? {
+        Some(v) => data.insert(PASSWORD_KEY.to_string(), v),
+        None => {
+            return Ok(Err(format!(
+                "repository Secret {pw} has no key {PASSWORD_KEY}"
+            )));
+        }
+    };
+    if let Some(c) = &bsl.spec.credentials {
+        for (from, to) in [
+            ("accessKeyId", COPY_ACCESS_KEY),
+            ("secretAccessKey", COPY_SECRET_KEY),
+        ] {
+            match secret_key(ctx, &c.secret_ref.name, from).await? {
+                Some(v) => data.insert(to.to_string(), v),
+                None => {
+                    return Ok(Err(format!(
+                        "credentials Secret {} has no key {from}",
+                        c.secret_ref.name
+                    )));
+                }
+            };
+        }
+    }
+    if let Some(ca) = &bsl.spec.s3.ca_bundle {
+        match secret_key(ctx, &ca.secret_ref.name, &ca.secret_ref.key).await? {
+            Some(v) => data.insert(COPY_CA_KEY.to_string(), v),
+            None => {
+                return Ok(Err(format!(
+                    "CA bundle Secret {} has no key {}",
+                    ca.secret_ref.name, ca.secret_ref.key
+                )));
+            }
+        };
+    }
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(target_ns.into()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(&secret).map_err(|e| Error::Other(e.to_string()))?;
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Secret".into();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), target_ns);
+    api.patch(
+        name,
+        &kube::api::PatchParams::apply("holdfast-transfer-controller").force(),
+        &kube::api::Patch::Apply(&v),
+    )
+    .await
+    .map_err(Error::kube("apply copied access Secret"))?;
+    Ok(Ok(()))
 }
 
 #[cfg(test)]

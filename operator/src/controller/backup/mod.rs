@@ -554,7 +554,7 @@ async fn advance_volume(
                 .and_then(|pv| pv.spec.and_then(|s| s.csi).map(|c| c.driver));
             v.driver = driver.clone();
             let Some(driver) = driver else {
-                return Ok(no_snapshot(b, v, "the volume is not a CSI volume"));
+                return Ok(no_snapshot(b, ctx, v, "the volume is not a CSI volume"));
             };
             if classes.is_none() {
                 let api: Api<VolumeSnapshotClass> = Api::all(ctx.client.clone());
@@ -572,6 +572,7 @@ async fn advance_volume(
             ) else {
                 return Ok(no_snapshot(
                     b,
+                    ctx,
                     v,
                     &format!(
                         "no VolumeSnapshotClass of driver {driver} is labelled {}=\"true\" (or set spec.volumes.snapshotClasses)",
@@ -722,8 +723,13 @@ async fn advance_volume(
             match ts.phase {
                 TransferPhase::Completed => {
                     v.phase = VolumePhase::Completed;
-                    v.reason = ts.reason.clone();
-                    v.message = ts.message.clone();
+                    // A live copy keeps its LiveCopy note unless the copy has one of its own.
+                    let live =
+                        v.consistency == Some(holdfast_api::backup::Consistency::Inconsistent);
+                    if ts.reason.is_some() || !live {
+                        v.reason = ts.reason.clone();
+                        v.message = ts.message.clone();
+                    }
                     Ok(None)
                 }
                 TransferPhase::Failed | TransferPhase::Cancelled => {
@@ -747,7 +753,7 @@ fn set_volume_failed(v: &mut VolumeStatus, reason: &str, message: String) {
 }
 
 /// A volume whose driver cannot snapshot, handled per `spec.volumes.withoutSnapshot`.
-fn no_snapshot(b: &Backup, v: &mut VolumeStatus, why: &str) -> Option<Duration> {
+fn no_snapshot(b: &Backup, ctx: &Context, v: &mut VolumeStatus, why: &str) -> Option<Duration> {
     match b.spec.volumes.without_snapshot {
         WithoutSnapshot::Skip => {
             v.phase = VolumePhase::Skipped;
@@ -760,16 +766,30 @@ fn no_snapshot(b: &Backup, v: &mut VolumeStatus, why: &str) -> Option<Duration> 
             v,
             "NoSnapshotClass",
             format!(
-                "{why}; set spec.volumes.withoutSnapshot to Skip to back up the rest without this volume"
+                "{why}; set spec.volumes.withoutSnapshot to Skip to back up the rest without this volume, or to LiveCopy to copy it without a snapshot"
             ),
         ),
-        WithoutSnapshot::LiveCopy => set_volume_failed(
-            v,
-            "LiveCopyNotSupported",
-            format!(
-                "{why}; copying a live volume is not implemented yet (use withoutSnapshot: Skip)"
-            ),
-        ),
+        // A live copy puts the location's credentials next to the claim for the time of the
+        // copy, so only administrators (Backups in the operator namespace) may ask for one.
+        WithoutSnapshot::LiveCopy if b.namespace().as_deref() != Some(ctx.namespace.as_str()) => {
+            set_volume_failed(
+                v,
+                "LiveCopyNotAllowed",
+                format!(
+                    "{why}; withoutSnapshot: LiveCopy is only allowed for Backups in namespace {} (a live copy needs the location's credentials in the claim's namespace)",
+                    ctx.namespace
+                ),
+            )
+        }
+        WithoutSnapshot::LiveCopy => {
+            v.phase = VolumePhase::Copying;
+            v.consistency = Some(holdfast_api::backup::Consistency::Inconsistent);
+            v.reason = Some("LiveCopy".into());
+            v.message = Some(format!(
+                "{why}; copied from the live volume (spec.volumes.withoutSnapshot: LiveCopy): not crash-consistent, files written during the copy may be torn"
+            ));
+            return Some(Duration::ZERO);
+        }
     }
     None
 }

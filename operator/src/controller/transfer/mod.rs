@@ -9,6 +9,8 @@
 //!
 //! Progress comes from the mover's JSON lines (pod logs); the result from its summary line.
 
+pub mod live;
+pub mod placement;
 pub mod pod;
 
 use std::collections::BTreeMap;
@@ -215,7 +217,6 @@ async fn location(ctx: &Context, name: &str) -> Result<Option<BackupStorageLocat
 async fn reconcile_upload(du: Arc<DataUpload>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer("dataupload");
     let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let name = du.name_any();
     // The watch cache can lag behind our own last status write: decide on the current object.
     let Some(du) = api
         .get_opt(&du.name_any())
@@ -226,7 +227,7 @@ async fn reconcile_upload(du: Arc<DataUpload>, ctx: Arc<Context>) -> Result<Acti
     };
     let du = Arc::new(du);
     if du.meta().deletion_timestamp.is_some() {
-        if !cleanup_upload(&ctx, &name).await? {
+        if !cleanup_upload(&ctx, &du).await? {
             return Ok(Action::requeue(POLL));
         }
         remove_finalizer(&api, &*du, FINALIZER).await?;
@@ -251,14 +252,14 @@ async fn step_upload(
 ) -> Result<Action, Error> {
     let name = du.name_any();
     if st.phase.is_terminal() {
-        return Ok(if cleanup_upload(ctx, &name).await? {
+        return Ok(if cleanup_upload(ctx, du).await? {
             Action::await_change()
         } else {
             Action::requeue(POLL)
         });
     }
     if du.spec.cancel {
-        cleanup_upload(ctx, &name).await?;
+        cleanup_upload(ctx, du).await?;
         finish(
             st,
             TransferPhase::Cancelled,
@@ -282,7 +283,18 @@ async fn step_upload(
                 );
                 return Ok(Action::requeue(Duration::ZERO));
             };
-            let claim = match expose_snapshot(du, ctx).await? {
+            let labels = labels_for(&name, du.labels());
+            let live = du.spec.volume_snapshot.is_none();
+            let exposed = if live {
+                live::prepare(du, ctx, &bsl, labels.clone())
+                    .await?
+                    .map(|l| Some((l.claim, l.pinned)))
+            } else {
+                expose_snapshot(du, ctx)
+                    .await?
+                    .map(|c| c.map(|c| (c, None)))
+            };
+            let (claim, pinned) = match exposed {
                 Ok(Some(c)) => c,
                 Ok(None) => return Ok(Action::requeue(POLL)),
                 Err((reason, message)) => {
@@ -290,14 +302,29 @@ async fn step_upload(
                     return Ok(Action::requeue(Duration::ZERO));
                 }
             };
+            let place = placement::decide(ctx, pinned.as_deref(), &name).await?;
+            if let placement::Placement::Wait(why) = place {
+                st.reason = Some("WaitingForNodeSlot".into());
+                st.message = Some(why);
+                return Ok(Action::requeue(POLL));
+            }
+            let secret = live::access_secret_name(&name);
+            let pod_ns = upload_pod_namespace(du, ctx);
             let mut p = pod::upload_pod(
                 du,
                 ctx,
                 &bsl,
                 &claim,
-                owner(du),
-                labels_for(&name, du.labels()),
+                pod::Site {
+                    namespace: &pod_ns,
+                    owner: (!live).then(|| owner(du)),
+                    access_secret: live.then_some(secret.as_str()),
+                },
+                labels,
             );
+            if let Some(spec) = p.spec.as_mut() {
+                spec.affinity = placement::affinity(&place);
+            }
             // Resources of the mover come from the Backup (spec.volumes.moverResources).
             let backups: Api<holdfast_api::Backup> =
                 Api::namespaced(ctx.client.clone(), &du.spec.backup.namespace);
@@ -310,19 +337,38 @@ async fn step_upload(
             {
                 c.resources = Some(r);
             }
-            create_ignoring_conflict(
-                &Api::<Pod>::namespaced(ctx.client.clone(), &ctx.namespace),
-                &p,
-                "create mover Pod",
-            )
-            .await?;
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_ns);
+            match pods.create(&PostParams::default(), &p).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                // Admission (Pod Security, quotas) refused the pod in the application's namespace.
+                Err(kube::Error::Api(s)) if live && (s.code == 403 || s.code == 422) => {
+                    finish(
+                        st,
+                        TransferPhase::Failed,
+                        Some("MoverPodRejected"),
+                        Some(format!(
+                            "namespace {pod_ns} refused the live-copy mover pod: {}. A live copy runs the mover (root, capability DAC_OVERRIDE, Pod Security baseline) in the claim's namespace; allow baseline there (label pod-security.kubernetes.io/enforce=baseline) or use a StorageClass whose driver has a VolumeSnapshotClass",
+                            s.message
+                        )),
+                    );
+                    live::cleanup(ctx, du).await?;
+                    return Ok(Action::requeue(Duration::ZERO));
+                }
+                Err(e) => return Err(Error::kube("create mover Pod")(e)),
+            }
+            st.reason = live.then(|| "LiveCopy".into());
+            st.message = live.then(|| {
+                "copying the live volume (no snapshot): files changed during the copy may be inconsistent".into()
+            });
             st.phase = TransferPhase::InProgress;
             st.mover_pod = Some(name.clone());
             info!(upload = %name, pvc = %du.spec.pvc, "mover pod started");
             Ok(Action::requeue(POLL))
         }
         TransferPhase::InProgress => {
-            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+            let pods: Api<Pod> =
+                Api::namespaced(ctx.client.clone(), &upload_pod_namespace(du, ctx));
             let Some(p) = pods
                 .get_opt(&name)
                 .await
@@ -333,6 +379,15 @@ async fn step_upload(
                 return Ok(Action::requeue(Duration::ZERO));
             };
             st.node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            if placement::stuck(&p) {
+                // Excluded from the nodes that could take it: place it again.
+                pods.delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)
+                    .map_err(Error::kube("delete unschedulable mover Pod"))?;
+                return Ok(Action::requeue(POLL));
+            }
             match pod::outcome(&p) {
                 pod::Outcome::Running => {
                     if let Some(prog) = pod::last_event(&pods, &name, "progress").await {
@@ -351,7 +406,7 @@ async fn step_upload(
                             Some("NoResult"),
                             Some("the mover exited successfully but printed no summary".into()),
                         );
-                        cleanup_upload(ctx, &name).await?;
+                        cleanup_upload(ctx, du).await?;
                         return Ok(Action::requeue(Duration::ZERO));
                     };
                     st.snapshot_id = sum["snapshot"].as_str().map(Into::into);
@@ -372,14 +427,14 @@ async fn step_upload(
                     );
                     ctx.metrics.finished("dataupload", "Completed");
                     info!(upload = %name, snapshot = ?st.snapshot_id, bytes = st.bytes_total, uploaded = st.bytes_uploaded, "upload completed");
-                    cleanup_upload(ctx, &name).await?;
+                    cleanup_upload(ctx, du).await?;
                     Ok(Action::requeue(Duration::ZERO))
                 }
                 pod::Outcome::Failed(why) => {
                     let detail = pod::failure_detail(&pods, &name).await.unwrap_or(why);
                     finish(st, TransferPhase::Failed, Some("MoverFailed"), Some(detail));
                     ctx.metrics.finished("dataupload", "Failed");
-                    cleanup_upload(ctx, &name).await?;
+                    cleanup_upload(ctx, du).await?;
                     Ok(Action::requeue(Duration::ZERO))
                 }
             }
@@ -578,8 +633,22 @@ async fn expose_snapshot(
     Ok(Ok(Some(name)))
 }
 
-/// Deletes the upload's pod, claim, VolumeSnapshot and VolumeSnapshotContent; true when all are gone.
-async fn cleanup_upload(ctx: &Context, name: &str) -> Result<bool, Error> {
+/// Namespace of an upload's mover pod: the claim's for a live copy, else the operator's.
+fn upload_pod_namespace(du: &DataUpload, ctx: &Context) -> String {
+    if du.spec.volume_snapshot.is_none() {
+        du.spec.pvc.namespace.clone()
+    } else {
+        ctx.namespace.clone()
+    }
+}
+
+/// Deletes the upload's pod, claim, VolumeSnapshot and VolumeSnapshotContent (for a live copy:
+/// its pod and copied Secret); true when all are gone.
+async fn cleanup_upload(ctx: &Context, du: &DataUpload) -> Result<bool, Error> {
+    if du.spec.volume_snapshot.is_none() {
+        return live::cleanup(ctx, du).await;
+    }
+    let name = &du.name_any();
     let opns = &ctx.namespace;
     let dp = DeleteParams::background();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), opns);
@@ -753,7 +822,18 @@ async fn step_download(
                 status: None,
             };
             create_ignoring_conflict(&pvcs, &pvc, "create temporary PersistentVolumeClaim").await?;
-            let p = pod::download_pod(dd, ctx, &bsl, &name, owner(dd), labels);
+            let place = placement::decide(ctx, None, &name).await?;
+            if let placement::Placement::Wait(why) = place {
+                st.reason = Some("WaitingForNodeSlot".into());
+                st.message = Some(why);
+                return Ok(Action::requeue(POLL));
+            }
+            st.reason = None;
+            st.message = None;
+            let mut p = pod::download_pod(dd, ctx, &bsl, &name, owner(dd), labels);
+            if let Some(spec) = p.spec.as_mut() {
+                spec.affinity = placement::affinity(&place);
+            }
             create_ignoring_conflict(&pods, &p, "create mover Pod").await?;
             st.phase = TransferPhase::InProgress;
             st.mover_pod = Some(name.clone());
@@ -772,6 +852,15 @@ async fn step_download(
                 return Ok(Action::requeue(Duration::ZERO));
             };
             st.node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+            if placement::stuck(&p) {
+                // Excluded from the nodes that could take it: place it again.
+                pods.delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ())
+                    .or_else(ignore_not_found)
+                    .map_err(Error::kube("delete unschedulable mover Pod"))?;
+                return Ok(Action::requeue(POLL));
+            }
             match pod::outcome(&p) {
                 pod::Outcome::Running => {
                     if let Some(prog) = pod::last_event(&pods, &name, "progress").await {

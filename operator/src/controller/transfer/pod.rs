@@ -28,6 +28,17 @@ const RESTORE_CAPS: &[&str] = &[
     "SETFCAP",
 ];
 
+/// Where a mover pod runs and how it reaches the repository.
+pub struct Site<'a> {
+    /// Namespace of the pod: the operator's, or the application's for a live copy.
+    pub namespace: &'a str,
+    /// Owner (only within the operator namespace: owners cannot cross namespaces).
+    pub owner: Option<OwnerReference>,
+    /// A Secret in `namespace` holding copies of the repository password and location
+    /// credentials (live copies); `None`: the originals in the operator namespace.
+    pub access_secret: Option<&'a str>,
+}
+
 /// What differs between an upload and a download pod.
 struct MoverRun<'a> {
     name: &'a str,
@@ -45,7 +56,7 @@ struct MoverRun<'a> {
 fn mover_pod(
     ctx: &Context,
     bsl: &BackupStorageLocation,
-    owner: OwnerReference,
+    site: Site<'_>,
     labels: BTreeMap<String, String>,
     run: MoverRun<'_>,
 ) -> Pod {
@@ -58,7 +69,8 @@ fn mover_pod(
         caps,
         repository: namespace,
     } = run;
-    let (access_env, mut volumes, mut mounts) = repository::mover_access(bsl, namespace);
+    let (access_env, mut volumes, mut mounts) =
+        repository::mover_access(bsl, namespace, site.access_secret);
     env.extend(access_env);
     volumes.push(Volume {
         name: "data".into(),
@@ -87,9 +99,9 @@ fn mover_pod(
     Pod {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            namespace: Some(ctx.namespace.clone()),
+            namespace: Some(site.namespace.into()),
             labels: Some(labels),
-            owner_references: Some(vec![owner]),
+            owner_references: site.owner.map(|o| vec![o]),
             ..Default::default()
         },
         spec: Some(PodSpec {
@@ -131,13 +143,14 @@ fn mover_pod(
     }
 }
 
-/// The pod that copies an exposed snapshot (claim `claim`) into the repository.
+/// The pod that copies claim `claim` (an exposed snapshot, or the live claim) into the
+/// repository.
 pub fn upload_pod(
     du: &DataUpload,
     ctx: &Context,
     bsl: &BackupStorageLocation,
     claim: &str,
-    owner: OwnerReference,
+    site: Site<'_>,
     labels: BTreeMap<String, String>,
 ) -> Pod {
     let name = du.metadata.name.clone().unwrap_or_default();
@@ -178,7 +191,7 @@ pub fn upload_pod(
     mover_pod(
         ctx,
         bsl,
-        owner,
+        site,
         labels,
         MoverRun {
             name: &name,
@@ -214,7 +227,11 @@ pub fn download_pod(
     mover_pod(
         ctx,
         bsl,
-        owner,
+        Site {
+            namespace: &ctx.namespace,
+            owner: Some(owner),
+            access_secret: None,
+        },
         labels,
         MoverRun {
             name: &name,
