@@ -735,6 +735,24 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
     delete_all(&s.client, &opns).await;
 }
 
+/// Nothing of a live copy (its mover pod, the copied access Secret) is left in `ns`.
+async fn assert_no_live_leftovers(client: &Client, ns: &str) {
+    let lp = ListParams::default().labels("holdfast.dev/transfer");
+    wait_until(
+        "the live copy's pod and Secret to be gone",
+        Duration::from_secs(60),
+        Some(ns),
+        || async {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+            (pods.list(&lp).await.ok()?.items.is_empty()
+                && secrets.list(&lp).await.ok()?.items.is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+}
+
 /// What a watch of every mover pod (all namespaces) saw: the most that ran at once on one node,
 /// and the namespaces they ran in.
 #[derive(Default, Debug)]
@@ -904,22 +922,53 @@ async fn live_copy_and_per_node_mover_limit() {
         "a DataUpload waited for a node slot (WaitingForNodeSlot)"
     );
     drop(seen);
-    // Nothing of the live copy is left next to the application.
-    let lp = ListParams::default().labels("holdfast.dev/transfer");
-    wait_until(
-        "the live copy's pod and Secret to be gone",
-        Duration::from_secs(60),
-        Some(&app_ns),
-        || async {
-            let pods: Api<Pod> = Api::namespaced(s.client.clone(), &app_ns);
-            let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &app_ns);
-            (pods.list(&lp).await.ok()?.items.is_empty()
-                && secrets.list(&lp).await.ok()?.items.is_empty())
-            .then_some(())
-        },
+    assert_no_live_leftovers(&s.client, &app_ns).await;
+    assert_no_leftovers(&s.client, &opns).await;
+
+    // A namespace that enforces Pod Security `restricted` refuses the live copy's mover pod:
+    // the volume fails with a reason that names the way out.
+    e.kubectl_ok([
+        "label",
+        "namespace",
+        &app_ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    e.apply_yaml(
+        &opns,
+        &backup_yaml(
+            "live-restricted",
+            &app_ns,
+            "  volumes: {mode: Snapshot, withoutSnapshot: LiveCopy}\n",
+        ),
+    );
+    let r = wait_backup(
+        &s.client,
+        &opns,
+        "live-restricted",
+        Duration::from_secs(180),
     )
     .await;
-    assert_no_leftovers(&s.client, &opns).await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(st.phase, Some(BackupPhase::PartiallyFailed), "{st:#?}");
+    let v = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "live-data")
+        .expect("live volume");
+    assert_eq!(v.reason.as_deref(), Some("MoverPodRejected"), "{v:#?}");
+    assert!(
+        v.message
+            .as_deref()
+            .is_some_and(|m| m.contains("pod-security.kubernetes.io/enforce=baseline")),
+        "{v:#?}"
+    );
+    e.kubectl_ok([
+        "label",
+        "namespace",
+        &app_ns,
+        "pod-security.kubernetes.io/enforce-",
+    ]);
+    assert_no_live_leftovers(&s.client, &app_ns).await;
 
     // The namespace and the volume go; the restore puts the live-copied claim on `standard`.
     s.app_ns.delete_and_wait(&s.client).await;
