@@ -759,6 +759,7 @@ async fn assert_no_live_leftovers(client: &Client, ns: &str) {
 struct MoverWatch {
     max_per_node: usize,
     namespaces: BTreeSet<String>,
+    nodes: BTreeSet<String>,
 }
 
 /// Watches mover pods (label `holdfast.dev/transfer`, every namespace) until aborted. Every
@@ -796,6 +797,7 @@ fn watch_movers(
             let done = gone || matches!(phase.as_deref(), Some("Succeeded") | Some("Failed"));
             match pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
                 Some(node) if !done => {
+                    out.lock().expect("lock").nodes.insert(node.clone());
                     running.insert(key, node);
                 }
                 _ => {
@@ -818,20 +820,32 @@ fn watch_movers(
 }
 
 /// A volume without a snapshot class is copied live by a mover pod in its own namespace
-/// (administrators only), and restored onto another class; with `--max-movers-per-node 1` the
-/// three mover pods of the backup never run together on the node.
+/// (administrators only), and restored onto another class. With a second node and
+/// `--max-movers-per-node 1`, the three mover pods of the backup use both nodes, never two on
+/// one, and the third waits for a free node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_copy_and_per_node_mover_limit() {
     let _serial = SERIAL.lock().await;
-    let s = setup("live", 8, &["--max-movers-per-node", "1"]).await;
+    let s = setup("live", 16, &["--max-movers-per-node", "1"]).await;
     let e = env();
+    // The application runs on the first node; a second one takes mover pods.
+    let tb = holdfast_e2e::repo_root().join("e2e/testbed");
+    let out = std::process::Command::new(&tb)
+        .args(["add-node", "holdfast-node-2"])
+        .output()
+        .expect("run e2e/testbed add-node");
+    assert!(
+        out.status.success(),
+        "e2e/testbed add-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     let dir = std::env::temp_dir().join(format!("hf-live-{app_ns}"));
     std::fs::create_dir_all(&dir).expect("host directory of the live volume");
     let pv = format!("{app_ns}-live");
     e.apply_yaml(
         &app_ns,
-        &app::live_app_yaml(&pv, &dir.display().to_string(), 6),
+        &app::live_app_yaml(&pv, &dir.display().to_string(), 64),
     );
     app::wait_seeded(&app_ns, "deploy/live").await;
     let live_before = app::volume_checksums(&app_ns, "deploy/live");
@@ -913,6 +927,7 @@ async fn live_copy_and_per_node_mover_limit() {
         seen.max_per_node, 1,
         "mover pods at once on the node (limit 1): {seen:?}"
     );
+    assert_eq!(seen.nodes.len(), 2, "mover pods used both nodes: {seen:?}");
     assert!(
         seen.namespaces.contains(&app_ns) && seen.namespaces.contains(&opns),
         "the live copy ran in {app_ns}, the snapshot copies in {opns}: {seen:?}"
