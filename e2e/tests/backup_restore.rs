@@ -224,6 +224,17 @@ async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
         op.logs()
     );
     assert_eq!(rst.volumes.len(), 2);
+    for v in &rst.volumes {
+        // Restored from the copy (the snapshots went with the namespace); the total comes
+        // from the backup, the bytes written from the mover.
+        assert_eq!(
+            v.from,
+            Some(holdfast_api::restore::RestoreFrom::Copy),
+            "{v:#?}"
+        );
+        assert!(v.bytes_total >= 48 << 20, "{v:#?}");
+        assert_eq!(v.bytes_done, v.bytes_total, "{v:#?}");
+    }
     for kind in [
         "configmap/settings",
         "secret/db-password",

@@ -121,6 +121,9 @@ pub struct DataDownloadSpec {
     /// `Filesystem` or `Block`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_mode: Option<String>,
+    /// Bytes the repository snapshot holds (from the backup), the total of the progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_bytes: Option<u64>,
     /// Stop the download; the target volume is marked unusable.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 
@@ -21,6 +21,9 @@ pub struct RestoreOptions {
     pub threads: usize,
     /// Restore ownership (default: when running as root).
     pub owner: bool,
+    /// Bytes of file content written so far (holes included), updated as blobs land; for
+    /// progress reports while the restore runs.
+    pub progress: Option<Arc<AtomicU64>>,
 }
 
 impl Default for RestoreOptions {
@@ -31,6 +34,7 @@ impl Default for RestoreOptions {
                 .max(2)
                 * 4,
             owner: rustix::process::geteuid().is_root(),
+            progress: None,
         }
     }
 }
@@ -49,6 +53,7 @@ struct Ctx<'a> {
     repo: &'a Repository,
     index: &'a Index,
     owner: bool,
+    progress: Option<Arc<AtomicU64>>,
     files: AtomicU64,
     dirs: AtomicU64,
     bytes: AtomicU64,
@@ -223,9 +228,17 @@ impl Ctx<'_> {
             .par_iter()
             .zip(offsets.par_iter())
             .try_for_each(|(id, &o)| {
+                let done = |n: u64| {
+                    if let Some(p) = &self.progress {
+                        p.fetch_add(n, Ordering::Relaxed);
+                    }
+                };
                 // The zero blobs of sparse files and block images: nothing to read
                 // or write in a freshly sized file.
                 if *id == crate::backup::sparse_zero_id() || *id == crate::backup::block_zero_id() {
+                    if let Some((_, loc)) = self.index.get(id) {
+                        done(u64::from(loc.data_length()));
+                    }
                     return Ok(());
                 }
                 let data = self
@@ -239,6 +252,7 @@ impl Ctx<'_> {
                         other => other,
                     })?;
                 write_nonzero(&f, &data, o).map_err(|e| RepoError::io("write", path, e))?;
+                done(data.len() as u64);
                 Ok::<_, RepoError>(())
             })?;
         self.files.fetch_add(1, Ordering::Relaxed);
@@ -363,6 +377,7 @@ pub async fn restore(
             repo: &repo,
             index: &index,
             owner: opts.owner,
+            progress: opts.progress.clone(),
             files: AtomicU64::new(0),
             dirs: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -474,6 +489,9 @@ pub async fn restore_block(
                 .zip(offsets.par_iter())
                 .zip(zero.par_iter())
                 .try_for_each(|((id, &(o, len)), &is_zero_blob)| {
+                    if let Some(p) = &opts.progress {
+                        p.fetch_add(u64::from(len), Ordering::Relaxed);
+                    }
                     if is_zero_blob {
                         if device {
                             zero_range(&f, o, u64::from(len))

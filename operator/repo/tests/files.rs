@@ -104,9 +104,20 @@ async fn sparse_gib_file_is_not_read_and_restores_sparse() {
     assert!(uploaded < 16 << 20, "uploaded {uploaded} bytes");
 
     let out = tmp.path().join("ours");
-    restore(&repo, "latest", &out, RestoreOptions::default())
-        .await
-        .expect("restore");
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    restore(
+        &repo,
+        "latest",
+        &out,
+        RestoreOptions {
+            progress: Some(written.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("restore");
+    // Progress counts holes as written: it ends at the file's size.
+    assert_eq!(written.load(std::sync::atomic::Ordering::Relaxed), 1 << 30);
     let rp = out.join("disk.img");
     let allocated = std::fs::metadata(&rp).expect("md").blocks() * 512;
     eprintln!("restored by us: {} KiB allocated", allocated >> 10);

@@ -346,6 +346,29 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
                 opts.threads = t.max(1);
             }
             let started = Instant::now();
+            let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            opts.progress = Some(written.clone());
+            let reporter = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let secs = started.elapsed().as_secs_f64();
+                    let bytes = written.load(std::sync::atomic::Ordering::Relaxed);
+                    emit(
+                        json,
+                        "progress",
+                        serde_json::json!({"bytes": bytes, "seconds": secs}),
+                        || {
+                            format!(
+                                "[{secs:.0}s] {:.1} MiB written ({:.1} MiB/s)",
+                                mib(bytes),
+                                mib(bytes) / secs.max(0.001)
+                            )
+                        },
+                    );
+                }
+            });
             let block = match a.target_kind {
                 Kind::Dir => false,
                 Kind::Block => true,
@@ -363,6 +386,7 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
             } else {
                 restore::restore(&repo, &a.snapshot, &a.target, opts).await
             };
+            reporter.abort();
             let s = match result {
                 Ok(s) => s,
                 Err(RepoError::SnapshotNotFound { spec }) => {

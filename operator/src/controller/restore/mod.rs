@@ -880,6 +880,7 @@ async fn advance_volume(
                             storage_class_name: class.clone(),
                             capacity,
                             volume_mode: md_vol.volume_mode.clone(),
+                            expected_bytes: md_vol.copy.as_ref().map(|c| c.bytes_total),
                             cancel: false,
                         },
                         status: None,

@@ -865,8 +865,8 @@ async fn step_download(
                 pod::Outcome::Running => {
                     if let Some(prog) = pod::last_event(&pods, &name, "progress").await {
                         st.bytes_done = prog["bytes"].as_u64().unwrap_or(st.bytes_done);
-                        st.bytes_total = prog["bytes_total"].as_u64().unwrap_or(st.bytes_total);
                     }
+                    st.bytes_total = dd.spec.expected_bytes.unwrap_or(0).max(st.bytes_done);
                     Ok(Action::requeue(POLL))
                 }
                 pod::Outcome::Succeeded | pod::Outcome::Partial => {
