@@ -951,6 +951,65 @@ async fn live_copy_and_per_node_mover_limit() {
     assert_no_live_leftovers(&s.client, &app_ns).await;
     assert_no_leftovers(&s.client, &opns).await;
 
+    // A download whose volume was handed over but never claimed (its restore was cancelled or
+    // deleted in between) takes the volume along when it goes.
+    let sid = live
+        .copy
+        .as_ref()
+        .and_then(|c| c.snapshot_id.clone())
+        .expect("snapshot id");
+    e.apply_yaml(
+        &opns,
+        &format!(
+            "apiVersion: holdfast.dev/v1alpha1\nkind: DataDownload\nmetadata: {{name: orphan}}\nspec:\n  restore: {{namespace: {opns}, name: gone}}\n  targetPvc: {{namespace: {app_ns}, name: never-created}}\n  storageLocation: primary\n  repository: {app_ns}\n  snapshotId: {sid}\n  storageClassName: standard\n  capacity: 256Mi\n"
+        ),
+    );
+    let dd_api: Api<holdfast_api::DataDownload> = Api::namespaced(s.client.clone(), &opns);
+    let orphan_pv = wait_until(
+        "DataDownload orphan to complete",
+        Duration::from_secs(180),
+        Some(&opns),
+        || async {
+            let st = dd_api.get("orphan").await.ok()?.status?;
+            assert_ne!(
+                st.phase,
+                holdfast_api::backup::TransferPhase::Failed,
+                "{st:#?}"
+            );
+            (st.phase == holdfast_api::backup::TransferPhase::Completed)
+                .then_some(st.volume)
+                .flatten()
+        },
+    )
+    .await;
+    let reserved = e.kubectl_ok([
+        "get",
+        "pv",
+        &orphan_pv,
+        "-o",
+        "jsonpath={.spec.persistentVolumeReclaimPolicy} {.spec.claimRef.name}",
+    ]);
+    assert_eq!(reserved.trim(), "Retain never-created");
+    e.kubectl_ok([
+        "delete",
+        "datadownload",
+        "orphan",
+        "-n",
+        &opns,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    wait_until(
+        "the unclaimed restored volume to be deleted",
+        Duration::from_secs(60),
+        None,
+        || async {
+            let o = env().kubectl(["get", "pv", &orphan_pv]);
+            (!o.status.success()).then_some(())
+        },
+    )
+    .await;
+
     // A namespace that enforces Pod Security `restricted` refuses the live copy's mover pod:
     // the volume fails with a reason that names the way out.
     e.kubectl_ok([

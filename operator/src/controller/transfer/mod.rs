@@ -736,8 +736,9 @@ async fn reconcile_download(dd: Arc<DataDownload>, ctx: Arc<Context>) -> Result<
     };
     let dd = Arc::new(dd);
     if dd.meta().deletion_timestamp.is_some() {
-        let st = dd.status.clone().unwrap_or_default();
-        if !cleanup_download(&ctx, &name, st.phase != TransferPhase::Completed).await? {
+        // A download going away takes its volume along unless a claim already holds it (a
+        // restore cancelled or deleted after the copy but before its claim existed).
+        if !cleanup_download(&ctx, &name, true).await? {
             return Ok(Action::requeue(POLL));
         }
         remove_finalizer(&api, &*dd, FINALIZER).await?;
@@ -1016,8 +1017,29 @@ async fn hand_over(
     Ok(Action::requeue(Duration::ZERO))
 }
 
-/// Deletes the download's pod and temporary claim; with `discard`, a volume already retained
-/// for the target is deleted too (a failed or cancelled restore leaves nothing).
+/// Whether an existing claim is bound to `pv` (names it in `spec.volumeName`, and the volume's
+/// `claimRef` names the claim). The volume's phase is not enough: it turns `Bound` only after
+/// the binder catches up with a claim created bound to it.
+async fn held_by_claim(ctx: &Context, pv: &PersistentVolume) -> Result<bool, Error> {
+    let Some(c) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return Ok(false);
+    };
+    let (Some(ns), Some(name)) = (c.namespace.as_deref(), c.name.as_deref()) else {
+        return Ok(false);
+    };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(pvcs
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get claim of restored PersistentVolume"))?
+        .and_then(|p| p.spec)
+        .and_then(|s| s.volume_name)
+        .is_some_and(|v| Some(v.as_str()) == pv.metadata.name.as_deref()))
+}
+
+/// Deletes the download's pod and temporary claim; with `discard`, a volume retained for the
+/// target is deleted too unless a claim holds it (a failed, cancelled or abandoned restore
+/// leaves nothing).
 async fn cleanup_download(ctx: &Context, name: &str, discard: bool) -> Result<bool, Error> {
     let opns = &ctx.namespace;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), opns);
@@ -1064,8 +1086,7 @@ async fn cleanup_download(ctx: &Context, name: &str, discard: bool) -> Result<bo
             .map_err(Error::kube("list restored PersistentVolumes"))?
             .items
         {
-            let bound = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-            if !bound {
+            if !held_by_claim(ctx, &pv).await? {
                 gone = false;
                 let patch =
                     serde_json::json!({"spec": {"persistentVolumeReclaimPolicy": "Delete"}});
