@@ -199,6 +199,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether pod `p` has not finished and mounts claim `claim` (of its own namespace).
+pub fn running_with_claim(p: &k8s_openapi::api::core::v1::Pod, claim: &str) -> bool {
+    let finished = matches!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    !finished
+        && p.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| {
+                vs.iter().any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == claim)
+                })
+            })
+}
+
 /// Treats "not found" as done (for deletes and patches of objects that may already be gone).
 pub fn ignore_not_found(e: kube::Error) -> Result<(), kube::Error> {
     match e {

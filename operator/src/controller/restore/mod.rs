@@ -643,24 +643,7 @@ async fn pods_mounting(ctx: &Context, ns: &str, name: &str) -> Result<Vec<String
         .map_err(Error::kube("list Pods"))?
         .items
         .into_iter()
-        .filter(|p| {
-            !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Succeeded" | "Failed")
-            )
-        })
-        .filter(|p| {
-            p.spec
-                .as_ref()
-                .and_then(|s| s.volumes.as_ref())
-                .is_some_and(|vs| {
-                    vs.iter().any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == name)
-                    })
-                })
-        })
+        .filter(|p| super::running_with_claim(p, name))
         .map(|p| p.name_any())
         .collect())
 }

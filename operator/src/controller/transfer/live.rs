@@ -33,22 +33,7 @@ pub fn access_secret_name(name: &str) -> String {
 pub fn consumers<'a>(pods: &'a [Pod], claim: &str) -> Vec<&'a Pod> {
     pods.iter()
         .filter(|p| !p.labels().contains_key(TRANSFER_LABEL))
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(phase, Some("Succeeded") | Some("Failed"))
-        })
-        .filter(|p| {
-            p.spec
-                .as_ref()
-                .and_then(|s| s.volumes.as_ref())
-                .is_some_and(|vs| {
-                    vs.iter().any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == claim)
-                    })
-                })
-        })
+        .filter(|p| super::super::running_with_claim(p, claim))
         .collect()
 }
 
@@ -130,26 +115,8 @@ pub async fn cleanup(ctx: &Context, du: &DataUpload) -> Result<bool, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let mut gone = true;
-    if let Some(p) = pods
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube("get mover Pod"))?
-    {
-        // Only our own pod of that name (a user's pod could share it in their namespace).
-        if p.labels().get(TRANSFER_LABEL) == Some(&name) {
-            gone = false;
-            pods.delete(
-                &name,
-                &DeleteParams {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)
-            .map_err(Error::kube("delete mover Pod"))?;
-        }
+    if super::delete_mover_pod(&pods, &name).await? {
+        gone = false;
     }
     let secret = access_secret_name(&name);
     if let Some(s) = secrets

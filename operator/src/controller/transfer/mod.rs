@@ -633,6 +633,34 @@ async fn expose_snapshot(
     Ok(Ok(Some(name)))
 }
 
+/// Deletes mover pod `name` at once (no grace: a mover's work is either complete or
+/// worthless) if it exists and is the transfer's own (label [`TRANSFER_LABEL`] = `name`; in an
+/// application's namespace a pod of that name may be the user's). True when it existed.
+pub(super) async fn delete_mover_pod(pods: &Api<Pod>, name: &str) -> Result<bool, Error> {
+    let Some(p) = pods
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get mover Pod"))?
+    else {
+        return Ok(false);
+    };
+    if p.labels().get(TRANSFER_LABEL).map(String::as_str) != Some(name) {
+        return Ok(false);
+    }
+    pods.delete(
+        name,
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .map(|_| ())
+    .or_else(ignore_not_found)
+    .map_err(Error::kube("delete mover Pod"))?;
+    Ok(true)
+}
+
 /// Namespace of an upload's mover pod: the claim's for a live copy, else the operator's.
 fn upload_pod_namespace(du: &DataUpload, ctx: &Context) -> String {
     if du.spec.volume_snapshot.is_none() {
@@ -656,24 +684,8 @@ async fn cleanup_upload(ctx: &Context, du: &DataUpload) -> Result<bool, Error> {
     let vss: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), opns);
     let vscs: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
     let mut gone = true;
-    if pods
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("get mover Pod"))?
-        .is_some()
-    {
+    if delete_mover_pod(&pods, name).await? {
         gone = false;
-        pods.delete(
-            name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..dp.clone()
-            },
-        )
-        .await
-        .map(|_| ())
-        .or_else(ignore_not_found)
-        .map_err(Error::kube("delete mover Pod"))?;
     }
     if pvcs
         .get_opt(name)
@@ -949,23 +961,7 @@ async fn hand_over(
     let opns = &ctx.namespace;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), opns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), opns);
-    if pods
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube("get mover Pod"))?
-        .is_some()
-    {
-        pods.delete(
-            &name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await
-        .map(|_| ())
-        .or_else(ignore_not_found)
-        .map_err(Error::kube("delete mover Pod"))?;
+    if delete_mover_pod(&pods, &name).await? {
         return Ok(Action::requeue(POLL));
     }
     if pvcs
@@ -1045,24 +1041,8 @@ async fn cleanup_download(ctx: &Context, name: &str, discard: bool) -> Result<bo
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), opns);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), opns);
     let mut gone = true;
-    if pods
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("get mover Pod"))?
-        .is_some()
-    {
+    if delete_mover_pod(&pods, name).await? {
         gone = false;
-        pods.delete(
-            name,
-            &DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await
-        .map(|_| ())
-        .or_else(ignore_not_found)
-        .map_err(Error::kube("delete mover Pod"))?;
     }
     if pvcs
         .get_opt(name)
