@@ -364,6 +364,12 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
             st.warnings = Some(st.warnings.unwrap_or(0) + 1);
             publish(ctx, b, EventType::Warning, "HooksNotRun", "spec.hooks is not implemented yet: no hook was run, the snapshots are crash-consistent only").await;
         }
+        if b.spec.volumes.group_snapshot {
+            // VolumeGroupSnapshots are not implemented yet: each claim is snapshotted on its
+            // own, which is not the mutual consistency that was asked for. Say so.
+            st.warnings = Some(st.warnings.unwrap_or(0) + 1);
+            publish(ctx, b, EventType::Warning, "GroupSnapshotNotSupported", "spec.volumes.groupSnapshot is not implemented yet: each claim gets its own VolumeSnapshot, so the volumes are not consistent with each other (only each one crash-consistent)").await;
+        }
         st.items_backed_up = Some(captured.items);
         st.reason = None;
         st.message = None;
