@@ -1077,7 +1077,7 @@ async fn live_copy_and_per_node_mover_limit() {
         &opns,
         &restore_yaml(
             "live",
-            "  source: {backup: live}\n  storageClassMapping: {manual: standard}\n",
+            "  source: {backup: live}\n  storageClassMapping: {manual: standard}\n  hooks: {rules: [{name: warm, postExec: [{command: [\"true\"]}]}]}\n",
         ),
     );
     let r = wait_restore(&s.client, &opns, "live").await;
@@ -1087,6 +1087,16 @@ async fn live_copy_and_per_node_mover_limit() {
         "{:#?}\n{}",
         r.status,
         s.op.logs()
+    );
+    // Restore hooks are not done yet: a warning says no hook ran.
+    let rst = r.status.clone().expect("status");
+    assert!(rst.warnings.unwrap_or(0) >= 1, "{rst:#?}");
+    assert!(
+        rst.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no restore hook"),
+        "{rst:#?}"
     );
     let sc = e.kubectl_ok([
         "get",

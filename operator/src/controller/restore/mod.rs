@@ -526,6 +526,26 @@ async fn step(r: &Restore, ctx: &Context, st: &mut RestoreStatus) -> Result<Acti
         }
     };
     st.items_restored = Some(report.restored);
+    let mut report = report;
+    if r.spec.hooks.as_ref().is_some_and(|h| !h.rules.is_empty()) {
+        // Restore hooks are not implemented yet: say so rather than pretend they ran.
+        report.warnings.insert(
+            0,
+            "spec.hooks is not implemented yet: no restore hook (init container or exec) was run"
+                .into(),
+        );
+        ctx.publish(
+            &r.object_ref(&()),
+            Event {
+                type_: EventType::Warning,
+                reason: "HooksNotRun".into(),
+                note: Some("spec.hooks is not implemented yet: no restore hook was run".into()),
+                action: "Restore".into(),
+                secondary: None,
+            },
+        )
+        .await;
+    }
     st.warnings = Some(report.warnings.len() as u32);
     let failed_vols: Vec<String> = st
         .volumes
