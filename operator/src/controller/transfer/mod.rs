@@ -379,13 +379,7 @@ async fn step_upload(
                 return Ok(Action::requeue(Duration::ZERO));
             };
             st.node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            if placement::stuck(&p) {
-                // Excluded from the nodes that could take it: place it again.
-                pods.delete(&name, &DeleteParams::default())
-                    .await
-                    .map(|_| ())
-                    .or_else(ignore_not_found)
-                    .map_err(Error::kube("delete unschedulable mover Pod"))?;
+            if placement::delete_if_stuck(&pods, &p).await? {
                 return Ok(Action::requeue(POLL));
             }
             match pod::outcome(&p) {
@@ -865,13 +859,7 @@ async fn step_download(
                 return Ok(Action::requeue(Duration::ZERO));
             };
             st.node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-            if placement::stuck(&p) {
-                // Excluded from the nodes that could take it: place it again.
-                pods.delete(&name, &DeleteParams::default())
-                    .await
-                    .map(|_| ())
-                    .or_else(ignore_not_found)
-                    .map_err(Error::kube("delete unschedulable mover Pod"))?;
+            if placement::delete_if_stuck(&pods, &p).await? {
                 return Ok(Action::requeue(POLL));
             }
             match pod::outcome(&p) {

@@ -158,6 +158,21 @@ pub fn stuck(p: &Pod) -> bool {
     excluded && unschedulable_since.is_some_and(|d| d > STUCK_UNSCHEDULED)
 }
 
+/// Deletes mover pod `p` when it is [`stuck`], so that the transfer places it again (with a
+/// fresh count of the nodes). True when it was deleted.
+pub async fn delete_if_stuck(pods: &Api<Pod>, p: &Pod) -> Result<bool, Error> {
+    if !stuck(p) {
+        return Ok(false);
+    }
+    let name = p.metadata.name.clone().unwrap_or_default();
+    pods.delete(&name, &kube::api::DeleteParams::default())
+        .await
+        .map(|_| ())
+        .or_else(super::super::ignore_not_found)
+        .map_err(Error::kube("delete unschedulable mover Pod"))?;
+    Ok(true)
+}
+
 /// Mover pods of every namespace that have not finished.
 pub async fn active_movers(ctx: &Context) -> Result<Vec<ActiveMover>, Error> {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
