@@ -63,8 +63,20 @@ fn do_mounts(mounts: &[MountSpec]) -> Result<(), String> {
             }
         }
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", src.as_raw_fd()));
-        mount(Some(&fd_path), &m.target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("bind-mounting {} on {}: {e}", m.source.display(), m.target.display()))?;
+        mount(
+            Some(&fd_path),
+            &m.target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            format!(
+                "bind-mounting {} on {}: {e}",
+                m.source.display(),
+                m.target.display()
+            )
+        })?;
         if m.read_only {
             mount(
                 None::<&str>,
@@ -126,7 +138,9 @@ fn start(spec: &ShimSpec) -> String {
 fn exec_file(program: &std::fs::File, spec: &ShimSpec) -> String {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| "argument or environment contains a NUL byte".to_string());
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| "argument or environment contains a NUL byte".to_string())
+    };
     let argv: Result<Vec<CString>, String> = std::iter::once(spec.argv0.as_bytes())
         .chain(spec.args.iter().map(|a| a.as_bytes()))
         .map(cstr)
@@ -139,7 +153,10 @@ fn exec_file(program: &std::fs::File, spec: &ShimSpec) -> String {
         (Err(e), _) | (_, Err(e)) => return e,
     };
     // A `#!` script's interpreter reopens /dev/fd/N, so the descriptor must survive the exec.
-    let _ = nix::fcntl::fcntl(program, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()));
+    let _ = nix::fcntl::fcntl(
+        program,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    );
     let err = match nix::unistd::fexecve(program, &argv, &envp) {
         Ok(never) => match never {},
         Err(e) => e,

@@ -185,20 +185,19 @@ impl LeaderLease {
 
     /// Gives the lease up so that another replica can take it at once.
     pub async fn release(&self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
-            if let Some(spec) = lease.spec.as_mut() {
-                if spec.holder_identity.as_deref() == Some(self.identity.as_str()) {
-                    spec.holder_identity = None;
-                    spec.renew_time = None;
-                    if self
-                        .api
-                        .replace(&self.name, &PostParams::default(), &lease)
-                        .await
-                        .is_ok()
-                    {
-                        info!(lease = %self.name, "released leadership");
-                    }
-                }
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(self.identity.as_str())
+        {
+            spec.holder_identity = None;
+            spec.renew_time = None;
+            if self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await
+                .is_ok()
+            {
+                info!(lease = %self.name, "released leadership");
             }
         }
     }
