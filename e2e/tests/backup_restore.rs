@@ -487,25 +487,41 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
 
     // Delete removes the data; Retain keeps it.
     let password = repo_password(&s.client, &opns, &app_ns).await;
-    assert_eq!(
+    let restic_count = || {
         app::restic_snapshots(&s.bucket, &app_ns, &password)
             .as_array()
-            .map(Vec::len),
-        Some(4)
-    );
-    e.kubectl_ok([
-        "delete",
-        "backup",
-        "b2",
-        "-n",
-        &opns,
-        "--wait=true",
-        "--timeout=120s",
-    ]);
+            .map(Vec::len)
+    };
+    let delete_backup = |name: &str| {
+        e.kubectl_ok([
+            "delete",
+            "backup",
+            name,
+            "-n",
+            &opns,
+            "--wait=true",
+            "--timeout=120s",
+        ]);
+    };
+    // The VolumeSnapshots a backup took (any namespace), one name per line.
+    let snapshots_of = |b: &Backup| {
+        e.kubectl_ok([
+            "get",
+            "volumesnapshots",
+            "-A",
+            "-l",
+            &format!(
+                "holdfast.dev/backup-uid={}",
+                b.metadata.uid.clone().unwrap_or_default()
+            ),
+            "-o",
+            "name",
+        ])
+    };
+    assert_eq!(restic_count(), Some(4));
+    delete_backup("b2");
     assert_eq!(
-        app::restic_snapshots(&s.bucket, &app_ns, &password)
-            .as_array()
-            .map(Vec::len),
+        restic_count(),
         Some(2),
         "b2's repository snapshots are gone"
     );
@@ -515,18 +531,7 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
             .is_empty(),
         "b2's objects are gone"
     );
-    let vs = e.kubectl_ok([
-        "get",
-        "volumesnapshots",
-        "-A",
-        "-l",
-        &format!(
-            "holdfast.dev/backup-uid={}",
-            b2.metadata.uid.clone().unwrap_or_default()
-        ),
-        "-o",
-        "name",
-    ]);
+    let vs = snapshots_of(&b2);
     assert!(vs.trim().is_empty(), "b2's snapshots are gone: {vs}");
     e.kubectl_ok([
         "patch",
@@ -538,40 +543,15 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
         "-p",
         "{\"spec\":{\"deletionPolicy\":\"Retain\"}}",
     ]);
-    e.kubectl_ok([
-        "delete",
-        "backup",
-        "b1",
-        "-n",
-        &opns,
-        "--wait=true",
-        "--timeout=120s",
-    ]);
-    assert_eq!(
-        app::restic_snapshots(&s.bucket, &app_ns, &password)
-            .as_array()
-            .map(Vec::len),
-        Some(2),
-        "b1 retained"
-    );
+    delete_backup("b1");
+    assert_eq!(restic_count(), Some(2), "b1 retained");
     assert!(
         !bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/b1/"))
             .await
             .is_empty(),
         "b1's objects retained"
     );
-    let vs = e.kubectl_ok([
-        "get",
-        "volumesnapshots",
-        "-A",
-        "-l",
-        &format!(
-            "holdfast.dev/backup-uid={}",
-            b1.metadata.uid.clone().unwrap_or_default()
-        ),
-        "-o",
-        "name",
-    ]);
+    let vs = snapshots_of(&b1);
     assert_eq!(vs.lines().count(), 2, "b1's snapshots retained: {vs}");
     assert_no_leftovers(&s.client, &opns).await;
     e.kubectl(["delete", "storageclass", &alt]);

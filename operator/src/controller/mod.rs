@@ -18,9 +18,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -197,6 +197,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The reconciled object as the API server has it now (`None`: gone). The watch cache can
+/// lag behind our own last status write, so every reconcile decides on this.
+pub async fn current<K>(api: &Api<K>, o: &K, call: &'static str) -> Result<Option<Arc<K>>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .get_opt(&o.name_any())
+        .await
+        .map_err(Error::kube(call))?
+        .map(Arc::new))
 }
 
 /// Whether pod `p` has not finished and mounts claim `claim` (of its own namespace).

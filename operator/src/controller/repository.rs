@@ -345,17 +345,13 @@ pub fn mover_access(
 ) -> (Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>) {
     let location = bsl.name_any();
     let password_secret = password_secret_name(&location, namespace);
-    let password = match copied {
-        Some(c) => env_secret("HOLDFAST_REPOSITORY_PASSWORD", c, PASSWORD_KEY),
-        None => env_secret(
-            "HOLDFAST_REPOSITORY_PASSWORD",
-            &password_secret,
-            PASSWORD_KEY,
-        ),
-    };
     let mut envs = vec![
         env("HOLDFAST_REPOSITORY", repository_url(bsl, namespace)),
-        password,
+        env_secret(
+            "HOLDFAST_REPOSITORY_PASSWORD",
+            copied.unwrap_or(&password_secret),
+            PASSWORD_KEY,
+        ),
     ];
     if let Some(r) = &bsl.spec.s3.region {
         envs.push(env("HOLDFAST_S3_REGION", r.clone()));

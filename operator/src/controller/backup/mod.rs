@@ -134,15 +134,9 @@ async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer("backup");
     let ns = b.namespace().unwrap_or_default();
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
-    // The watch cache can lag behind our own last status write: decide on the current object.
-    let Some(b) = api
-        .get_opt(&b.name_any())
-        .await
-        .map_err(Error::kube("get Backup"))?
-    else {
+    let Some(b) = super::current(&api, &b, "get Backup").await? else {
         return Ok(Action::await_change());
     };
-    let b = Arc::new(b);
     if b.meta().deletion_timestamp.is_some() {
         return delete(&b, &ctx, &api).await;
     }

@@ -106,15 +106,9 @@ fn download_name(r: &Restore, target: &NamespacedName) -> String {
 async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer("restore");
     let api: Api<Restore> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    // The watch cache can lag behind our own last status write: decide on the current object.
-    let Some(r) = api
-        .get_opt(&r.name_any())
-        .await
-        .map_err(Error::kube("get Restore"))?
-    else {
+    let Some(r) = super::current(&api, &r, "get Restore").await? else {
         return Ok(Action::await_change());
     };
-    let r = Arc::new(r);
     if r.meta().deletion_timestamp.is_some() {
         if !delete_downloads(&r, &ctx).await? {
             return Ok(Action::requeue(POLL));

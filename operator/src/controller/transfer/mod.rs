@@ -39,7 +39,7 @@ use super::snapshot::{
     ContentSource, SnapshotRef, VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotContentSpec,
     VolumeSnapshotSource, VolumeSnapshotSpec,
 };
-use super::{Context, Error, add_finalizer, ignore_not_found, remove_finalizer};
+use super::{Context, Error, add_finalizer, current, ignore_not_found, remove_finalizer};
 
 /// Field manager of the transfer controllers' writes.
 pub const MANAGER: &str = "holdfast-transfer-controller";
@@ -217,15 +217,9 @@ async fn location(ctx: &Context, name: &str) -> Result<Option<BackupStorageLocat
 async fn reconcile_upload(du: Arc<DataUpload>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer("dataupload");
     let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    // The watch cache can lag behind our own last status write: decide on the current object.
-    let Some(du) = api
-        .get_opt(&du.name_any())
-        .await
-        .map_err(Error::kube("get DataUpload"))?
-    else {
+    let Some(du) = current(&api, &du, "get DataUpload").await? else {
         return Ok(Action::await_change());
     };
-    let du = Arc::new(du);
     if du.meta().deletion_timestamp.is_some() {
         if !cleanup_upload(&ctx, &du).await? {
             return Ok(Action::requeue(POLL));
@@ -285,14 +279,13 @@ async fn step_upload(
             };
             let labels = labels_for(&name, du.labels());
             let live = du.spec.volume_snapshot.is_none();
-            let exposed = if live {
-                live::prepare(du, ctx, &bsl, labels.clone())
+            let exposed = match &du.spec.volume_snapshot {
+                None => live::prepare(du, ctx, &bsl, labels.clone())
                     .await?
-                    .map(|l| Some((l.claim, l.pinned)))
-            } else {
-                expose_snapshot(du, ctx)
+                    .map(|l| Some((l.claim, l.pinned))),
+                Some(snapshot) => expose_snapshot(du, ctx, snapshot)
                     .await?
-                    .map(|c| c.map(|c| (c, None)))
+                    .map(|c| c.map(|c| (c, None))),
             };
             let (claim, pinned) = match exposed {
                 Ok(Some(c)) => c,
@@ -448,25 +441,20 @@ where
     }
 }
 
-/// Exposes the upload's snapshot as a claim in the operator namespace. `Ok(Ok(None))`: not
-/// ready yet; `Ok(Err(..))`: cannot be done (reason, message).
+/// Exposes the upload's VolumeSnapshot `src_name` as a claim in the operator namespace.
+/// `Ok(Ok(None))`: not ready yet; `Ok(Err(..))`: cannot be done (reason, message).
 async fn expose_snapshot(
     du: &DataUpload,
     ctx: &Context,
+    src_name: &str,
 ) -> Result<Result<Option<String>, (&'static str, String)>, Error> {
     let name = du.name_any();
     let opns = &ctx.namespace;
     let labels = labels_for(&name, du.labels());
-    let Some(src_name) = du.spec.volume_snapshot.clone() else {
-        return Ok(Err((
-            "NoSnapshot",
-            "copying a live volume without a snapshot is not implemented".into(),
-        )));
-    };
     let src_ns = &du.spec.pvc.namespace;
     let src_api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), src_ns);
     let Some(src) = src_api
-        .get_opt(&src_name)
+        .get_opt(src_name)
         .await
         .map_err(Error::kube("get VolumeSnapshot"))?
     else {
@@ -732,15 +720,9 @@ async fn reconcile_download(dd: Arc<DataDownload>, ctx: Arc<Context>) -> Result<
     let _timer = ctx.metrics.reconcile_timer("datadownload");
     let api: Api<DataDownload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let name = dd.name_any();
-    // The watch cache can lag behind our own last status write: decide on the current object.
-    let Some(dd) = api
-        .get_opt(&dd.name_any())
-        .await
-        .map_err(Error::kube("get DataDownload"))?
-    else {
+    let Some(dd) = current(&api, &dd, "get DataDownload").await? else {
         return Ok(Action::await_change());
     };
-    let dd = Arc::new(dd);
     if dd.meta().deletion_timestamp.is_some() {
         // A download going away takes its volume along unless a claim already holds it (a
         // restore cancelled or deleted after the copy but before its claim existed).
