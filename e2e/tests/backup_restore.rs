@@ -926,7 +926,7 @@ async fn live_copy_and_per_node_mover_limit() {
             "{v:#?}"
         );
     }
-    let seen = seen.lock().expect("lock");
+    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
     eprintln!("mover pods: {seen:?}");
     assert_eq!(
         seen.max_per_node, 1,
@@ -941,7 +941,6 @@ async fn live_copy_and_per_node_mover_limit() {
         waited.load(std::sync::atomic::Ordering::SeqCst),
         "a DataUpload waited for a node slot (WaitingForNodeSlot)"
     );
-    drop(seen);
     assert_no_live_leftovers(&s.client, &app_ns).await;
     assert_no_leftovers(&s.client, &opns).await;
 
