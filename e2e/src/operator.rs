@@ -1,6 +1,5 @@
 //! The operator as a real process (`holdfast controller`) against the test cluster.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,10 +29,7 @@ pub fn holdfast_bin() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    holdfast_store::testing::free_port().expect("free port")
 }
 
 impl Operator {

@@ -93,10 +93,7 @@ async fn chart_installs_an_operator_that_reconciles() {
     let e = env();
     let client = e.client().await;
     let ns = TestNamespace::new(&client, "chart").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = holdfast_store::testing::free_port().expect("port");
     let chart = e.repo.join("charts/holdfast");
     let release = format!("hf{}", holdfast_e2e::random_suffix());
     run_helm(&[

@@ -1,12 +1,13 @@
 //! The benchmark's own MinIO server (the testbed's binary) and the bucket chores.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use holdfast_store::testing::free_port;
 use holdfast_store::{RetryPolicy, S3Config, S3Store, Store};
 
 pub const ACCESS_KEY: &str = "holdfast-bench";
@@ -18,10 +19,6 @@ pub struct Minio {
     child: Child,
     pub port: u16,
     pub endpoint: String,
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Minio {

@@ -49,8 +49,64 @@ pub fn find_minio() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Lowest and highest port of the kernel's ephemeral range (outgoing connections).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>());
+            Some((it.next()?.ok()?, it.next()?.ok()?))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A loopback port that is free now, outside the kernel's ephemeral range, and not
+/// handed out before by this process.
+///
+/// A port from `bind(":0")` is ephemeral: between our check and the child's `bind`,
+/// any outgoing connection on the machine may take it as its local port (CI once
+/// failed that way: kube-controller-manager could not listen because a connection
+/// held "its" port). Ports below the ephemeral range are only ever taken by
+/// listeners, which is the race we can live with.
+pub fn free_port() -> std::io::Result<u16> {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let (lo, hi) = ephemeral_range();
+    // Candidate ranges: 10000 up to the ephemeral range, and above it.
+    let below = (10000u16, lo.saturating_sub(1));
+    let above = (hi.saturating_add(1).max(10000), 65000u16);
+    let ranges: Vec<(u16, u16)> = [below, above].into_iter().filter(|(a, b)| a < b).collect();
+    if ranges.is_empty() {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let total: u32 = ranges.iter().map(|(a, b)| u32::from(b - a) + 1).sum();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..500 {
+        let mut rnd = [0u8; 4];
+        getrandom::fill(&mut rnd).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut n = u32::from_le_bytes(rnd) % total;
+        let mut port = 0u16;
+        for (a, b) in &ranges {
+            let len = u32::from(b - a) + 1;
+            if n < len {
+                port = a + n as u16;
+                break;
+            }
+            n -= len;
+        }
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free loopback port found outside the ephemeral range",
+    ))
 }
 
 /// A running MinIO server; killed and its data removed on drop.
@@ -167,5 +223,25 @@ impl Drop for MinioServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_not_ephemeral() {
+        let (lo, hi) = ephemeral_range();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let p = free_port().expect("a free port");
+            assert!(
+                !(lo..=hi).contains(&p),
+                "port {p} is in the ephemeral range {lo}-{hi}"
+            );
+            assert!(seen.insert(p), "port {p} handed out twice");
+            TcpListener::bind(("127.0.0.1", p)).expect("the port is bindable");
+        }
     }
 }
