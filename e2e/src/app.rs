@@ -131,10 +131,11 @@ spec:
     )
 }
 
-/// A volume no CSI driver manages (so it has no snapshot class): PersistentVolume `pv` with
-/// `hostPath` `dir` and StorageClass name `manual`, bound to claim `live-data`, written by a
-/// Deployment `live` (exec target `deploy/live`) with the same seed as the sample app.
-pub fn live_app_yaml(pv: &str, dir: &str, mib: u32) -> String {
+/// A volume no CSI driver manages (so it has no snapshot class): a `local` PersistentVolume
+/// `pv` at `dir` on node `node` (required node affinity), StorageClass name `manual`, bound
+/// to claim `live-data`, written by a Deployment `live` (exec target `deploy/live`) with the
+/// same seed as the sample app.
+pub fn live_app_yaml(pv: &str, dir: &str, node: &str, mib: u32) -> String {
     let script = seed_script(mib).replace('"', "\\\"");
     format!(
         r#"apiVersion: v1
@@ -145,7 +146,11 @@ spec:
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: manual
-  hostPath: {{path: {dir}, type: DirectoryOrCreate}}
+  local: {{path: {dir}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{node}]}}]
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -174,6 +179,32 @@ spec:
       volumes:
       - name: data
         persistentVolumeClaim: {{claimName: live-data}}
+"#
+    )
+}
+
+/// A `hostPath` PersistentVolume `pv` at `dir` (StorageClass name `manual`) bound to claim
+/// `host-data`, with no pod using it.
+pub fn host_path_claim_yaml(pv: &str, dir: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}, labels: {{holdfast.dev/e2e: "true"}}}}
+spec:
+  capacity: {{storage: 64Mi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: {dir}, type: DirectoryOrCreate}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: host-data}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: {pv}
+  resources: {{requests: {{storage: 64Mi}}}}
 "#
     )
 }

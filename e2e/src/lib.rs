@@ -30,6 +30,8 @@ pub struct Env {
     pub kubectl: PathBuf,
     pub s3: Option<S3Env>,
     pub repo: PathBuf,
+    /// The testbed's first node (`HOLDFAST_TESTBED_NODE`).
+    pub node: String,
 }
 
 /// An S3 endpoint for tests.
@@ -103,6 +105,10 @@ pub fn env() -> &'static Env {
             kubectl,
             s3,
             repo,
+            node: vars
+                .get("HOLDFAST_TESTBED_NODE")
+                .cloned()
+                .unwrap_or_else(|| "holdfast-node-1".into()),
         }
     })
 }

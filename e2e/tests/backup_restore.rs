@@ -836,7 +836,15 @@ async fn live_copy_and_per_node_mover_limit() {
     let pv = format!("{app_ns}-live");
     e.apply_yaml(
         &app_ns,
-        &app::live_app_yaml(&pv, &dir.display().to_string(), 64),
+        &app::live_app_yaml(&pv, &dir.display().to_string(), &e.node, 64),
+    );
+    // A hostPath volume is refused, whatever the policy: nothing records which node's
+    // directory holds its data.
+    let host_pv = format!("{app_ns}-host");
+    let host_dir = std::env::temp_dir().join(format!("hf-live-{app_ns}-host"));
+    e.apply_yaml(
+        &app_ns,
+        &app::host_path_claim_yaml(&host_pv, &host_dir.display().to_string()),
     );
     app::wait_seeded(&app_ns, "deploy/live").await;
     let live_before = app::volume_checksums(&app_ns, "deploy/live");
@@ -860,6 +868,20 @@ async fn live_copy_and_per_node_mover_limit() {
         .find(|v| v.pvc.name == "live-data")
         .expect("live volume");
     assert_eq!(v.reason.as_deref(), Some("LiveCopyNotAllowed"), "{v:#?}");
+    let h = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "host-data")
+        .expect("hostPath volume");
+    assert_eq!(h.phase, VolumePhase::Failed, "{h:#?}");
+    assert_eq!(h.reason.as_deref(), Some("HostPathNotSupported"), "{h:#?}");
+    assert!(
+        h.message.as_deref().is_some_and(|m| m.contains(&host_pv)),
+        "{h:#?}"
+    );
+    e.kubectl_ok(["delete", "pvc", "host-data", "-n", &app_ns, "--wait=true"]);
+    e.kubectl_ok(["delete", "pv", &host_pv, "--wait=true"]);
+    let _ = std::fs::remove_dir_all(&host_dir);
     // Group snapshots are not done yet: the backup says so instead of ignoring the request.
     assert!(st.warnings.unwrap_or(0) >= 1, "{st:#?}");
     let events = e.kubectl_ok([

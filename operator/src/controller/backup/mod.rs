@@ -547,11 +547,20 @@ async fn advance_volume(
                 return Ok(None);
             };
             let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-            let driver = pvs
+            let pv_spec = pvs
                 .get_opt(&pv_name)
                 .await
                 .map_err(Error::kube("get PersistentVolume"))?
-                .and_then(|pv| pv.spec.and_then(|s| s.csi).map(|c| c.driver));
+                .and_then(|pv| pv.spec);
+            if let Some(path) = pv_spec
+                .as_ref()
+                .and_then(|s| s.host_path.as_ref())
+                .map(|h| h.path.clone())
+            {
+                host_path_volume(b, v, &pv_name, &path);
+                return Ok(None);
+            }
+            let driver = pv_spec.and_then(|s| s.csi).map(|c| c.driver);
             v.driver = driver.clone();
             let Some(driver) = driver else {
                 return Ok(no_snapshot(b, ctx, v, "the volume is not a CSI volume"));
@@ -750,6 +759,31 @@ fn set_volume_failed(v: &mut VolumeStatus, reason: &str, message: String) {
     v.phase = VolumePhase::Failed;
     v.reason = Some(reason.to_string());
     v.message = Some(message);
+}
+
+/// A `hostPath` PersistentVolume is never copied. Its data is a directory on whichever
+/// node the volume was used on, and nothing in the volume says which: a mover pod placed
+/// on another node would find an empty directory there and "back it up" successfully.
+/// `withoutSnapshot: Skip` records it as skipped; otherwise it fails.
+fn host_path_volume(b: &Backup, v: &mut VolumeStatus, pv: &str, path: &str) {
+    let why = format!(
+        "PersistentVolume {pv} is a hostPath volume ({path}): hostPath volumes are not supported, their data is on one node's disk and no node is recorded in the volume; use a CSI driver, or a local PersistentVolume (spec.local with nodeAffinity) and withoutSnapshot: LiveCopy"
+    );
+    if b.spec.volumes.without_snapshot == WithoutSnapshot::Skip {
+        v.phase = VolumePhase::Skipped;
+        v.reason = Some("HostPathNotSupported".into());
+        v.message = Some(format!(
+            "{why}; skipped (spec.volumes.withoutSnapshot: Skip)"
+        ));
+    } else {
+        set_volume_failed(
+            v,
+            "HostPathNotSupported",
+            format!(
+                "{why}; or set spec.volumes.withoutSnapshot to Skip to back up the rest without it"
+            ),
+        );
+    }
 }
 
 /// A volume whose driver cannot snapshot, handled per `spec.volumes.withoutSnapshot`.
