@@ -110,10 +110,8 @@ async fn chart_installs_an_operator_that_reconciles() {
         "--timeout",
         "120s",
     ]);
-    let manifest = format!(
-        "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {{name: probe}}\nspec:\n  s3: {{bucket: unused, endpoint: \"http://127.0.0.1:9\"}}\n"
-    );
-    e.apply_yaml(&ns.name, &manifest);
+    let manifest = "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {name: probe}\nspec:\n  s3: {bucket: unused, endpoint: \"http://127.0.0.1:9\"}\n";
+    e.apply_yaml(&ns.name, manifest);
     holdfast_e2e::wait_location(&client, &ns.name, "probe", LocationPhase::Unavailable, None).await;
     run_helm(&["uninstall", &release, "--namespace", &ns.name, "--wait"]);
     // Cluster-scoped RBAC of the release is gone with it.

@@ -207,6 +207,10 @@ pub struct BackupStatus {
     /// The location resolved from spec or the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_location: Option<String>,
+    /// Namespace of the operator that handles this object. Set when an operator takes it
+    /// up; other operators on the cluster leave it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_namespace: Option<String>,
     /// Namespaces the selection resolved to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,

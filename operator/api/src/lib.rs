@@ -1,5 +1,9 @@
 //! The holdfast.dev/v1alpha1 API: custom resource types shared by the controllers, the mover and the CLI. Pure data; no cluster access.
 
+// kube's `printcolumn(name = .., type_ = "string", ..)` repeats keys by design; clippy
+// reads each column's keys as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod backup;
 pub mod common;
 pub mod hooks;

@@ -154,6 +154,10 @@ pub struct RestoreStatus {
     /// Details for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Namespace of the operator that handles this object. Set when an operator takes it
+    /// up; other operators on the cluster leave it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_namespace: Option<String>,
     /// The backup resolved from the source, as `namespace/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,

@@ -8,6 +8,7 @@ pub mod location;
 pub mod objects;
 pub mod repository;
 pub mod restore;
+pub mod scope;
 pub mod snapshot;
 pub mod transfer;
 
@@ -59,6 +60,9 @@ pub struct Context {
     pub max_movers: usize,
     /// Mover pods running at once on one node, counted over all namespaces (0: no limit).
     pub max_movers_per_node: usize,
+    /// Namespaces (besides its own) whose Backups and Restores this operator handles; empty:
+    /// every namespace that is not another operator's.
+    pub watch_namespaces: Vec<String>,
 }
 
 impl Context {
@@ -102,6 +106,10 @@ pub struct ControllerArgs {
     /// there (0: no per-node limit).
     #[arg(long, env = "HOLDFAST_MAX_MOVERS_PER_NODE", default_value_t = 2)]
     pub max_movers_per_node: usize,
+    /// Namespaces whose Backups and Restores this operator handles besides its own,
+    /// comma-separated (default: every namespace that is not another Holdfast operator's).
+    #[arg(long, env = "HOLDFAST_WATCH_NAMESPACES", default_value = "")]
+    pub watch_namespaces: String,
     /// This replica's identity in the Lease (default: the pod name or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -140,6 +148,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    // Before any reconcile, and by every replica: other operators must see this namespace
+    // as ours before they might take up a Backup in it.
+    scope::mark_namespace(client.clone(), &args.namespace, &identity)
+        .await
+        .context("marking the operator namespace")?;
     let mut lease = None;
     if args.leader_elect {
         let l = leader::LeaderLease::new(
@@ -179,6 +192,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         mover_image: args.mover_image.clone(),
         max_movers: args.max_movers.max(1),
         max_movers_per_node: args.max_movers_per_node,
+        watch_namespaces: scope::parse_watch(&args.watch_namespaces),
     });
     let stop = || {
         let s = shutdown.clone();

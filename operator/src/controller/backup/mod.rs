@@ -137,6 +137,13 @@ async fn reconcile(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let Some(b) = super::current(&api, &b, "get Backup").await? else {
         return Ok(Action::await_change());
     };
+    let claimed = b
+        .status
+        .as_ref()
+        .and_then(|s| s.operator_namespace.as_deref());
+    if let Some(action) = super::scope::take_up(&ctx, &api, &*b, claimed, MANAGER).await? {
+        return Ok(action);
+    }
     if b.meta().deletion_timestamp.is_some() {
         return delete(&b, &ctx, &api).await;
     }

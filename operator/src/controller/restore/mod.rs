@@ -109,6 +109,13 @@ async fn reconcile(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Action, Error> 
     let Some(r) = super::current(&api, &r, "get Restore").await? else {
         return Ok(Action::await_change());
     };
+    let claimed = r
+        .status
+        .as_ref()
+        .and_then(|s| s.operator_namespace.as_deref());
+    if let Some(action) = super::scope::take_up(&ctx, &api, &*r, claimed, MANAGER).await? {
+        return Ok(action);
+    }
     if r.meta().deletion_timestamp.is_some() {
         if !delete_downloads(&r, &ctx).await? {
             return Ok(Action::requeue(POLL));
