@@ -339,6 +339,31 @@ impl Repository {
             .await?)
     }
 
+    /// Reads `len` bytes of pack `pack` from `offset` (several blobs at once), from a
+    /// non-runtime thread.
+    pub fn read_pack_range_blocking(
+        &self,
+        pack: &Id,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, RepoError> {
+        let data = self.inner.handle.block_on(self.inner.store.get_range(
+            &FileType::Pack.key(pack),
+            offset,
+            len,
+        ))?;
+        if data.len() as u64 != len {
+            return Err(RepoError::Integrity {
+                what: format!("pack {pack}"),
+                reason: format!(
+                    "asked for {len} bytes at offset {offset}, got {}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(data)
+    }
+
     /// Decrypts, decompresses and verifies one blob's stored bytes.
     pub fn decode_blob(
         &self,

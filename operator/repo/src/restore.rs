@@ -1,5 +1,13 @@
-//! Restore of a snapshot into a directory: trees walked and files written in
-//! parallel, blobs verified, all-zero blobs left as holes, metadata applied.
+//! Restore of a snapshot into a directory, in three passes:
+//! 1. the trees are walked in parallel: directories, symlinks and special files are
+//!    made, every regular file is created at its full size (all holes), and each content
+//!    blob is noted with the places it goes to;
+//! 2. the noted blobs are read **pack by pack**, with one ranged GET per run of nearby
+//!    blobs rather than one per blob (object stores spend far more per request than per
+//!    byte), then verified and written to every place that needs them; all-zero pieces
+//!    are left as holes;
+//! 3. hard links are made, then file and directory metadata applied (last, since writing
+//!    changes times).
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -10,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::format::{self, BlobType};
-use crate::repo::{Index, Repository};
+use crate::repo::{BlobLocation, Index, Repository};
 use crate::tree::{Node, unix_perm_from_go};
 use crate::{Id, RepoError};
 
@@ -60,7 +68,23 @@ struct Ctx<'a> {
     warnings: Mutex<Vec<String>>,
     hardlinks: Mutex<HashMap<(u64, u64), PathBuf>>,
     deferred_links: Mutex<Vec<(PathBuf, PathBuf, Node)>>,
+    /// Paths of the regular files being restored; [`Use::file`] indexes it.
+    file_paths: Mutex<Vec<PathBuf>>,
+    /// For every content blob to read, the places it is written to.
+    uses: Mutex<HashMap<Id, Vec<Use>>>,
 }
+
+/// A place a blob's plaintext goes: file `file` (index into `file_paths`) at `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Use {
+    file: u32,
+    offset: u64,
+}
+
+/// Blobs further apart in a pack than this are read with separate requests.
+const MAX_GAP: u32 = 1 << 20;
+/// At most this many bytes are read with one request (bounds memory per worker).
+const MAX_RANGE: u32 = 16 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -140,7 +164,8 @@ impl Ctx<'_> {
                     }
                     hl.insert((n.device_id, n.inode), path.to_path_buf());
                 }
-                self.restore_file(n, path)?;
+                // Content comes in the pack pass, metadata after it.
+                return self.plan_file(n, path);
             }
             "symlink" => {
                 let target: std::ffi::OsString = match &n.linktarget_raw {
@@ -198,9 +223,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn restore_file(&self, n: &Node, path: &Path) -> Result<(), RepoError> {
+    fn done(&self, n: u64) {
+        if let Some(p) = &self.progress {
+            p.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Creates the file at its full size (a hole) and notes where each content blob goes.
+    fn plan_file(&self, n: &Node, path: &Path) -> Result<(), RepoError> {
         let content = n.content.as_deref().unwrap_or_default();
-        let mut offsets = Vec::with_capacity(content.len());
+        let mut places = Vec::with_capacity(content.len());
         let mut off = 0u64;
         for id in content {
             let (_, loc) = self
@@ -213,7 +245,7 @@ impl Ctx<'_> {
                     reason: format!("content blob {id} is not a data blob"),
                 });
             }
-            offsets.push(off);
+            places.push((*id, off, u64::from(loc.data_length())));
             off += u64::from(loc.data_length());
         }
         let _ = std::fs::remove_file(path);
@@ -224,39 +256,114 @@ impl Ctx<'_> {
             .map_err(|e| RepoError::io("create", path, e))?;
         f.set_len(off)
             .map_err(|e| RepoError::io("set length of", path, e))?;
-        content
-            .par_iter()
-            .zip(offsets.par_iter())
-            .try_for_each(|(id, &o)| {
-                let done = |n: u64| {
-                    if let Some(p) = &self.progress {
-                        p.fetch_add(n, Ordering::Relaxed);
-                    }
-                };
-                // The zero blobs of sparse files and block images: nothing to read
-                // or write in a freshly sized file.
-                if *id == crate::backup::sparse_zero_id() || *id == crate::backup::block_zero_id() {
-                    if let Some((_, loc)) = self.index.get(id) {
-                        done(u64::from(loc.data_length()));
-                    }
-                    return Ok(());
-                }
-                let data = self
-                    .repo
-                    .read_blob_blocking(self.index, id)
-                    .map_err(|e| match e {
-                        RepoError::Integrity { what, reason } => RepoError::Integrity {
-                            what: format!("{what} (restoring {})", path.display()),
-                            reason,
-                        },
-                        other => other,
-                    })?;
-                write_nonzero(&f, &data, o).map_err(|e| RepoError::io("write", path, e))?;
-                done(data.len() as u64);
-                Ok::<_, RepoError>(())
-            })?;
+        drop(f);
         self.files.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(off, Ordering::Relaxed);
+        // The zero blobs of sparse files and block images: nothing to read or write in a
+        // freshly sized file.
+        let (zero_a, zero_b) = (
+            crate::backup::sparse_zero_id(),
+            crate::backup::block_zero_id(),
+        );
+        let mut holes = 0;
+        places.retain(|&(id, _, len)| {
+            let zero = id == zero_a || id == zero_b;
+            if zero {
+                holes += len;
+            }
+            !zero
+        });
+        self.done(holes);
+        if places.is_empty() {
+            return Ok(());
+        }
+        let file = {
+            let mut paths = lock(&self.file_paths);
+            paths.push(path.to_path_buf());
+            u32::try_from(paths.len() - 1)
+                .map_err(|_| RepoError::Internal("more than 2^32 files".into()))?
+        };
+        let mut uses = lock(&self.uses);
+        for (id, offset, _) in places {
+            uses.entry(id).or_default().push(Use { file, offset });
+        }
+        Ok(())
+    }
+
+    /// Reads every noted blob, pack by pack, and writes it where it goes.
+    fn write_content(&self) -> Result<(), RepoError> {
+        let uses = std::mem::take(&mut *lock(&self.uses));
+        let paths = std::mem::take(&mut *lock(&self.file_paths));
+        let mut by_pack: HashMap<u32, Vec<(BlobLocation, Id)>> = HashMap::new();
+        for id in uses.keys() {
+            let loc = *self
+                .index
+                .blobs
+                .get(id)
+                .ok_or(RepoError::BlobNotFound { id: *id })?;
+            by_pack.entry(loc.pack).or_default().push((loc, *id));
+        }
+        let mut packs: Vec<(u32, Vec<(BlobLocation, Id)>)> = by_pack.into_iter().collect();
+        // Big packs first, so that the pool does not end on one long download.
+        packs.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
+        packs.par_iter_mut().try_for_each(|(pack, blobs)| {
+            blobs.sort_by_key(|(loc, _)| loc.offset);
+            for run in read_runs(blobs) {
+                self.write_run(*pack, run, &uses, &paths)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One ranged read of `run` (blobs of one pack, by offset), then each blob decoded
+    /// once and written to all its places.
+    fn write_run(
+        &self,
+        pack: u32,
+        run: &[(BlobLocation, Id)],
+        uses: &HashMap<Id, Vec<Use>>,
+        paths: &[PathBuf],
+    ) -> Result<(), RepoError> {
+        let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        let pack_id = self.index.packs[pack as usize];
+        let start = first.offset;
+        let end = last.offset + last.length;
+        let raw = self.repo.read_pack_range_blocking(
+            &pack_id,
+            u64::from(start),
+            u64::from(end - start),
+        )?;
+        let mut open: HashMap<u32, std::fs::File> = HashMap::new();
+        for (loc, id) in run {
+            let places = uses.get(id).map(Vec::as_slice).unwrap_or_default();
+            let at = (loc.offset - start) as usize;
+            let data = self
+                .repo
+                .decode_blob(id, &pack_id, loc, &raw[at..at + loc.length as usize])
+                .map_err(|e| match (e, places.first()) {
+                    (RepoError::Integrity { what, reason }, Some(u)) => RepoError::Integrity {
+                        what: format!("{what} (restoring {})", paths[u.file as usize].display()),
+                        reason,
+                    },
+                    (other, _) => other,
+                })?;
+            for u in places {
+                let path = &paths[u.file as usize];
+                let f = match open.entry(u.file) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(|e| RepoError::io("open", path, e))?,
+                    ),
+                };
+                write_nonzero(f, &data, u.offset).map_err(|e| RepoError::io("write", path, e))?;
+                self.done(data.len() as u64);
+            }
+        }
         Ok(())
     }
 
@@ -289,21 +396,44 @@ impl Ctx<'_> {
         }
     }
 
-    /// Directory metadata goes last (writing children changes a directory's mtime).
-    fn apply_dir_metadata(&self, tree: &Id, path: &Path) -> Result<(), RepoError> {
+    /// File and directory metadata go last: writing content changes a file's times, and
+    /// making children a directory's. A directory's own metadata follows its children's.
+    fn apply_late_metadata(&self, tree: &Id, path: &Path) -> Result<(), RepoError> {
         let tree = self.repo.load_tree_blocking(self.index, tree)?;
         tree.nodes
             .par_iter()
-            .filter(|n| n.node_type == "dir")
+            .filter(|n| n.node_type == "dir" || n.node_type == "file")
             .try_for_each(|n| {
                 let p = path.join(&n.name);
-                if let Some(sub) = n.subtree {
-                    self.apply_dir_metadata(&sub, &p)?;
+                if let Some(sub) = n.subtree.filter(|_| n.node_type == "dir") {
+                    self.apply_late_metadata(&sub, &p)?;
                 }
                 self.apply_metadata(n, &p);
                 Ok(())
             })
     }
+}
+
+/// Splits blobs of one pack, sorted by offset, into runs read with one request each:
+/// a new run starts where the gap to the previous blob exceeds [`MAX_GAP`] or the run
+/// would exceed [`MAX_RANGE`] bytes. Pure.
+fn read_runs(blobs: &[(BlobLocation, Id)]) -> Vec<&[(BlobLocation, Id)]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..blobs.len() {
+        let (run_start, prev, cur) = (&blobs[start].0, &blobs[i - 1].0, &blobs[i].0);
+        let prev_end = prev.offset + prev.length;
+        let gap = cur.offset.saturating_sub(prev_end);
+        let size = (cur.offset + cur.length).saturating_sub(run_start.offset);
+        if gap > MAX_GAP || size > MAX_RANGE || cur.offset < prev_end {
+            runs.push(&blobs[start..i]);
+            start = i;
+        }
+    }
+    if !blobs.is_empty() {
+        runs.push(&blobs[start..]);
+    }
+    runs
 }
 
 /// Writes `data` at `off` into a file that reads as zeros there (freshly sized),
@@ -384,13 +514,16 @@ pub async fn restore(
             warnings: Mutex::new(Vec::new()),
             hardlinks: Mutex::new(HashMap::new()),
             deferred_links: Mutex::new(Vec::new()),
+            file_paths: Mutex::new(Vec::new()),
+            uses: Mutex::new(HashMap::new()),
         };
         pool.install(|| ctx.restore_dir(&snap.tree, &target))?;
+        pool.install(|| ctx.write_content())?;
         for (path, first, _node) in std::mem::take(&mut *lock(&ctx.deferred_links)) {
             let _ = std::fs::remove_file(&path);
             std::fs::hard_link(&first, &path).map_err(|e| RepoError::io("hard link", &path, e))?;
         }
-        pool.install(|| ctx.apply_dir_metadata(&snap.tree, &target))?;
+        pool.install(|| ctx.apply_late_metadata(&snap.tree, &target))?;
         Ok(RestoreSummary {
             files: ctx.files.load(Ordering::Relaxed),
             dirs: ctx.dirs.load(Ordering::Relaxed),
@@ -544,4 +677,65 @@ fn zero_range(f: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
         done += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(offset: u32, length: u32) -> (BlobLocation, Id) {
+        (
+            BlobLocation {
+                pack: 0,
+                blob_type: BlobType::Data,
+                offset,
+                length,
+                uncompressed_length: None,
+            },
+            Id::hash(&offset.to_le_bytes()),
+        )
+    }
+
+    fn spans(runs: &[&[(BlobLocation, Id)]]) -> Vec<(u32, u32)> {
+        runs.iter()
+            .map(|r| {
+                (
+                    r[0].0.offset,
+                    r[r.len() - 1].0.offset + r[r.len() - 1].0.length,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nearby_blobs_are_read_together() {
+        // Adjacent, then a small gap (a blob not needed), then a gap over MAX_GAP.
+        let b = [
+            blob(0, 1000),
+            blob(1000, 500),
+            blob(1500 + 4096, 100),
+            blob(1500 + 4096 + 100 + MAX_GAP + 1, 10),
+        ];
+        assert_eq!(
+            spans(&read_runs(&b)),
+            [(0, 5696), (5696 + MAX_GAP + 1, 5696 + MAX_GAP + 11)]
+        );
+    }
+
+    #[test]
+    fn runs_stay_within_max_range() {
+        let piece = 6 << 20;
+        let b = [blob(0, piece), blob(piece, piece), blob(2 * piece, piece)];
+        let runs = read_runs(&b);
+        assert_eq!(spans(&runs), [(0, 2 * piece), (2 * piece, 3 * piece)]);
+        assert!(runs.iter().all(|r| {
+            let (s, e) = (
+                r[0].0.offset,
+                r[r.len() - 1].0.offset + r[r.len() - 1].0.length,
+            );
+            e - s <= MAX_RANGE
+        }));
+        assert!(read_runs(&[]).is_empty());
+        assert_eq!(read_runs(&b[..1]).len(), 1);
+    }
 }
