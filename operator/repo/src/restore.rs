@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rayon::prelude::*;
 
@@ -83,8 +83,53 @@ struct Use {
 
 /// Blobs further apart in a pack than this are read with separate requests.
 const MAX_GAP: u32 = 1 << 20;
-/// At most this many bytes are read with one request (bounds memory per worker).
+/// At most this many bytes are read with one request.
 const MAX_RANGE: u32 = 16 << 20;
+/// At most this many bytes of pack data are held at once over all workers, whatever the
+/// thread count (a mover on a 64-core node defaults to 256 threads).
+const READ_BUDGET: u64 = 128 << 20;
+
+/// A byte budget shared by the workers: `take` waits until the bytes fit (a request
+/// larger than the whole budget proceeds alone).
+struct Budget {
+    used: Mutex<u64>,
+    freed: Condvar,
+    limit: u64,
+}
+
+struct Taken<'a> {
+    budget: &'a Budget,
+    n: u64,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Self {
+        Budget {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            limit,
+        }
+    }
+
+    fn take(&self, n: u64) -> Taken<'_> {
+        let mut used = lock(&self.used);
+        while *used > 0 && *used + n > self.limit {
+            used = match self.freed.wait(used) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+        *used += n;
+        Taken { budget: self, n }
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        *lock(&self.budget.used) -= self.n;
+        self.budget.freed.notify_all();
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
@@ -306,10 +351,11 @@ impl Ctx<'_> {
         let mut packs: Vec<(u32, Vec<(BlobLocation, Id)>)> = by_pack.into_iter().collect();
         // Big packs first, so that the pool does not end on one long download.
         packs.sort_by_key(|(_, b)| std::cmp::Reverse(b.len()));
+        let budget = Budget::new(READ_BUDGET);
         packs.par_iter_mut().try_for_each(|(pack, blobs)| {
             blobs.sort_by_key(|(loc, _)| loc.offset);
             for run in read_runs(blobs) {
-                self.write_run(*pack, run, &uses, &paths)?;
+                self.write_run(*pack, run, &uses, &paths, &budget)?;
             }
             Ok(())
         })
@@ -323,6 +369,7 @@ impl Ctx<'_> {
         run: &[(BlobLocation, Id)],
         uses: &HashMap<Id, Vec<Use>>,
         paths: &[PathBuf],
+        budget: &Budget,
     ) -> Result<(), RepoError> {
         let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else {
             return Ok(());
@@ -330,6 +377,7 @@ impl Ctx<'_> {
         let pack_id = self.index.packs[pack as usize];
         let start = first.offset;
         let end = last.offset + last.length;
+        let _held = budget.take(u64::from(end - start));
         let raw = self.repo.read_pack_range_blocking(
             &pack_id,
             u64::from(start),
@@ -720,6 +768,38 @@ mod tests {
             spans(&read_runs(&b)),
             [(0, 5696), (5696 + MAX_GAP + 1, 5696 + MAX_GAP + 11)]
         );
+    }
+
+    #[test]
+    fn budget_bounds_bytes_held_at_once() {
+        let budget = Arc::new(Budget::new(100));
+        let peak = Arc::new(AtomicU64::new(0));
+        let now = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let (budget, peak, now) = (budget.clone(), peak.clone(), now.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        let n = 30 + (i % 3) * 10;
+                        let _t = budget.take(n);
+                        let cur = now.fetch_add(n, Ordering::SeqCst) + n;
+                        peak.fetch_max(cur, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        now.fetch_sub(n, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("worker");
+        }
+        assert!(
+            peak.load(Ordering::SeqCst) <= 100,
+            "peak {}",
+            peak.load(Ordering::SeqCst)
+        );
+        // Larger than the whole budget: proceeds alone rather than waiting forever.
+        drop(budget.take(1000));
     }
 
     #[test]
