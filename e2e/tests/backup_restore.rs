@@ -86,6 +86,18 @@ async fn assert_no_leftovers(client: &Client, opns: &str) {
     .await;
 }
 
+/// Whether `api` lists no objects.
+async fn none_listed<K>(api: &Api<K>) -> bool
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .is_empty()
+}
+
 /// Deletes the Backups and Restores of the operator namespace while the operator still runs
 /// (their finalizers need it), so the namespace can go.
 async fn delete_all(client: &Client, opns: &str) {
@@ -646,12 +658,7 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
             .is_empty()
     );
     assert!(
-        uploads
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .is_empty(),
+        none_listed(&uploads).await,
         "DataUploads of the cancelled backup are gone"
     );
 
@@ -1071,6 +1078,56 @@ async fn live_copy_and_per_node_mover_limit() {
     ]);
     assert_no_live_leftovers(&s.client, &app_ns).await;
 
+    // A ReadWriteOncePod claim in use cannot be mounted by a second pod: the live copy is
+    // refused with the pod's name instead of a mover that would never start.
+    let rwop_pv = format!("{app_ns}-rwop");
+    let rwop_dir = std::env::temp_dir().join(format!("hf-live-{app_ns}-rwop"));
+    std::fs::create_dir_all(&rwop_dir).expect("host directory of the RWOP volume");
+    let rwop_yaml = app::live_app_yaml(&rwop_pv, &rwop_dir.display().to_string(), &e.node, 1)
+        .replace("[ReadWriteOnce]", "[ReadWriteOncePod]")
+        .replace("live-data", "rwop-data")
+        .replace("{name: live}", "{name: rwop}")
+        .replace("app: live", "app: rwop");
+    e.apply_yaml(&app_ns, &rwop_yaml);
+    app::wait_seeded(&app_ns, "deploy/rwop").await;
+    e.apply_yaml(
+        &opns,
+        &backup_yaml(
+            "live-rwop",
+            &app_ns,
+            "  labelSelector: {matchLabels: {app: rwop}}\n  volumes: {mode: Snapshot, withoutSnapshot: LiveCopy}\n",
+        ),
+    );
+    let r = wait_backup(&s.client, &opns, "live-rwop", Duration::from_secs(180)).await;
+    let st = r.status.clone().expect("status");
+    let v = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "rwop-data")
+        .unwrap_or_else(|| panic!("the RWOP claim is selected: {st:#?}"));
+    assert_eq!(v.reason.as_deref(), Some("VolumeInUse"), "{v:#?}");
+    let user = e.kubectl_ok([
+        "get",
+        "pods",
+        "-n",
+        &app_ns,
+        "-l",
+        "app=rwop",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    assert!(
+        v.message
+            .as_deref()
+            .is_some_and(|m| m.contains("ReadWriteOncePod") && m.contains(user.trim())),
+        "{v:#?}"
+    );
+    assert_no_live_leftovers(&s.client, &app_ns).await;
+    e.kubectl_ok(["delete", "deploy", "rwop", "-n", &app_ns, "--wait=true"]);
+    e.kubectl_ok(["delete", "pvc", "rwop-data", "-n", &app_ns, "--wait=true"]);
+    e.kubectl_ok(["delete", "pv", &rwop_pv, "--wait=true"]);
+    let _ = std::fs::remove_dir_all(&rwop_dir);
+
     // The namespace and the volume go; the restore puts the live-copied claim on `standard`.
     s.app_ns.delete_and_wait(&s.client).await;
     e.kubectl_ok(["delete", "pv", &pv, "--wait=true"]);
@@ -1152,12 +1209,7 @@ async fn two_operators_share_a_cluster() {
     assert_eq!(st.operator_namespace.as_deref(), Some(opns.as_str()));
     let uploads: Api<holdfast_api::DataUpload> = Api::namespaced(s.client.clone(), &other.name);
     assert!(
-        uploads
-            .list(&ListParams::default())
-            .await
-            .expect("list")
-            .items
-            .is_empty(),
+        none_listed(&uploads).await,
         "the second operator moved nothing"
     );
     drop(b1);
