@@ -86,6 +86,22 @@ async fn assert_no_leftovers(client: &Client, opns: &str) {
     .await;
 }
 
+/// The VolumeSnapshots backup `b` took (any namespace), one name per line.
+fn snapshots_of(b: &Backup) -> String {
+    env().kubectl_ok([
+        "get",
+        "volumesnapshots",
+        "-A",
+        "-l",
+        &format!(
+            "holdfast.dev/backup-uid={}",
+            b.metadata.uid.clone().unwrap_or_default()
+        ),
+        "-o",
+        "name",
+    ])
+}
+
 /// Whether `api` lists no objects.
 async fn none_listed<K>(api: &Api<K>) -> bool
 where
@@ -515,21 +531,6 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
             "--timeout=120s",
         ]);
     };
-    // The VolumeSnapshots a backup took (any namespace), one name per line.
-    let snapshots_of = |b: &Backup| {
-        e.kubectl_ok([
-            "get",
-            "volumesnapshots",
-            "-A",
-            "-l",
-            &format!(
-                "holdfast.dev/backup-uid={}",
-                b.metadata.uid.clone().unwrap_or_default()
-            ),
-            "-o",
-            "name",
-        ])
-    };
     assert_eq!(restic_count(), Some(4));
     delete_backup("b2");
     assert_eq!(
@@ -636,18 +637,7 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
     assert_eq!(st.phase, Some(BackupPhase::Cancelled), "{st:#?}");
     assert_eq!(st.reason.as_deref(), Some("Cancelled"));
     assert_no_leftovers(&s.client, &opns).await;
-    let vs = e.kubectl_ok([
-        "get",
-        "volumesnapshots",
-        "-A",
-        "-l",
-        &format!(
-            "holdfast.dev/backup-uid={}",
-            b.metadata.uid.clone().unwrap_or_default()
-        ),
-        "-o",
-        "name",
-    ]);
+    let vs = snapshots_of(&b);
     assert!(
         vs.trim().is_empty(),
         "cancelled backup's snapshots are gone: {vs}"

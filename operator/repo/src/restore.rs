@@ -277,8 +277,12 @@ impl Ctx<'_> {
     /// Creates the file at its full size (a hole) and notes where each content blob goes.
     fn plan_file(&self, n: &Node, path: &Path) -> Result<(), RepoError> {
         let content = n.content.as_deref().unwrap_or_default();
+        let (zero_a, zero_b) = (
+            crate::backup::sparse_zero_id(),
+            crate::backup::block_zero_id(),
+        );
         let mut places = Vec::with_capacity(content.len());
-        let mut off = 0u64;
+        let (mut off, mut holes) = (0u64, 0u64);
         for id in content {
             let (_, loc) = self
                 .index
@@ -290,8 +294,15 @@ impl Ctx<'_> {
                     reason: format!("content blob {id} is not a data blob"),
                 });
             }
-            places.push((*id, off, u64::from(loc.data_length())));
-            off += u64::from(loc.data_length());
+            let len = u64::from(loc.data_length());
+            // The zero blobs of sparse files and block images: nothing to read or write
+            // in a freshly sized file.
+            if *id == zero_a || *id == zero_b {
+                holes += len;
+            } else {
+                places.push((*id, off));
+            }
+            off += len;
         }
         let _ = std::fs::remove_file(path);
         let f = std::fs::OpenOptions::new()
@@ -304,20 +315,6 @@ impl Ctx<'_> {
         drop(f);
         self.files.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(off, Ordering::Relaxed);
-        // The zero blobs of sparse files and block images: nothing to read or write in a
-        // freshly sized file.
-        let (zero_a, zero_b) = (
-            crate::backup::sparse_zero_id(),
-            crate::backup::block_zero_id(),
-        );
-        let mut holes = 0;
-        places.retain(|&(id, _, len)| {
-            let zero = id == zero_a || id == zero_b;
-            if zero {
-                holes += len;
-            }
-            !zero
-        });
         self.done(holes);
         if places.is_empty() {
             return Ok(());
@@ -329,7 +326,7 @@ impl Ctx<'_> {
                 .map_err(|_| RepoError::Internal("more than 2^32 files".into()))?
         };
         let mut uses = lock(&self.uses);
-        for (id, offset, _) in places {
+        for (id, offset) in places {
             uses.entry(id).or_default().push(Use { file, offset });
         }
         Ok(())
