@@ -1,4 +1,4 @@
-//! Object capture and restore (`holdfast::controller::objects`) against the real API server:
+//! Object capture and restore (`holdfast::objects`) against the real API server:
 //! what a capture takes and leaves out, the claims it finds through workloads, a restore into
 //! a mapped namespace and into the original one, and the None/Update policies for existing
 //! objects; custom resources with their CRD.
@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use holdfast::controller::objects::{
-    self, CaptureRequest, Captured, Item, RestoreReport, RestoreRequest,
-};
+use holdfast::objects::{self, CaptureRequest, Captured, Item, RestoreReport, RestoreRequest};
 use holdfast_api::backup::Selection;
 use holdfast_api::restore::ExistingResourcePolicy;
 use holdfast_e2e::{TestNamespace, env, random_suffix, wait_until};

@@ -1,6 +1,7 @@
 //! The `holdfast` binary: one image, subcommands for the controller, the data mover and code generation.
 
-use holdfast::{cli, controller, mover, telemetry};
+use holdfast::runtime::{self, telemetry};
+use holdfast::{cli, mover};
 
 use clap::{Parser, Subcommand};
 
@@ -18,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator (controllers for every Holdfast kind).
-    Controller(controller::ControllerArgs),
+    Controller(runtime::ControllerArgs),
     /// Write the CustomResourceDefinitions into crds/ (or check them with --check).
     Crdgen(cli::crdgen::CrdgenArgs),
     /// Data mover: back up, restore and check restic-format repositories.
@@ -27,7 +28,7 @@ enum Command {
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
-    let runtime = || {
+    let tokio_runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -36,10 +37,10 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Crdgen(args) => cli::crdgen::run(&args).map(|()| std::process::ExitCode::SUCCESS),
         Command::Controller(args) => {
             telemetry::init_tracing();
-            runtime()?
-                .block_on(controller::run(args))
+            tokio_runtime()?
+                .block_on(runtime::run(args))
                 .map(|()| std::process::ExitCode::SUCCESS)
         }
-        Command::Mover(cmd) => runtime()?.block_on(mover::run(cmd)),
+        Command::Mover(cmd) => tokio_runtime()?.block_on(mover::run(cmd)),
     }
 }

@@ -353,6 +353,13 @@ pub enum VolumePhase {
     Skipped,
 }
 
+impl VolumePhase {
+    /// Final phases never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Skipped)
+    }
+}
+
 /// Consistency of protected volume data.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Consistency {

@@ -9,6 +9,7 @@ pub mod common;
 pub mod hooks;
 pub mod location;
 pub mod policy;
+pub mod reasons;
 pub mod restore;
 pub mod schedule;
 pub mod transfer;

@@ -205,6 +205,16 @@ pub enum RestorePhase {
     Cancelled,
 }
 
+impl RestorePhase {
+    /// Terminal phases never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::PartiallyFailed | Self::Failed | Self::Cancelled
+        )
+    }
+}
+
 /// A restored volume.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

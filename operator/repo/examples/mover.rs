@@ -3,6 +3,7 @@
 //! `cargo run --release -p holdfast-repo --example mover -- backup ...`.
 
 #[path = "../../src/mover/mod.rs"]
+#[allow(dead_code)] // the controller side of mover::protocol is not used here
 mod mover;
 
 use clap::Parser;

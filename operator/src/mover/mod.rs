@@ -3,9 +3,12 @@
 //! local path.
 //! Talks to object storage (through holdfast-repo/holdfast-store), never to the cluster.
 //!
-//! Exit codes: 0 success, 1 failed, 2 partially failed (some files could not be
-//! read or some metadata not applied), 3 nothing to do (no snapshot to restore/list,
-//! no snapshot removed by forget, nothing to mark or delete for prune).
+//! Exit codes, environment and the JSON lines of backups and restores are the contract with
+//! the controllers, in [`protocol`]: 0 success, 1 failed, 2 partially failed (some files could
+//! not be read or some metadata not applied), 3 nothing to do (no snapshot to restore/list, no
+//! snapshot removed by forget, nothing to mark or delete for prune).
+
+pub mod protocol;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,12 +24,14 @@ use holdfast_repo::restore::{self, RestoreOptions};
 use holdfast_repo::{KdfParams, RepoError, Repository};
 use holdfast_store::{DynStore, LocalStore, Location, RetryPolicy, S3Config, S3Store};
 
+use self::protocol::{BackupCounters, BackupEvent, RestoreEvent, env};
+
 /// Exit code: some files could not be read or some metadata could not be applied.
-pub const EXIT_PARTIAL: u8 = 2;
+pub const EXIT_PARTIAL: u8 = protocol::exit::PARTIAL;
 /// Exit code: there was nothing to do (no snapshot).
-pub const EXIT_NOTHING_TO_DO: u8 = 3;
+pub const EXIT_NOTHING_TO_DO: u8 = protocol::exit::NOTHING_TO_DO;
 /// Environment variable holding the repository password.
-pub const PASSWORD_ENV: &str = "HOLDFAST_REPOSITORY_PASSWORD";
+pub const PASSWORD_ENV: &str = env::PASSWORD;
 
 /// `holdfast mover`: move data between a volume and a repository.
 #[derive(clap::Args, Debug)]
@@ -44,24 +49,24 @@ pub struct MoverCommand {
 #[derive(clap::Args, Debug)]
 pub struct RepoArgs {
     /// Repository: `s3:http(s)://host[:port]/bucket[/prefix]` or a local path.
-    #[arg(long, short = 'r', env = "HOLDFAST_REPOSITORY", global = true)]
+    #[arg(long, short = 'r', env = env::REPOSITORY, global = true)]
     pub repository: Option<String>,
     /// S3 region.
-    #[arg(long, env = "HOLDFAST_S3_REGION", global = true)]
+    #[arg(long, env = env::S3_REGION, global = true)]
     pub s3_region: Option<String>,
     /// Use virtual-hosted-style S3 addressing instead of path-style.
-    #[arg(long, env = "HOLDFAST_S3_VIRTUAL_HOSTED", global = true)]
+    #[arg(long, env = env::S3_VIRTUAL_HOSTED, global = true)]
     pub s3_virtual_hosted: bool,
     /// PEM file with extra CA certificates for the S3 endpoint.
-    #[arg(long, env = "HOLDFAST_S3_CA_BUNDLE", global = true)]
+    #[arg(long, env = env::S3_CA_BUNDLE, global = true)]
     pub s3_ca_bundle: Option<PathBuf>,
     /// Storage class of written objects.
-    #[arg(long, env = "HOLDFAST_S3_STORAGE_CLASS", global = true)]
+    #[arg(long, env = env::S3_STORAGE_CLASS, global = true)]
     pub s3_storage_class: Option<String>,
     /// Attempts per S3 request (including the first) on transient failures.
     #[arg(
         long,
-        env = "HOLDFAST_S3_ATTEMPTS",
+        env = env::S3_ATTEMPTS,
         default_value_t = 10,
         global = true
     )]
@@ -187,7 +192,7 @@ pub struct BackupArgs {
     #[arg(long = "tag")]
     pub tags: Vec<String>,
     /// Host name recorded in the snapshot.
-    #[arg(long, env = "HOLDFAST_HOSTNAME")]
+    #[arg(long, env = env::HOSTNAME)]
     pub host: Option<String>,
     /// Compression: auto, off, max or a zstd level.
     #[arg(long, default_value = "auto")]
@@ -291,20 +296,29 @@ fn mib(n: u64) -> f64 {
     n as f64 / (1024.0 * 1024.0)
 }
 
-fn stats_json(s: &BackupStats) -> serde_json::Value {
+/// Prints one event of the mover protocol, as a JSON line or a human line.
+fn emit_event<E: serde::Serialize>(json: bool, event: &E, human: impl FnOnce() -> String) {
+    if json {
+        println!("{}", protocol::line(event));
+    } else {
+        eprintln!("{}", human());
+    }
+}
+
+fn counters(s: &BackupStats) -> BackupCounters {
     let g = BackupStats::get;
-    serde_json::json!({
-        "files_new": g(&s.files_new),
-        "files_changed": g(&s.files_changed),
-        "files_unmodified": g(&s.files_unmodified),
-        "dirs": g(&s.dirs),
-        "bytes_total": g(&s.bytes_total),
-        "bytes_read": g(&s.bytes_read),
-        "bytes_new": g(&s.bytes_new),
-        "blobs_new": g(&s.blobs_new),
-        "bytes_uploaded": g(&s.bytes_uploaded),
-        "packs_uploaded": g(&s.packs_uploaded),
-    })
+    BackupCounters {
+        files_new: g(&s.files_new),
+        files_changed: g(&s.files_changed),
+        files_unmodified: g(&s.files_unmodified),
+        dirs: g(&s.dirs),
+        bytes_total: g(&s.bytes_total),
+        bytes_read: g(&s.bytes_read),
+        bytes_new: g(&s.bytes_new),
+        blobs_new: g(&s.blobs_new),
+        bytes_uploaded: g(&s.bytes_uploaded),
+        packs_uploaded: g(&s.packs_uploaded),
+    }
 }
 
 /// Runs a mover command; the error is printed by the caller (anyhow at the edge).
@@ -355,10 +369,12 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
                     tick.tick().await;
                     let secs = started.elapsed().as_secs_f64();
                     let bytes = written.load(std::sync::atomic::Ordering::Relaxed);
-                    emit(
+                    emit_event(
                         json,
-                        "progress",
-                        serde_json::json!({"bytes": bytes, "seconds": secs}),
+                        &RestoreEvent::Progress {
+                            bytes,
+                            seconds: secs,
+                        },
                         || {
                             format!(
                                 "[{secs:.0}s] {:.1} MiB written ({:.1} MiB/s)",
@@ -390,10 +406,11 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
             let s = match result {
                 Ok(s) => s,
                 Err(RepoError::SnapshotNotFound { spec }) => {
-                    emit(
+                    emit_event(
                         json,
-                        "nothing_to_do",
-                        serde_json::json!({"reason": format!("no snapshot matches {spec:?}")}),
+                        &RestoreEvent::NothingToDo {
+                            reason: format!("no snapshot matches {spec:?}"),
+                        },
                         || format!("nothing to do: no snapshot matches {spec:?}"),
                     );
                     return Ok(ExitCode::from(EXIT_NOTHING_TO_DO));
@@ -405,10 +422,15 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             let secs = started.elapsed().as_secs_f64();
-            emit(
+            emit_event(
                 json,
-                "summary",
-                serde_json::json!({"files": s.files, "dirs": s.dirs, "bytes": s.bytes, "seconds": secs, "warnings": s.warnings}),
+                &RestoreEvent::Summary {
+                    files: s.files,
+                    dirs: s.dirs,
+                    bytes: s.bytes,
+                    seconds: secs,
+                    warnings: s.warnings.clone(),
+                },
                 || {
                     format!(
                         "restored {} files, {} dirs, {:.1} MiB in {secs:.1} s ({} warnings)",
@@ -554,7 +576,7 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
             loop {
                 tick.tick().await;
                 let secs = started.elapsed().as_secs_f64();
-                emit(json, "progress", stats_json(&stats), || {
+                emit_event(json, &BackupEvent::Progress(counters(&stats)), || {
                     let read = BackupStats::get(&stats.bytes_read);
                     format!(
                         "[{secs:.0}s] {} files, {:.1} MiB read ({:.1} MiB/s), {:.1} MiB uploaded",
@@ -585,22 +607,23 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
     let s = result
         .with_context(|| format!("backing up {} to {}", source.display(), store.describe()))?;
     for e in &s.errors {
-        emit(json, "error", serde_json::json!({"message": e}), || {
-            format!("error: {e}")
-        });
+        emit_event(
+            json,
+            &BackupEvent::Error {
+                message: e.to_string(),
+            },
+            || format!("error: {e}"),
+        );
     }
     let secs = started.elapsed().as_secs_f64();
-    let mut v = stats_json(&stats);
-    if let Some(o) = v.as_object_mut() {
-        o.insert("snapshot".into(), s.snapshot_id.to_hex().into());
-        o.insert(
-            "parent".into(),
-            s.snapshot.parent.map(|p| p.to_hex()).into(),
-        );
-        o.insert("seconds".into(), secs.into());
-        o.insert("errors".into(), s.errors.len().into());
-    }
-    emit(json, "summary", v, || {
+    let summary = BackupEvent::Summary {
+        counters: counters(&stats),
+        snapshot: s.snapshot_id.to_hex(),
+        parent: s.snapshot.parent.map(|p| p.to_hex()),
+        seconds: secs,
+        errors: s.errors.len() as u64,
+    };
+    emit_event(json, &summary, || {
         format!(
             "snapshot {} saved: {} new, {} changed, {} unmodified files; {:.1} MiB read, {:.1} MiB new, {:.1} MiB uploaded in {secs:.1} s{}",
             s.snapshot_id.short(),

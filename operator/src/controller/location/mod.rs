@@ -3,29 +3,28 @@
 
 pub mod probe;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use holdfast_api::location::{
-    AccessMode, BackupStorageLocation, BackupStorageLocationStatus, LocationPhase,
+    BackupStorageLocation, BackupStorageLocationSpec, BackupStorageLocationStatus, LocationPhase,
 };
-use holdfast_store::{RetryPolicy, S3Config};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
-use tracing::{info, warn};
+use tracing::info;
 
-use self::probe::{ProbeFailure, ProbeTarget, Reason};
-use super::conditions::{self, READY, RECONCILING, STALLED};
-use super::{Context, Error};
+use self::probe::ProbeFailure;
+use crate::runtime::conditions;
+use crate::runtime::kernel::{self, Reconciler, State, Status};
+use crate::runtime::{Context, Error};
+use crate::storage;
 
 /// Field manager of this controller's status writes.
 pub const MANAGER: &str = "holdfast-location-controller";
@@ -33,11 +32,10 @@ pub const MANAGER: &str = "holdfast-location-controller";
 pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What a location reconcile sees: the shared context and the cache of all locations.
-struct LocationContext {
-    ctx: Arc<Context>,
+/// The location controller's phase functions and the cache of all locations.
+struct Locations {
     /// Every location of the operator namespace, kept current by the controller's watch.
-    locations: Store<BackupStorageLocation>,
+    all: Store<BackupStorageLocation>,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -45,10 +43,8 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let ns = ctx.namespace.clone();
-    let locations: Api<BackupStorageLocation> = Api::namespaced(client.clone(), &ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let locations: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let (reader, writer) = kube::runtime::reflector::store();
     // Only spec changes (generation) trigger; our own status writes do not.
     let trigger = watcher(locations, watcher::Config::default())
@@ -57,36 +53,24 @@ pub async fn run(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let store = reader.clone();
-    let lctx = Arc::new(LocationContext {
-        ctx,
-        locations: reader.clone(),
-    });
-    Controller::for_stream(trigger, reader)
-        .watches(
-            secrets,
-            watcher::Config::default(),
-            move |secret: Secret| {
-                // A Secret change re-validates every location that uses it.
-                let name = secret.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|l| uses_secret(&l.spec, &name))
-                    .map(|l| ObjectRef::from_obj(&*l))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, lctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "location reconcile failed");
-            }
-        })
-        .await;
+    let controller = Controller::for_stream(trigger, reader.clone()).watches(
+        secrets,
+        watcher::Config::default(),
+        move |secret: Secret| {
+            // A Secret change re-validates every location that uses it.
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|l| uses_secret(&l.spec, &name))
+                .map(|l| ObjectRef::from_obj(&*l))
+                .collect::<Vec<_>>()
+        },
+    );
+    kernel::run(ctx, Locations { all: reader }, controller, shutdown).await;
 }
 
-fn uses_secret(spec: &holdfast_api::BackupStorageLocationSpec, secret: &str) -> bool {
+fn uses_secret(spec: &BackupStorageLocationSpec, secret: &str) -> bool {
     spec.credentials
         .as_ref()
         .is_some_and(|c| c.secret_ref.name == secret)
@@ -97,308 +81,131 @@ fn uses_secret(spec: &holdfast_api::BackupStorageLocationSpec, secret: &str) -> 
             .is_some_and(|c| c.secret_ref.name == secret)
 }
 
-async fn reconcile(
-    bsl: Arc<BackupStorageLocation>,
-    lctx: Arc<LocationContext>,
-) -> Result<Action, Error> {
-    let ctx = &lctx.ctx;
-    let _timer = ctx.metrics.reconcile_timer("location");
-    let name = bsl.name_any();
-    let ns = bsl.namespace().unwrap_or_default();
-    let api: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ns);
-    let now = Timestamp::now();
+impl Reconciler for Locations {
+    type Object = BackupStorageLocation;
+    type Status = BackupStorageLocationStatus;
+    const KIND: &'static str = "BackupStorageLocation";
+    const METRIC: &'static str = "location";
+    const MANAGER: &'static str = MANAGER;
 
-    let outcome = match resolve_target(&bsl, ctx).await {
-        Ok(target) => {
-            probe::probe(
-                &target,
-                &format!("{}-{}", name, bsl.uid().unwrap_or_default()),
-            )
-            .await
-        }
-        Err(f) => Err(f),
-    };
+    fn status(o: &BackupStorageLocation) -> Option<&BackupStorageLocationStatus> {
+        o.status.as_ref()
+    }
 
-    // Default-location arbitration: oldest location claiming default wins.
-    let all = lctx.locations.state();
-    let winner = effective_default(all.iter().map(|l| {
-        (
-            l.name_any(),
-            l.creation_timestamp().map(|t| t.0),
-            l.spec.default,
-        )
-    }));
-    let conflict = bsl.spec.default && winner.as_deref() != Some(name.as_str());
-
-    let status = build_status(
-        bsl.status.as_ref(),
-        bsl.meta().generation,
-        &outcome,
-        conflict.then_some(winner.as_deref().unwrap_or("")),
-        now,
-    );
-    let changed_phase = bsl.status.as_ref().and_then(|s| s.phase) != status.phase
-        || bsl.status.as_ref().and_then(|s| s.reason.clone()) != status.reason;
-    let patch = serde_json::json!({
-        "apiVersion": "holdfast.dev/v1alpha1",
-        "kind": "BackupStorageLocation",
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("patch BackupStorageLocation status"))?;
-
-    ctx.metrics.set_location_available(&name, outcome.is_ok());
-    if changed_phase {
-        let (type_, reason, note) = match &outcome {
-            Ok(()) => (
-                EventType::Normal,
-                "Available".to_string(),
-                "location validated".to_string(),
-            ),
-            Err(f) => (
-                EventType::Warning,
-                f.reason.as_str().to_string(),
-                f.message.clone(),
-            ),
+    async fn step(
+        &self,
+        bsl: &BackupStorageLocation,
+        ctx: &Context,
+        st: &mut BackupStorageLocationStatus,
+    ) -> Result<Action, Error> {
+        let name = bsl.name_any();
+        let outcome = match storage::resolve_target(bsl, ctx).await {
+            Ok(target) => {
+                let marker = format!("{}-{}", name, bsl.uid().unwrap_or_default());
+                probe::probe(&target, &marker).await
+            }
+            Err(f) => Err(f),
         };
-        info!(location = %name, reason = %reason, "location {}", if outcome.is_ok() { "available" } else { "unavailable" });
-        ctx.publish(
-            &bsl.object_ref(&()),
-            Event {
-                type_,
-                reason,
-                note: Some(note),
-                action: "Validate".into(),
-                secondary: None,
-            },
-        )
-        .await;
-    }
-    if conflict {
-        ctx.publish(
-            &bsl.object_ref(&()),
-            Event {
-                type_: EventType::Warning,
-                reason: DEFAULT_CONFLICT.into(),
-                note: Some(format!(
-                    "location {:?} is already the default; set spec.default: false here",
-                    winner.unwrap_or_default()
-                )),
-                action: "Validate".into(),
-                secondary: None,
-            },
-        )
-        .await;
-    }
-    let interval = bsl
-        .spec
-        .validation_interval
-        .map(|d| d.as_std())
-        .unwrap_or(DEFAULT_INTERVAL)
-        .max(Duration::from_secs(5));
-    Ok(Action::requeue(interval))
-}
-
-fn error_policy(
-    bsl: Arc<BackupStorageLocation>,
-    err: &Error,
-    lctx: Arc<LocationContext>,
-) -> Action {
-    let ctx = &lctx.ctx;
-    warn!(location = %bsl.name_any(), error = %err, "location reconcile error");
-    ctx.metrics.reconcile_error("location");
-    Action::requeue(Duration::from_secs(10))
-}
-
-/// Reads Secrets and builds the probe target; a failure here is a configuration problem.
-pub(crate) async fn resolve_target(
-    bsl: &BackupStorageLocation,
-    ctx: &Context,
-) -> Result<ProbeTarget, ProbeFailure> {
-    let ns = bsl.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let spec = &bsl.spec;
-    let (mut access, mut secret_key, mut token) = (None, None, None);
-    if let Some(creds) = &spec.credentials {
-        let name = &creds.secret_ref.name;
-        let secret = secrets.get_opt(name).await.map_err(|e| ProbeFailure {
-            reason: Reason::MissingCredentials,
-            message: format!("reading Secret {ns}/{name}: {e}"),
-        })?;
-        let secret = secret.ok_or_else(|| ProbeFailure {
-            reason: Reason::MissingCredentials,
-            message: format!("Secret {ns}/{name} named by spec.credentials.secretRef does not exist; create it with keys accessKeyId and secretAccessKey"),
-        })?;
-        let data = secret_data(&secret);
-        access = data.get("accessKeyId").cloned();
-        secret_key = data.get("secretAccessKey").cloned();
-        token = data.get("sessionToken").cloned();
-        if access.is_none() || secret_key.is_none() {
-            return Err(ProbeFailure {
-                reason: Reason::MissingCredentials,
-                message: format!(
-                    "Secret {ns}/{name} needs keys accessKeyId and secretAccessKey (found: {})",
-                    data.keys().cloned().collect::<Vec<_>>().join(", ")
+        // Default-location arbitration: the oldest location claiming default wins.
+        let winner = storage::effective_default(self.all.state().iter().map(|l| {
+            (
+                l.name_any(),
+                l.creation_timestamp().map(|t| t.0),
+                l.spec.default,
+            )
+        }));
+        let conflict = bsl.spec.default && winner.as_deref() != Some(name.as_str());
+        let before = (st.phase, st.reason.clone());
+        apply_outcome(
+            st,
+            bsl.meta().generation,
+            &outcome,
+            conflict.then_some(winner.as_deref().unwrap_or("")),
+            Timestamp::now(),
+        );
+        ctx.metrics.set_location_available(&name, outcome.is_ok());
+        if before != (st.phase, st.reason.clone()) {
+            let (type_, reason, note) = match &outcome {
+                Ok(()) => (
+                    EventType::Normal,
+                    "Available",
+                    "location validated".to_string(),
                 ),
-            });
+                Err(f) => (EventType::Warning, f.reason.as_str(), f.message.clone()),
+            };
+            info!(location = %name, reason = %reason, "location {}", if outcome.is_ok() { "available" } else { "unavailable" });
+            ctx.event(bsl, type_, reason, &note, "Validate").await;
         }
+        if conflict {
+            let note = format!(
+                "location {:?} is already the default; set spec.default: false here",
+                winner.unwrap_or_default()
+            );
+            ctx.event(bsl, EventType::Warning, DEFAULT_CONFLICT, &note, "Validate")
+                .await;
+        }
+        let interval = bsl
+            .spec
+            .validation_interval
+            .map(|d| d.as_std())
+            .unwrap_or(DEFAULT_INTERVAL)
+            .max(Duration::from_secs(5));
+        Ok(Action::requeue(interval))
     }
-    let ca_bundle = match &spec.s3.ca_bundle {
-        None => None,
-        Some(ca) => {
-            let r = &ca.secret_ref;
-            let secret = secrets
-                .get_opt(&r.name)
-                .await
-                .ok()
-                .flatten()
-                .ok_or_else(|| ProbeFailure {
-                    reason: Reason::InvalidConfiguration,
-                    message: format!(
-                        "Secret {ns}/{} named by spec.s3.caBundle.secretRef does not exist",
-                        r.name
-                    ),
-                })?;
-            let pem = secret_data(&secret)
-                .get(&r.key)
-                .cloned()
-                .ok_or_else(|| ProbeFailure {
-                    reason: Reason::InvalidConfiguration,
-                    message: format!(
-                        "Secret {ns}/{} has no key {:?} (spec.s3.caBundle.secretRef.key)",
-                        r.name, r.key
-                    ),
-                })?;
-            let path = std::env::temp_dir()
-                .join(format!("holdfast-ca-{}.pem", bsl.uid().unwrap_or_default()));
-            std::fs::write(&path, pem).map_err(|e| ProbeFailure {
-                reason: Reason::InvalidConfiguration,
-                message: format!("writing CA bundle to {}: {e}", path.display()),
-            })?;
-            Some(path)
-        }
-    };
-    let prefix = spec.s3.prefix.clone().unwrap_or_default();
-    let marker_prefix = if prefix.is_empty() {
-        "holdfast/".to_string()
-    } else {
-        format!("{prefix}/holdfast/")
-    };
-    Ok(ProbeTarget {
-        config: S3Config {
-            endpoint: spec.s3.endpoint.clone(),
-            region: spec.s3.region.clone(),
-            bucket: spec.s3.bucket.clone(),
-            prefix: String::new(),
-            path_style: spec.s3.force_path_style,
-            ca_bundle,
-            access_key_id: access,
-            secret_access_key: secret_key,
-            session_token: token,
-            storage_class: None,
-            retry: RetryPolicy {
-                max_attempts: 1,
-                ..RetryPolicy::default()
-            },
-            unsigned_payload: None,
-        },
-        marker_prefix,
-        read_write: spec.access_mode == AccessMode::ReadWrite,
-    })
 }
 
-fn secret_data(secret: &Secret) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for (k, v) in secret.data.iter().flatten() {
-        if let Ok(s) = String::from_utf8(v.0.clone()) {
-            out.insert(k.clone(), s.trim_end_matches(['\n', '\r']).to_string());
+impl Status for BackupStorageLocationStatus {
+    fn summary(&self) -> (State, String, String) {
+        match self.phase {
+            Some(LocationPhase::Available) => (
+                State::Ready,
+                "Validated".into(),
+                "the location is reachable and usable".into(),
+            ),
+            Some(LocationPhase::Unavailable) => (
+                State::Failed,
+                self.reason.clone().unwrap_or_default(),
+                self.message.clone().unwrap_or_default(),
+            ),
+            _ => (State::Progressing, "Validating".into(), String::new()),
         }
     }
-    for (k, v) in secret.string_data.iter().flatten() {
-        out.insert(k.clone(), v.clone());
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
     }
-    out
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+    fn set_observed_generation(&mut self, g: Option<i64>) {
+        self.observed_generation = g;
+    }
 }
 
-/// The location that is the default: the oldest of those claiming it (ties by name).
-pub fn effective_default(
-    locations: impl Iterator<Item = (String, Option<Timestamp>, bool)>,
-) -> Option<String> {
-    locations
-        .filter(|(_, _, d)| *d)
-        .min_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)))
-        .map(|(n, _, _)| n)
-}
-
-/// The status for a validation outcome. Pure.
-pub fn build_status(
-    old: Option<&BackupStorageLocationStatus>,
+/// Records a validation outcome and the default conflict in the status (the kernel adds the
+/// standard conditions). Pure.
+pub fn apply_outcome(
+    st: &mut BackupStorageLocationStatus,
     generation: Option<i64>,
     outcome: &Result<(), ProbeFailure>,
     default_conflict_with: Option<&str>,
     now: Timestamp,
-) -> BackupStorageLocationStatus {
-    let mut conds = old.map(|s| s.conditions.clone()).unwrap_or_default();
-    let mut status = BackupStorageLocationStatus {
-        last_validation_time: Some(Time(now)),
-        observed_generation: generation,
-        ..Default::default()
-    };
+) {
+    st.last_validation_time = Some(Time(now));
     match outcome {
         Ok(()) => {
-            status.phase = Some(LocationPhase::Available);
-            conditions::set(
-                &mut conds,
-                READY,
-                true,
-                "Validated",
-                "the location is reachable and usable",
-                generation,
-                now,
-            );
-            conditions::set(&mut conds, STALLED, false, "Validated", "", generation, now);
+            st.phase = Some(LocationPhase::Available);
+            st.reason = None;
+            st.message = None;
         }
         Err(f) => {
-            status.phase = Some(LocationPhase::Unavailable);
-            status.reason = Some(f.reason.as_str().to_string());
-            status.message = Some(f.message.clone());
-            conditions::set(
-                &mut conds,
-                READY,
-                false,
-                f.reason.as_str(),
-                &f.message,
-                generation,
-                now,
-            );
-            conditions::set(
-                &mut conds,
-                STALLED,
-                true,
-                f.reason.as_str(),
-                &f.message,
-                generation,
-                now,
-            );
+            st.phase = Some(LocationPhase::Unavailable);
+            st.reason = Some(f.reason.as_str().to_string());
+            st.message = Some(f.message.clone());
         }
     }
-    conditions::set(
-        &mut conds,
-        RECONCILING,
-        false,
-        "Validated",
-        "",
-        generation,
-        now,
-    );
     match default_conflict_with {
         Some(winner) => conditions::set(
-            &mut conds,
+            &mut st.conditions,
             DEFAULT_CONFLICT,
             true,
             "AnotherDefault",
@@ -408,32 +215,19 @@ pub fn build_status(
             generation,
             now,
         ),
-        None => conditions::remove(&mut conds, DEFAULT_CONFLICT),
+        None => conditions::remove(&mut st.conditions, DEFAULT_CONFLICT),
     }
-    status.conditions = conds;
-    status
 }
 
 #[cfg(test)]
 mod tests {
+    use super::probe::Reason;
     use super::*;
+    use crate::runtime::conditions::{READY, STALLED};
+    use crate::runtime::kernel::finalize;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).expect("ts")
-    }
-
-    #[test]
-    fn oldest_default_wins() {
-        let locs = vec![
-            ("b".to_string(), Some(ts(20)), true),
-            ("a".to_string(), Some(ts(30)), true),
-            ("c".to_string(), Some(ts(10)), false),
-        ];
-        assert_eq!(effective_default(locs.into_iter()), Some("b".into()));
-        assert_eq!(
-            effective_default(vec![("x".to_string(), None, false)].into_iter()),
-            None
-        );
     }
 
     #[test]
@@ -442,30 +236,33 @@ mod tests {
             reason: Reason::InvalidCredentials,
             message: "bad keys".into(),
         });
-        let s1 = build_status(None, Some(1), &fail, None, ts(100));
-        assert_eq!(s1.phase, Some(LocationPhase::Unavailable));
-        assert_eq!(s1.reason.as_deref(), Some("InvalidCredentials"));
-        let ready = conditions::get(&s1.conditions, READY).expect("ready");
+        let mut s = BackupStorageLocationStatus::default();
+        apply_outcome(&mut s, Some(1), &fail, None, ts(100));
+        finalize(&mut s, Some(1), None, ts(100));
+        assert_eq!(s.phase, Some(LocationPhase::Unavailable));
+        assert_eq!(s.reason.as_deref(), Some("InvalidCredentials"));
+        let ready = conditions::get(&s.conditions, READY).expect("ready");
         assert_eq!(ready.status, "False");
         assert_eq!(ready.observed_generation, Some(1));
+        let stalled = conditions::get(&s.conditions, STALLED).expect("stalled");
+        assert_eq!(stalled.reason, "InvalidCredentials");
 
-        let s2 = build_status(Some(&s1), Some(1), &Ok(()), None, ts(200));
-        assert_eq!(s2.phase, Some(LocationPhase::Available));
-        assert_eq!(s2.reason, None);
-        let ready = conditions::get(&s2.conditions, READY).expect("ready");
+        apply_outcome(&mut s, Some(1), &Ok(()), None, ts(200));
+        finalize(&mut s, Some(1), None, ts(200));
+        assert_eq!(s.phase, Some(LocationPhase::Available));
+        assert_eq!(s.reason, None);
+        let ready = conditions::get(&s.conditions, READY).expect("ready");
         assert_eq!(ready.status, "True");
         assert_eq!(ready.last_transition_time, Time(ts(200)));
-        assert_eq!(
-            conditions::get(&s2.conditions, STALLED).map(|c| c.status.as_str()),
-            Some("False")
-        );
+        assert!(conditions::get(&s.conditions, STALLED).is_none());
     }
 
     #[test]
     fn default_conflict_condition_comes_and_goes() {
-        let s = build_status(None, Some(1), &Ok(()), Some("primary"), ts(1));
+        let mut s = BackupStorageLocationStatus::default();
+        apply_outcome(&mut s, Some(1), &Ok(()), Some("primary"), ts(1));
         assert!(conditions::get(&s.conditions, DEFAULT_CONFLICT).is_some());
-        let s = build_status(Some(&s), Some(1), &Ok(()), None, ts(2));
+        apply_outcome(&mut s, Some(1), &Ok(()), None, ts(2));
         assert!(conditions::get(&s.conditions, DEFAULT_CONFLICT).is_none());
     }
 }

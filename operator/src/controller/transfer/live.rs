@@ -15,8 +15,13 @@ use kube::api::{Api, DeleteParams, ListParams};
 use holdfast_api::location::BackupStorageLocation;
 use holdfast_api::transfer::DataUpload;
 
-use super::super::{Context, Error, ignore_not_found, repository};
+use holdfast_api::reasons::TransferReason;
+
 use super::TRANSFER_LABEL;
+use crate::runtime::error::{Refusable, Refusal};
+use crate::runtime::kube_ext::{self, delete};
+use crate::runtime::{Context, Error};
+use crate::storage::access;
 
 /// The claim a live copy reads and the node it must be read on, if any.
 pub struct LiveSource {
@@ -33,18 +38,18 @@ pub fn access_secret_name(name: &str) -> String {
 pub fn consumers<'a>(pods: &'a [Pod], claim: &str) -> Vec<&'a Pod> {
     pods.iter()
         .filter(|p| !p.labels().contains_key(TRANSFER_LABEL))
-        .filter(|p| super::super::running_with_claim(p, claim))
+        .filter(|p| kube_ext::running_with_claim(p, claim))
         .collect()
 }
 
 /// Checks the claim, finds where it can be read and copies the access Secret next to it.
-/// `Ok(Err((reason, message)))` when the volume cannot be copied live.
+/// Refused when the volume cannot be copied live.
 pub async fn prepare(
     du: &DataUpload,
     ctx: &Context,
     bsl: &BackupStorageLocation,
     labels: std::collections::BTreeMap<String, String>,
-) -> Result<Result<LiveSource, (&'static str, String)>, Error> {
+) -> Refusable<LiveSource> {
     let ns = &du.spec.pvc.namespace;
     let claim = &du.spec.pvc.name;
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
@@ -53,14 +58,14 @@ pub async fn prepare(
         .await
         .map_err(Error::kube("get PersistentVolumeClaim"))?
     else {
-        return Ok(Err((
-            "PVCNotFound",
+        return Ok(Err(Refusal::new(
+            TransferReason::PVCNotFound,
             format!("claim {ns}/{claim} no longer exists"),
         )));
     };
     if pvc.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound") {
-        return Ok(Err((
-            "PVCNotBound",
+        return Ok(Err(Refusal::new(
+            TransferReason::PVCNotBound,
             format!("claim {ns}/{claim} is not bound to a volume"),
         )));
     }
@@ -80,8 +85,8 @@ pub async fn prepare(
         .iter()
         .any(|m| m == "ReadWriteMany" || m == "ReadOnlyMany");
     if !shared && modes.iter().any(|m| m == "ReadWriteOncePod") && !users.is_empty() {
-        return Ok(Err((
-            "VolumeInUse",
+        return Ok(Err(Refusal::new(
+            TransferReason::VolumeInUse,
             format!(
                 "claim {ns}/{claim} is ReadWriteOncePod and mounted by pod {}; a live copy cannot mount it while it is in use (stop that pod, or use a StorageClass whose driver has a VolumeSnapshotClass)",
                 users[0].name_any()
@@ -96,15 +101,25 @@ pub async fn prepare(
             .find_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
     };
     let secret = access_secret_name(&du.name_any());
-    if let Err(m) =
-        repository::copy_access_secret(ctx, bsl, &du.spec.repository, ns, &secret, labels).await?
+    if let Err(r) =
+        access::copy_access_secret(ctx, bsl, &du.spec.repository, ns, &secret, labels).await?
     {
-        return Ok(Err(("AccessSecretMissing", m)));
+        return Ok(Err(r));
     }
     Ok(Ok(LiveSource {
         claim: claim.clone(),
         pinned,
     }))
+}
+
+/// Why a namespace's admission refused a live-copy mover pod, and the fix.
+pub fn rejected(namespace: &str, message: &str) -> Refusal {
+    Refusal::new(
+        TransferReason::MoverPodRejected,
+        format!(
+            "namespace {namespace} refused the live-copy mover pod: {message}. A live copy runs the mover (root, capability DAC_OVERRIDE, Pod Security baseline) in the claim's namespace; allow baseline there (label pod-security.kubernetes.io/enforce=baseline) or use a StorageClass whose driver has a VolumeSnapshotClass"
+        ),
+    )
 }
 
 /// Deletes the live copy's pod and access Secret in the claim's namespace; true when both are
@@ -127,12 +142,13 @@ pub async fn cleanup(ctx: &Context, du: &DataUpload) -> Result<bool, Error> {
     {
         // The copy of the credentials goes as soon as the pod is gone or going.
         gone = false;
-        secrets
-            .delete(&secret, &DeleteParams::default())
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)
-            .map_err(Error::kube("delete copied access Secret"))?;
+        delete(
+            &secrets,
+            &secret,
+            &DeleteParams::default(),
+            "delete copied access Secret",
+        )
+        .await?;
     }
     Ok(gone)
 }

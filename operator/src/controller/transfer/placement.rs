@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 
-use super::super::{Context, Error};
 use super::TRANSFER_LABEL;
+use crate::runtime::{Context, Error};
 
 /// An unscheduled mover pod older than this no longer holds back the placement of others.
 pub const STUCK_UNSCHEDULED: Duration = Duration::from_secs(120);
@@ -165,11 +165,8 @@ pub async fn delete_if_stuck(pods: &Api<Pod>, p: &Pod) -> Result<bool, Error> {
         return Ok(false);
     }
     let name = p.metadata.name.clone().unwrap_or_default();
-    pods.delete(&name, &kube::api::DeleteParams::default())
-        .await
-        .map(|_| ())
-        .or_else(super::super::ignore_not_found)
-        .map_err(Error::kube("delete unschedulable mover Pod"))?;
+    let dp = kube::api::DeleteParams::default();
+    crate::runtime::kube_ext::delete(pods, &name, &dp, "delete unschedulable mover Pod").await?;
     Ok(true)
 }
 

@@ -1,4 +1,5 @@
-//! Mover pods: their spec (Pod Security `baseline` at most) and reading their result.
+//! Mover pods: their spec (Pod Security `baseline` at most, the command from the mover
+//! protocol) and reading their result through the protocol's typed events.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, LogParams, ObjectMeta};
 
-use super::super::{Context, repository};
+use crate::mover::protocol::{self, BackupCommand, CompressionArg, Exit, RestoreCommand};
+use crate::runtime::Context;
+use crate::storage::access::{MoverAccess, mover_access};
 
 /// Where the volume is mounted in a mover pod.
 pub const DATA: &str = "/data";
@@ -69,8 +72,11 @@ fn mover_pod(
         caps,
         repository: namespace,
     } = run;
-    let (access_env, mut volumes, mut mounts) =
-        repository::mover_access(bsl, namespace, site.access_secret);
+    let MoverAccess {
+        env: access_env,
+        mut volumes,
+        mut mounts,
+    } = mover_access(bsl, namespace, site.access_secret);
     env.extend(access_env);
     volumes.push(Volume {
         name: "data".into(),
@@ -154,40 +160,28 @@ pub fn upload_pod(
     labels: BTreeMap<String, String>,
 ) -> Pod {
     let name = du.metadata.name.clone().unwrap_or_default();
-    let args = vec![
-        "mover".into(),
-        "--json".into(),
-        "backup".into(),
-        "--source".into(),
-        DATA.into(),
-        "--parent".into(),
-        "auto".into(),
-        "--host".into(),
-        format!("{}/{}", du.spec.pvc.namespace, du.spec.pvc.name),
-        "--tag".into(),
-        format!("holdfast.dev/backup={}", du.spec.backup),
-        "--tag".into(),
-        format!("holdfast.dev/pvc={}", du.spec.pvc),
-    ];
-    let mut env = Vec::new();
-    let compression = match bsl.spec.repository.compression {
-        holdfast_api::location::Compression::Auto => "auto",
-        holdfast_api::location::Compression::Off => "off",
-        holdfast_api::location::Compression::Max => "max",
-    };
-    let mut args = args;
-    args.extend(["--compression".into(), compression.into()]);
-    if let Some(p) = bsl.spec.repository.pack_size_mib {
-        args.extend(["--pack-size-mib".into(), p.to_string()]);
+    let repo = &bsl.spec.repository;
+    let args = BackupCommand {
+        source: DATA.into(),
+        host: format!("{}/{}", du.spec.pvc.namespace, du.spec.pvc.name),
+        tags: vec![
+            format!("holdfast.dev/backup={}", du.spec.backup),
+            format!("holdfast.dev/pvc={}", du.spec.pvc),
+        ],
+        compression: match repo.compression {
+            holdfast_api::location::Compression::Auto => CompressionArg::Auto,
+            holdfast_api::location::Compression::Off => CompressionArg::Off,
+            holdfast_api::location::Compression::Max => CompressionArg::Max,
+        },
+        pack_size_mib: repo.pack_size_mib,
+        uploads: repo.upload_concurrency,
     }
-    if let Some(u) = bsl.spec.repository.upload_concurrency {
-        args.extend(["--uploads".into(), u.to_string()]);
-    }
-    env.push(k8s_openapi::api::core::v1::EnvVar {
+    .args();
+    let env = vec![k8s_openapi::api::core::v1::EnvVar {
         name: "RUST_LOG".into(),
         value: Some("warn".into()),
         ..Default::default()
-    });
+    }];
     mover_pod(
         ctx,
         bsl,
@@ -215,15 +209,11 @@ pub fn download_pod(
     labels: BTreeMap<String, String>,
 ) -> Pod {
     let name = dd.metadata.name.clone().unwrap_or_default();
-    let args = vec![
-        "mover".into(),
-        "--json".into(),
-        "restore".into(),
-        "--snapshot".into(),
-        dd.spec.snapshot_id.clone(),
-        "--target".into(),
-        DATA.into(),
-    ];
+    let args = RestoreCommand {
+        snapshot: dd.spec.snapshot_id.clone(),
+        target: DATA.into(),
+    }
+    .args();
     mover_pod(
         ctx,
         bsl,
@@ -246,14 +236,16 @@ pub fn download_pod(
 }
 
 /// How a mover pod ended, from its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Running,
     Succeeded,
-    /// Exit code 2: done, but some files or metadata could not be handled.
+    /// Done, but some files or metadata could not be handled.
     Partial,
     Failed(String),
 }
 
+/// The outcome of a mover pod from its status. Pure.
 pub fn outcome(p: &Pod) -> Outcome {
     let status = p.status.clone().unwrap_or_default();
     let terminated = status
@@ -264,13 +256,16 @@ pub fn outcome(p: &Pod) -> Outcome {
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.clone());
     match (status.phase.as_deref(), terminated) {
-        (_, Some(t)) if t.exit_code == 0 => Outcome::Succeeded,
-        (_, Some(t)) if t.exit_code == 2 => Outcome::Partial,
-        (_, Some(t)) => Outcome::Failed(format!(
-            "mover exited with code {}{}",
-            t.exit_code,
-            t.message.map(|m| format!(": {m}")).unwrap_or_default()
-        )),
+        (_, Some(t)) => match Exit::from_code(t.exit_code) {
+            Exit::Succeeded => Outcome::Succeeded,
+            Exit::Partial => Outcome::Partial,
+            // Nothing to do is a failure here: the controller always asks for a snapshot.
+            Exit::NothingToDo | Exit::Failed(_) => Outcome::Failed(format!(
+                "mover exited with code {}{}",
+                t.exit_code,
+                t.message.map(|m| format!(": {m}")).unwrap_or_default()
+            )),
+        },
         (Some("Failed"), None) => Outcome::Failed(
             status
                 .message
@@ -281,47 +276,49 @@ pub fn outcome(p: &Pod) -> Outcome {
     }
 }
 
-/// The last JSON line the mover printed with `"event": <event>`.
-pub async fn last_event(pods: &Api<Pod>, name: &str, event: &str) -> Option<serde_json::Value> {
+/// The last `lines` lines of the mover's log (`None` when it cannot be read).
+pub async fn log(pods: &Api<Pod>, name: &str, lines: i64) -> Option<String> {
     let lp = LogParams {
         container: Some("mover".into()),
-        tail_lines: Some(50),
+        tail_lines: Some(lines),
         ..Default::default()
     };
-    let logs = pods.logs(name, &lp).await.ok()?;
-    logs.lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
-        .find(|v| v["event"] == event)
+    pods.logs(name, &lp).await.ok()
 }
 
 /// Why the mover failed, from the end of its log (`error` events and the final error line).
 pub async fn failure_detail(pods: &Api<Pod>, name: &str) -> Option<String> {
-    let lp = LogParams {
-        container: Some("mover".into()),
-        tail_lines: Some(20),
-        ..Default::default()
-    };
-    let logs = pods.logs(name, &lp).await.ok()?;
-    let lines: Vec<String> = logs
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(
-            |l| match serde_json::from_str::<serde_json::Value>(l.trim()) {
-                Ok(v) if v["event"] == "error" => v["message"].as_str().map(Into::into),
-                Ok(_) => None,
-                Err(_) => Some(l.trim().to_string()),
-            },
-        )
-        .collect();
-    let tail: Vec<String> = lines.into_iter().rev().take(3).collect();
-    (!tail.is_empty()).then(|| {
-        tail.into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("; ")
-            .chars()
-            .take(2000)
-            .collect()
-    })
+    let lines = protocol::failure_lines(&log(pods, name, 20).await?);
+    (!lines.is_empty()).then(|| lines.join("; ").chars().take(2000).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str, exit: Option<i32>) -> Pod {
+        let mut v = serde_json::json!({"status": {"phase": phase, "containerStatuses": [
+            {"name": "mover", "image": "i", "imageID": "", "ready": false, "restartCount": 0}
+        ]}});
+        if let Some(code) = exit {
+            v["status"]["containerStatuses"][0]["state"] =
+                serde_json::json!({"terminated": {"exitCode": code}});
+        }
+        serde_json::from_value(v).expect("pod")
+    }
+
+    #[test]
+    fn exit_codes_decide_the_outcome() {
+        assert_eq!(outcome(&pod("Running", None)), Outcome::Running);
+        assert_eq!(outcome(&pod("Succeeded", Some(0))), Outcome::Succeeded);
+        assert_eq!(
+            outcome(&pod("Failed", Some(i32::from(protocol::exit::PARTIAL)))),
+            Outcome::Partial
+        );
+        assert_eq!(
+            outcome(&pod("Failed", Some(137))),
+            Outcome::Failed("mover exited with code 137".into())
+        );
+        assert!(matches!(outcome(&pod("Failed", None)), Outcome::Failed(_)));
+    }
 }

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the metadata format.
 pub const FORMAT_VERSION: u32 = 1;
-pub const METADATA: &str = "metadata.json";
-pub const RESOURCES: &str = "resources.tar.gz";
+pub use super::layout::{METADATA, RESOURCES};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

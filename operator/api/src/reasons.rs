@@ -1,0 +1,152 @@
+//! The `reason` values Holdfast writes into statuses and conditions, one enum per kind. They
+//! serialise as the strings users see (`kubectl get`, alerts), so a variant is never renamed.
+
+macro_rules! reasons {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vm])* $v,)* }
+
+        impl $name {
+            /// Every reason, for documentation and tests.
+            pub const ALL: &'static [$name] = &[$($name::$v,)*];
+
+            /// The reason as written into status and conditions.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$v => stringify!($v),)* }
+            }
+        }
+
+        impl From<$name> for &'static str {
+            fn from(r: $name) -> &'static str {
+                r.as_str()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(r: $name) -> String {
+                r.as_str().to_string()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Why a BackupStorageLocation cannot be used by a Backup, Restore or transfer.
+    LocationReason {
+        /// `spec.storageLocation` names a location that does not exist.
+        LocationNotFound,
+        /// No location was named and none is the default.
+        NoDefaultLocation,
+        /// The location exists but is not Available (its status says why).
+        LocationUnavailable,
+        /// A Backup that writes copies names a ReadOnly location.
+        LocationReadOnly,
+    }
+}
+
+reasons! {
+    /// Reasons of a Backup's status.
+    BackupReason {
+        InProgress,
+        Completed,
+        Cancelling,
+        Cancelled,
+        /// Some or all volumes failed (each volume says why).
+        VolumesFailed,
+        /// A tenant Backup named other namespaces.
+        NamespaceNotAllowed,
+        /// Objects could not be captured (retried).
+        CaptureFailed,
+        /// The bucket could not be written (retried).
+        StorageError,
+        /// Deleting the backup's data failed (retried).
+        DeleteFailed,
+        /// The location of a deleted backup is gone: its copies could not be removed.
+        LocationGone,
+        HooksNotRun,
+        GroupSnapshotNotSupported,
+    }
+}
+
+reasons! {
+    /// Reasons of one volume of a Backup.
+    VolumeReason {
+        PVCNotFound,
+        PVCNotBound,
+        HostPathNotSupported,
+        NoSnapshotClass,
+        LiveCopyNotAllowed,
+        LiveCopy,
+        SnapshotTimeout,
+        CopyFailed,
+    }
+}
+
+reasons! {
+    /// Reasons of a DataUpload or DataDownload.
+    TransferReason {
+        Cancelled,
+        WaitingForSlot,
+        WaitingForNodeSlot,
+        LiveCopy,
+        SnapshotNotFound,
+        PVCNotFound,
+        PVCNotBound,
+        VolumeInUse,
+        AccessSecretMissing,
+        MoverPodRejected,
+        MoverFailed,
+        /// The mover exited successfully but printed no summary.
+        NoResult,
+        SomeFilesUnreadable,
+        SomeMetadataNotRestored,
+        VolumeLost,
+    }
+}
+
+reasons! {
+    /// Reasons of a Restore and its volumes.
+    RestoreReason {
+        Cancelled,
+        InvalidSource,
+        BackupNotFound,
+        BackupNotAllowed,
+        BackupNotRestorable,
+        BackupIncomplete,
+        BackupCorrupt,
+        MappingNotAllowed,
+        StorageError,
+        ObjectRestoreFailed,
+        NothingRestored,
+        ObjectsFailed,
+        VolumesFailed,
+        PVCNotFound,
+        PVCExists,
+        VolumeInUse,
+        VolumeLost,
+        NoData,
+        HooksNotRun,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_their_names() {
+        assert_eq!(
+            VolumeReason::HostPathNotSupported.as_str(),
+            "HostPathNotSupported"
+        );
+        assert_eq!(String::from(TransferReason::MoverFailed), "MoverFailed");
+        assert_eq!(RestoreReason::ALL.len(), 19);
+    }
+}

@@ -1,0 +1,394 @@
+//! DataUpload controller: takes a mover slot, exposes the snapshot (or prepares a live copy),
+//! places and starts the mover pod, follows its progress, records its result, and removes
+//! everything temporary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use holdfast_api::backup::TransferPhase;
+use holdfast_api::location::BackupStorageLocation;
+use holdfast_api::reasons::TransferReason;
+use holdfast_api::transfer::{DataUpload, TransferStatus};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use tracing::info;
+
+use super::{
+    FINALIZER, MANAGER, POLL, TRANSFER_LABEL, expose, finish, labels_for, live, location, owner,
+    placement, pod, take_slot,
+};
+use crate::mover::protocol::{self, BackupCounters, BackupEvent};
+use crate::runtime::error::Refusal;
+use crate::runtime::kernel::{self, Reconciler};
+use crate::runtime::kube_ext::is_conflict;
+use crate::runtime::{Context, Error};
+
+/// Runs the DataUpload controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let controller = Controller::new(api, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(TRANSFER_LABEL));
+    kernel::run(ctx, Uploads, controller, shutdown).await;
+}
+
+/// The DataUpload controller's phase functions.
+pub struct Uploads;
+
+impl Reconciler for Uploads {
+    type Object = DataUpload;
+    type Status = TransferStatus;
+    const KIND: &'static str = "DataUpload";
+    const METRIC: &'static str = "dataupload";
+    const MANAGER: &'static str = MANAGER;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn status(o: &DataUpload) -> Option<&TransferStatus> {
+        o.status.as_ref()
+    }
+
+    fn is_terminal(st: &TransferStatus) -> bool {
+        st.phase.is_terminal()
+    }
+
+    async fn step(
+        &self,
+        du: &DataUpload,
+        ctx: &Context,
+        st: &mut TransferStatus,
+    ) -> Result<Action, Error> {
+        if du.spec.cancel {
+            cleanup(ctx, du).await?;
+            return Ok(finish(
+                st,
+                TransferPhase::Cancelled,
+                Some(TransferReason::Cancelled),
+                Some("cancelled".into()),
+            ));
+        }
+        match st.phase {
+            TransferPhase::Pending => take_slot(ctx, st).await,
+            TransferPhase::Preparing => prepare(du, ctx, st).await,
+            TransferPhase::InProgress => follow(du, ctx, st).await,
+            _ => Ok(Action::await_change()),
+        }
+    }
+
+    async fn finished(
+        &self,
+        du: &DataUpload,
+        ctx: &Context,
+        _st: &TransferStatus,
+    ) -> Result<Action, Error> {
+        Ok(if cleanup(ctx, du).await? {
+            Action::await_change()
+        } else {
+            Action::requeue(POLL)
+        })
+    }
+
+    async fn cleanup(&self, du: &DataUpload, ctx: &Context) -> Result<bool, Error> {
+        cleanup(ctx, du).await
+    }
+}
+
+/// Preparing: exposes the data, then places and creates the mover pod.
+async fn prepare(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Result<Action, Error> {
+    let name = du.name_any();
+    let bsl = match location(ctx, &du.spec.storage_location, st).await? {
+        Ok(bsl) => bsl,
+        Err(action) => return Ok(action),
+    };
+    let live = du.spec.volume_snapshot.is_none();
+    let exposed = match &du.spec.volume_snapshot {
+        None => live::prepare(du, ctx, &bsl, labels_for(&name, du.labels()))
+            .await?
+            .map(|l| Some((l.claim, l.pinned))),
+        Some(snapshot) => expose::expose(du, ctx, snapshot)
+            .await?
+            .map(|c| c.map(|c| (c, None))),
+    };
+    let (claim, pinned) = match exposed {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(Action::requeue(POLL)),
+        Err(r) => return Ok(refuse(st, r)),
+    };
+    let place = placement::decide(ctx, pinned.as_deref(), &name).await?;
+    if let placement::Placement::Wait(why) = place {
+        st.reason = Some(TransferReason::WaitingForNodeSlot.into());
+        st.message = Some(why);
+        return Ok(Action::requeue(POLL));
+    }
+    let p = mover_pod(du, ctx, &bsl, &claim, &place).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_namespace(du, ctx));
+    match pods.create(&Default::default(), &p).await {
+        Ok(_) => {}
+        Err(e) if is_conflict(&e) => {}
+        // Admission (Pod Security, quotas) refused the pod in the application's namespace.
+        Err(kube::Error::Api(s)) if live && (s.code == 403 || s.code == 422) => {
+            live::cleanup(ctx, du).await?;
+            return Ok(refuse(
+                st,
+                live::rejected(&pod_namespace(du, ctx), &s.message),
+            ));
+        }
+        Err(e) => return Err(Error::kube("create mover Pod")(e)),
+    }
+    st.reason = live.then(|| TransferReason::LiveCopy.into());
+    st.message = live.then(|| {
+        "copying the live volume (no snapshot): files changed during the copy may be inconsistent".into()
+    });
+    st.phase = TransferPhase::InProgress;
+    st.mover_pod = Some(name.clone());
+    info!(upload = %name, pvc = %du.spec.pvc, "mover pod started");
+    Ok(Action::requeue(POLL))
+}
+
+fn refuse(st: &mut TransferStatus, r: Refusal) -> Action {
+    st.phase = TransferPhase::Failed;
+    st.reason = Some(r.reason.into());
+    st.message = Some(r.message);
+    st.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    Action::requeue(Duration::ZERO)
+}
+
+/// The mover pod of an upload: placed, with the Backup's mover resources.
+async fn mover_pod(
+    du: &DataUpload,
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    claim: &str,
+    place: &placement::Placement,
+) -> Result<Pod, Error> {
+    let name = du.name_any();
+    let live = du.spec.volume_snapshot.is_none();
+    let secret = live::access_secret_name(&name);
+    let pod_ns = pod_namespace(du, ctx);
+    let site = pod::Site {
+        namespace: &pod_ns,
+        owner: (!live).then(|| owner(du)),
+        access_secret: live.then_some(secret.as_str()),
+    };
+    let mut p = pod::upload_pod(du, ctx, bsl, claim, site, labels_for(&name, du.labels()));
+    if let Some(spec) = p.spec.as_mut() {
+        spec.affinity = placement::affinity(place);
+    }
+    // Resources of the mover come from the Backup (spec.volumes.moverResources).
+    let backups: Api<holdfast_api::Backup> =
+        Api::namespaced(ctx.client.clone(), &du.spec.backup.namespace);
+    if let Some(r) = backups
+        .get_opt(&du.spec.backup.name)
+        .await
+        .map_err(Error::kube("get Backup"))?
+        .and_then(|b| b.spec.volumes.mover_resources)
+        && let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut())
+    {
+        c.resources = Some(r);
+    }
+    Ok(p)
+}
+
+/// InProgress: follows the mover pod until it ends.
+async fn follow(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Result<Action, Error> {
+    let name = du.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_namespace(du, ctx));
+    let Some(p) = pods
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get mover Pod"))?
+    else {
+        // The pod vanished (deleted, or the operator died before creating it): start over.
+        st.phase = TransferPhase::Preparing;
+        return Ok(Action::requeue(Duration::ZERO));
+    };
+    st.node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+    if placement::delete_if_stuck(&pods, &p).await? {
+        return Ok(Action::requeue(POLL));
+    }
+    let outcome = pod::outcome(&p);
+    let log = match outcome {
+        pod::Outcome::Failed(_) => None,
+        _ => pod::log(&pods, &name, 50).await,
+    };
+    let events: Vec<BackupEvent> = log
+        .as_deref()
+        .map(|l| protocol::events(l).collect())
+        .unwrap_or_default();
+    if let pod::Outcome::Failed(why) = &outcome {
+        let detail = pod::failure_detail(&pods, &name)
+            .await
+            .unwrap_or_else(|| why.clone());
+        finish(
+            st,
+            TransferPhase::Failed,
+            Some(TransferReason::MoverFailed),
+            Some(detail),
+        );
+    } else {
+        apply_events(st, &outcome, &events);
+    }
+    if !st.phase.is_terminal() {
+        return Ok(Action::requeue(POLL));
+    }
+    ctx.metrics.finished(
+        "dataupload",
+        if st.phase == TransferPhase::Completed {
+            "Completed"
+        } else {
+            "Failed"
+        },
+    );
+    info!(upload = %name, phase = ?st.phase, snapshot = ?st.snapshot_id, bytes = st.bytes_total, uploaded = st.bytes_uploaded, "upload ended");
+    cleanup(ctx, du).await?;
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// Applies what the mover printed to the status: progress while it runs, the result once it
+/// exited successfully. Pure but for the clock.
+pub(super) fn apply_events(
+    st: &mut TransferStatus,
+    outcome: &pod::Outcome,
+    events: &[BackupEvent],
+) {
+    let progress = |c: &BackupCounters, st: &mut TransferStatus| {
+        st.bytes_done = c.bytes_read;
+        st.bytes_total = c.bytes_total;
+        st.bytes_uploaded = c.bytes_uploaded;
+    };
+    let partial = match outcome {
+        pod::Outcome::Running => {
+            if let Some(BackupEvent::Progress(c)) = events
+                .iter()
+                .rev()
+                .find(|e| matches!(e, BackupEvent::Progress(_)))
+            {
+                progress(c, st);
+            }
+            return;
+        }
+        pod::Outcome::Failed(_) => return,
+        pod::Outcome::Succeeded => false,
+        pod::Outcome::Partial => true,
+    };
+    let Some(BackupEvent::Summary {
+        counters,
+        snapshot,
+        errors,
+        ..
+    }) = events
+        .iter()
+        .rev()
+        .find(|e| matches!(e, BackupEvent::Summary { .. }))
+    else {
+        let why = "the mover exited successfully but printed no summary";
+        finish(
+            st,
+            TransferPhase::Failed,
+            Some(TransferReason::NoResult),
+            Some(why.into()),
+        );
+        return;
+    };
+    progress(counters, st);
+    st.bytes_done = st.bytes_total;
+    st.snapshot_id = Some(snapshot.clone());
+    finish(
+        st,
+        TransferPhase::Completed,
+        partial.then_some(TransferReason::SomeFilesUnreadable),
+        partial.then(|| format!("{errors} files could not be read; see the mover pod's log")),
+    );
+}
+
+/// Namespace of an upload's mover pod: the claim's for a live copy, else the operator's.
+fn pod_namespace(du: &DataUpload, ctx: &Context) -> String {
+    if du.spec.volume_snapshot.is_none() {
+        du.spec.pvc.namespace.clone()
+    } else {
+        ctx.namespace.clone()
+    }
+}
+
+/// Deletes the upload's pod and exposed snapshot (for a live copy: its pod and copied
+/// Secret); true when all are gone.
+async fn cleanup(ctx: &Context, du: &DataUpload) -> Result<bool, Error> {
+    if du.spec.volume_snapshot.is_none() {
+        return live::cleanup(ctx, du).await;
+    }
+    let name = du.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let pod_left = super::delete_mover_pod(&pods, &name).await?;
+    let exposed_gone = expose::remove(ctx, &name).await?;
+    Ok(!pod_left && exposed_gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(read: u64, total: u64) -> BackupCounters {
+        BackupCounters {
+            bytes_read: read,
+            bytes_total: total,
+            bytes_uploaded: read / 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn progress_then_result() {
+        let mut st = TransferStatus {
+            phase: TransferPhase::InProgress,
+            ..Default::default()
+        };
+        let events = [
+            BackupEvent::Progress(counters(10, 100)),
+            BackupEvent::Progress(counters(40, 100)),
+        ];
+        apply_events(&mut st, &pod::Outcome::Running, &events);
+        assert_eq!(
+            (st.bytes_done, st.bytes_total, st.bytes_uploaded),
+            (40, 100, 20)
+        );
+        assert_eq!(st.phase, TransferPhase::InProgress);
+        let summary = BackupEvent::Summary {
+            counters: counters(60, 100),
+            snapshot: "abc".into(),
+            parent: None,
+            seconds: 1.0,
+            errors: 2,
+        };
+        apply_events(&mut st, &pod::Outcome::Partial, &[summary]);
+        assert_eq!(st.phase, TransferPhase::Completed);
+        assert_eq!(st.snapshot_id.as_deref(), Some("abc"));
+        assert_eq!(st.bytes_done, 100);
+        assert_eq!(st.reason.as_deref(), Some("SomeFilesUnreadable"));
+        assert!(
+            st.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("2 files"))
+        );
+    }
+
+    #[test]
+    fn success_without_a_summary_is_a_failure() {
+        let mut st = TransferStatus::default();
+        apply_events(
+            &mut st,
+            &pod::Outcome::Succeeded,
+            &[BackupEvent::Progress(counters(1, 1))],
+        );
+        assert_eq!(
+            (st.phase, st.reason.as_deref()),
+            (TransferPhase::Failed, Some("NoResult"))
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The repository of each (location, source namespace): its password Secret (random, never
+//! logged, never deleted by the operator), creating it before any mover opens it, and
+//! forgetting snapshots. Talks to the cluster (Secrets) and to object storage.
+
+use std::collections::{BTreeMap, HashSet};
+
+use holdfast_api::location::BackupStorageLocation;
+use holdfast_repo::{KdfParams, RepoError, Repository};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta};
+
+use super::layout::{self, PASSWORD_KEY};
+use crate::runtime::kube_ext::create_or_adopt;
+use crate::runtime::{Context, Error};
+
+/// Labels on repository Secrets.
+pub const LOCATION_LABEL: &str = "holdfast.dev/location";
+pub const REPOSITORY_NAMESPACE_LABEL: &str = "holdfast.dev/repository-namespace";
+
+/// Creates the repository password Secret if it does not exist yet; returns its name.
+pub async fn ensure_password(
+    ctx: &Context,
+    location: &str,
+    namespace: &str,
+) -> Result<String, Error> {
+    let name = layout::password_secret_name(location, namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    if api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get repository Secret"))?
+        .is_some()
+    {
+        return Ok(name);
+    }
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([
+                (LOCATION_LABEL.to_string(), location.to_string()),
+                (REPOSITORY_NAMESPACE_LABEL.to_string(), namespace.to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "holdfast".to_string(),
+                ),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                "holdfast.dev/warning".to_string(),
+                "the only key to this namespace's repository; deleting it makes the backups unreadable".to_string(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            PASSWORD_KEY.to_string(),
+            ByteString(random_password()?.into_bytes()),
+        )])),
+        ..Default::default()
+    };
+    create_or_adopt(&api, &secret, "create repository Secret").await?;
+    Ok(name)
+}
+
+fn random_password() -> Result<String, Error> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(Error::internal("reading /dev/urandom"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Reads the repository password (for the operator's own repository operations).
+pub async fn read_password(
+    ctx: &Context,
+    location: &str,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let name = layout::password_secret_name(location, namespace);
+    let s = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get repository Secret"))?;
+    Ok(s.and_then(|s| s.data)
+        .and_then(|d| d.get(PASSWORD_KEY).cloned())
+        .and_then(|b| String::from_utf8(b.0).ok()))
+}
+
+/// Serializes repository creation in this process: two movers racing to create the same
+/// repository would each write a config and a key, and one of them would lose its data.
+static INIT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Opens the repository of `namespace` on the location with the password of its Secret;
+/// with `create`, a location without one gets it. Errors name the repository and the fix.
+pub async fn open(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    namespace: &str,
+    create: bool,
+) -> Result<Repository, Error> {
+    let _guard = INIT_LOCK.lock().await;
+    let location = bsl.name_any();
+    let secret = layout::password_secret_name(&location, namespace);
+    let what = format!("the repository of namespace {namespace} on location {location}");
+    let password = read_password(ctx, &location, namespace)
+        .await?
+        .ok_or_else(|| Error::Config {
+            reason: "RepositorySecretMissing",
+            message: format!(
+                "Secret {}/{secret} has no key {PASSWORD_KEY}: it held the only key to {what}; restore it from your copy of that Secret",
+                ctx.namespace
+            ),
+        })?;
+    let store = super::open_repository_store(ctx, bsl, namespace).await?;
+    let fix = format!(
+        "Secret {}/{secret} (key {PASSWORD_KEY}) must hold the password this repository was created with; put the original back",
+        ctx.namespace
+    );
+    let repo_err = |doing: &str, source: RepoError| Error::Repository {
+        what: format!("{doing} {what}"),
+        fix: fix.clone(),
+        source: Box::new(source),
+    };
+    match Repository::open(store.clone(), &password).await {
+        Ok(r) => Ok(r),
+        Err(RepoError::NotARepository { .. }) if create => {
+            Repository::init(store, &password, KdfParams::default())
+                .await
+                .map_err(|e| repo_err("creating", e))
+        }
+        Err(e) => Err(repo_err("opening", e)),
+    }
+}
+
+/// Makes sure the repository of `namespace` on the location exists and opens with its
+/// password, so that mover pods only ever open it.
+pub async fn ensure(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    namespace: &str,
+) -> Result<(), Error> {
+    ensure_password(ctx, &bsl.name_any(), namespace).await?;
+    open(ctx, bsl, namespace, true).await.map(|_| ())
+}
+
+/// Removes repository snapshots (restic's `forget`, under the repository lock), per source
+/// namespace; ids no longer in a repository are skipped. Their data goes with the next prune.
+pub async fn forget(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    by_namespace: BTreeMap<String, Vec<String>>,
+) -> Result<(), Error> {
+    for (ns, ids) in by_namespace {
+        let repo = open(ctx, bsl, &ns, false).await?;
+        let what = || format!("the repository of namespace {ns} on {}", bsl.name_any());
+        let existing: HashSet<String> = repo
+            .snapshots()
+            .await
+            .map_err(|source| Error::Repository {
+                what: format!("listing the snapshots of {}", what()),
+                fix: "retrying".into(),
+                source: Box::new(source),
+            })?
+            .into_iter()
+            .map(|(id, _)| id.to_hex())
+            .collect();
+        let ids: Vec<String> = ids.into_iter().filter(|i| existing.contains(i)).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        holdfast_repo::forget::forget(
+            &repo,
+            &holdfast_repo::forget::ForgetOptions {
+                snapshots: ids,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|source| Error::Repository {
+            what: format!("forgetting snapshots in {}", what()),
+            fix: "retrying".into(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(())
+}
