@@ -47,6 +47,13 @@ pub fn location_yaml(name: &str, bucket: &str) -> String {
     )
 }
 
+/// The BackupStorageLocation of [`location_yaml`], as an object (for the bucket layout).
+pub fn location(name: &str, bucket: &str) -> holdfast_api::BackupStorageLocation {
+    let yaml = location_yaml(name, bucket);
+    let doc = yaml.split("---\n").nth(1).expect("location document");
+    serde_yaml::from_str(doc).expect("location yaml")
+}
+
 /// Shell run by the sample pods: seed `/data` once (random blob of `mib` MiB, 200 small
 /// text files, a nested file, a symlink), then wait.
 fn seed_script(mib: u32) -> String {
@@ -262,7 +269,7 @@ pub fn restic_snapshots(bucket: &str, source_ns: &str, password: &str) -> serde_
         .args(["snapshots", "--json", "--no-lock"])
         .env(
             "RESTIC_REPOSITORY",
-            format!("s3:{}/{bucket}/e2e/holdfast/repo/{source_ns}", s3.endpoint),
+            holdfast::storage::layout::repository_url(&location("primary", bucket), source_ns),
         )
         .env("RESTIC_PASSWORD", password)
         .env("AWS_ACCESS_KEY_ID", &s3.access_key)

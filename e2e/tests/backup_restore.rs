@@ -4,6 +4,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use holdfast::controller::backup::BACKUP_UID;
+use holdfast::controller::transfer::TRANSFER_LABEL;
+use holdfast::storage::repository::REPOSITORY_NAMESPACE_LABEL;
 use holdfast_api::backup::{Backup, BackupPhase, VolumePhase};
 use holdfast_api::restore::{Restore, RestorePhase};
 use holdfast_e2e::app::{self, WORKLOADS};
@@ -61,7 +64,7 @@ async fn wait_restore(client: &Client, ns: &str, name: &str) -> Restore {
 
 /// Nothing temporary is left in the operator namespace or the cluster.
 async fn assert_no_leftovers(client: &Client, opns: &str) {
-    let lp = ListParams::default().labels("holdfast.dev/transfer");
+    let lp = ListParams::default().labels(TRANSFER_LABEL);
     wait_until(
         "temporary objects to be gone",
         Duration::from_secs(60),
@@ -74,7 +77,7 @@ async fn assert_no_leftovers(client: &Client, opns: &str) {
                 "get",
                 "volumesnapshotcontents",
                 "-l",
-                "holdfast.dev/transfer",
+                TRANSFER_LABEL,
                 "-o",
                 "name",
             ]);
@@ -94,7 +97,7 @@ fn snapshots_of(b: &Backup) -> String {
         "-A",
         "-l",
         &format!(
-            "holdfast.dev/backup-uid={}",
+            "{BACKUP_UID}={}",
             b.metadata.uid.clone().unwrap_or_default()
         ),
         "-o",
@@ -152,7 +155,7 @@ fn backup_yaml(name: &str, app_ns: &str, extra: &str) -> String {
 async fn repo_password(client: &Client, opns: &str, app_ns: &str) -> String {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), opns);
     let list = secrets
-        .list(&ListParams::default().labels(&format!("holdfast.dev/repository-namespace={app_ns}")))
+        .list(&ListParams::default().labels(&format!("{REPOSITORY_NAMESPACE_LABEL}={app_ns}")))
         .await
         .expect("list repository secrets");
     let s = list.items.first().expect("repository password Secret");
@@ -375,6 +378,15 @@ fn uploaded(b: &Backup, pvc: &str) -> u64 {
         .expect("volume copy")
 }
 
+/// Key prefix of backup `name`'s objects in the setup's bucket (with a trailing slash).
+fn backup_prefix(s: &Setup, ns: &str, name: &str) -> String {
+    let bsl = app::location("primary", &s.bucket);
+    format!(
+        "{}/",
+        holdfast::storage::layout::backup_prefix(&bsl, ns, name)
+    )
+}
+
 async fn bucket_keys(s: &Setup, prefix: &str) -> Vec<String> {
     use holdfast_store::Store;
     app::s3_store(&s.bucket)
@@ -539,7 +551,7 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
         "b2's repository snapshots are gone"
     );
     assert!(
-        bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/b2/"))
+        bucket_keys(&s, &backup_prefix(&s, &opns, "b2"))
             .await
             .is_empty(),
         "b2's objects are gone"
@@ -559,7 +571,7 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
     delete_backup("b1");
     assert_eq!(restic_count(), Some(2), "b1 retained");
     assert!(
-        !bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/b1/"))
+        !bucket_keys(&s, &backup_prefix(&s, &opns, "b1"))
             .await
             .is_empty(),
         "b1's objects retained"
@@ -617,7 +629,7 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
         "-n",
         &opns,
         "-l",
-        "holdfast.dev/transfer",
+        TRANSFER_LABEL,
         "-o",
         "jsonpath={.items[*].spec.containers[0].resources.limits.memory}",
     ]);
@@ -643,7 +655,7 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
         "cancelled backup's snapshots are gone: {vs}"
     );
     assert!(
-        bucket_keys(&s, &format!("e2e/holdfast/backups/{opns}/cancelled/"))
+        bucket_keys(&s, &backup_prefix(&s, &opns, "cancelled"))
             .await
             .is_empty()
     );
@@ -726,7 +738,7 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
 
 /// Nothing of a live copy (its mover pod, the copied access Secret) is left in `ns`.
 async fn assert_no_live_leftovers(client: &Client, ns: &str) {
-    let lp = ListParams::default().labels("holdfast.dev/transfer");
+    let lp = ListParams::default().labels(TRANSFER_LABEL);
     wait_until(
         "the live copy's pod and Secret to be gone",
         Duration::from_secs(60),
@@ -769,7 +781,7 @@ fn watch_movers(
         let mut running: std::collections::BTreeMap<String, String> = Default::default();
         let mut stream = std::pin::pin!(watcher(
             api,
-            watcher::Config::default().labels("holdfast.dev/transfer")
+            watcher::Config::default().labels(TRANSFER_LABEL)
         ));
         while let Some(ev) = stream.next().await {
             let (pod, gone) = match ev {
@@ -1300,4 +1312,90 @@ async fn two_operators_share_a_cluster() {
     drop(b2);
     delete_all(&s.client, &opns).await;
     assert_no_leftovers(&s.client, &opns).await;
+}
+
+/// A persistent error reaches the status: with the repository password Secret changed to a
+/// wrong value, a Backup shows `Stalled` with a reason naming the repository and the fix (and
+/// a Warning Event) within 30 s, and finishes once the Secret is corrected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_repository_password_stalls_then_recovers() {
+    use holdfast::storage::layout::{PASSWORD_KEY, password_secret_name};
+    use k8s_openapi::ByteString;
+    use kube::api::{Patch, PatchParams};
+
+    let _serial = SERIAL.lock().await;
+    let s = setup("pw", 4, &[]).await;
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    completed_backup(&s, "first", "").await;
+    let secret = password_secret_name("primary", &app_ns);
+    let secrets: Api<Secret> = Api::namespaced(s.client.clone(), &opns);
+    let good = secrets
+        .get(&secret)
+        .await
+        .expect("repository Secret")
+        .data
+        .expect("data")[PASSWORD_KEY]
+        .clone();
+    let set = |v: ByteString| {
+        let patch = serde_json::json!({"data": {PASSWORD_KEY: v}});
+        let secrets = secrets.clone();
+        let secret = secret.clone();
+        async move {
+            secrets
+                .patch(&secret, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("patch repository Secret");
+        }
+    };
+    set(ByteString(b"not-the-password".to_vec())).await;
+
+    env().apply_yaml(&opns, &backup_yaml("second", &app_ns, ""));
+    let api: Api<Backup> = Api::namespaced(s.client.clone(), &opns);
+    let stalled = wait_until(
+        "backup second to show Stalled with RepositoryPasswordWrong",
+        Duration::from_secs(30),
+        Some(&opns),
+        || async {
+            let b = api.get("second").await.ok()?;
+            let c = b
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Stalled")?;
+            (c.status == "True" && c.reason == "RepositoryPasswordWrong").then_some(c)
+        },
+    )
+    .await;
+    assert!(
+        stalled.message.contains(&app_ns) && stalled.message.contains(&secret),
+        "the message names the repository and the Secret to fix: {}",
+        stalled.message
+    );
+    let events = env().kubectl_ok([
+        "get",
+        "events",
+        "-n",
+        &opns,
+        "--field-selector",
+        "reason=RepositoryPasswordWrong,type=Warning",
+        "-o",
+        "name",
+    ]);
+    assert!(!events.trim().is_empty(), "a Warning Event was published");
+
+    set(good).await;
+    let b = wait_backup(&s.client, &opns, "second", Duration::from_secs(300)).await;
+    let st = b.status.expect("status");
+    assert_eq!(
+        st.phase,
+        Some(BackupPhase::Completed),
+        "{st:#?}\n{}",
+        s.op.logs()
+    );
+    assert!(
+        !st.conditions.iter().any(|c| c.type_ == "Stalled"),
+        "Stalled is gone once the Secret is fixed: {:#?}",
+        st.conditions
+    );
+    delete_all(&s.client, &opns).await;
 }

@@ -326,22 +326,7 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
     let store = open_store(&cmd.repo).await?;
     let json = cmd.json;
     match cmd.action {
-        MoverAction::Init => {
-            let repo = Repository::init(store.clone(), &password()?, KdfParams::default()).await?;
-            emit(
-                json,
-                "init",
-                serde_json::json!({"repository": store.describe(), "id": repo.config().id}),
-                || {
-                    format!(
-                        "created repository {} at {}",
-                        &repo.config().id[..8],
-                        store.describe()
-                    )
-                },
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        MoverAction::Init => run_init(store, json).await,
         MoverAction::Backup(a) => run_backup(store, a, json).await,
         MoverAction::Forget(a) => run_forget(store, a, json).await,
         MoverAction::Prune(a) => {
@@ -353,171 +338,193 @@ pub async fn run(cmd: MoverCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        MoverAction::Restore(a) => {
-            let repo = Repository::open(store, &password()?).await?;
-            let mut opts = RestoreOptions::default();
-            if let Some(t) = a.threads {
-                opts.threads = t.max(1);
-            }
-            let started = Instant::now();
-            let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-            opts.progress = Some(written.clone());
-            let reporter = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(2));
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let secs = started.elapsed().as_secs_f64();
-                    let bytes = written.load(std::sync::atomic::Ordering::Relaxed);
-                    emit_event(
-                        json,
-                        &RestoreEvent::Progress {
-                            bytes,
-                            seconds: secs,
-                        },
-                        || {
-                            format!(
-                                "[{secs:.0}s] {:.1} MiB written ({:.1} MiB/s)",
-                                mib(bytes),
-                                mib(bytes) / secs.max(0.001)
-                            )
-                        },
-                    );
-                }
-            });
-            let block = match a.target_kind {
-                Kind::Dir => false,
-                Kind::Block => true,
-                Kind::Auto => {
-                    use std::os::unix::fs::FileTypeExt;
-                    std::fs::metadata(&a.target).is_ok_and(|m| m.file_type().is_block_device())
-                        || matches!(
-                            repo.find_snapshot(&a.snapshot).await,
-                            Ok((_, s)) if s.tags.iter().any(|t| t == backup::BLOCK_TAG)
-                        )
-                }
-            };
-            let result = if block {
-                restore::restore_block(&repo, &a.snapshot, &a.target, opts).await
-            } else {
-                restore::restore(&repo, &a.snapshot, &a.target, opts).await
-            };
-            reporter.abort();
-            let s = match result {
-                Ok(s) => s,
-                Err(RepoError::SnapshotNotFound { spec }) => {
-                    emit_event(
-                        json,
-                        &RestoreEvent::NothingToDo {
-                            reason: format!("no snapshot matches {spec:?}"),
-                        },
-                        || format!("nothing to do: no snapshot matches {spec:?}"),
-                    );
-                    return Ok(ExitCode::from(EXIT_NOTHING_TO_DO));
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("restoring {} into {}", a.snapshot, a.target.display())
-                    });
-                }
-            };
+        MoverAction::Restore(a) => run_restore(store, a, json).await,
+        MoverAction::Check(a) => run_check(store, a, json).await,
+        MoverAction::Snapshots => run_snapshots(store, json).await,
+    }
+}
+
+async fn run_init(store: DynStore, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = Repository::init(store.clone(), &password()?, KdfParams::default()).await?;
+    emit(
+        json,
+        "init",
+        serde_json::json!({"repository": store.describe(), "id": repo.config().id}),
+        || {
+            format!(
+                "created repository {} at {}",
+                &repo.config().id[..8],
+                store.describe()
+            )
+        },
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_restore(store: DynStore, a: RestoreArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = Repository::open(store, &password()?).await?;
+    let mut opts = RestoreOptions::default();
+    if let Some(t) = a.threads {
+        opts.threads = t.max(1);
+    }
+    let started = Instant::now();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    opts.progress = Some(written.clone());
+    let reporter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
             let secs = started.elapsed().as_secs_f64();
+            let bytes = written.load(std::sync::atomic::Ordering::Relaxed);
             emit_event(
                 json,
-                &RestoreEvent::Summary {
-                    files: s.files,
-                    dirs: s.dirs,
-                    bytes: s.bytes,
+                &RestoreEvent::Progress {
+                    bytes,
                     seconds: secs,
-                    warnings: s.warnings.clone(),
                 },
                 || {
                     format!(
-                        "restored {} files, {} dirs, {:.1} MiB in {secs:.1} s ({} warnings)",
-                        s.files,
-                        s.dirs,
-                        mib(s.bytes),
-                        s.warnings.len()
+                        "[{secs:.0}s] {:.1} MiB written ({:.1} MiB/s)",
+                        mib(bytes),
+                        mib(bytes) / secs.max(0.001)
                     )
                 },
             );
-            Ok(if s.warnings.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_PARTIAL)
-            })
         }
-        MoverAction::Check(a) => {
-            let repo = Repository::open(store, &password()?).await?;
-            let r = check::check(
-                &repo,
-                CheckOptions {
-                    read_data: a.read_data,
-                },
-            )
-            .await?;
-            for w in &r.warnings {
-                emit(json, "warning", serde_json::json!({"message": w}), || {
-                    format!("warning: {w}")
-                });
-            }
-            for e in &r.errors {
-                emit(json, "error", serde_json::json!({"message": e}), || {
-                    format!("error: {e}")
-                });
-            }
-            emit(
+    });
+    let block = match a.target_kind {
+        Kind::Dir => false,
+        Kind::Block => true,
+        Kind::Auto => {
+            use std::os::unix::fs::FileTypeExt;
+            std::fs::metadata(&a.target).is_ok_and(|m| m.file_type().is_block_device())
+                || matches!(
+                    repo.find_snapshot(&a.snapshot).await,
+                    Ok((_, s)) if s.tags.iter().any(|t| t == backup::BLOCK_TAG)
+                )
+        }
+    };
+    let result = if block {
+        restore::restore_block(&repo, &a.snapshot, &a.target, opts).await
+    } else {
+        restore::restore(&repo, &a.snapshot, &a.target, opts).await
+    };
+    reporter.abort();
+    let s = match result {
+        Ok(s) => s,
+        Err(RepoError::SnapshotNotFound { spec }) => {
+            emit_event(
                 json,
-                "summary",
-                serde_json::json!({"ok": r.ok(), "errors": r.errors.len(), "warnings": r.warnings.len(), "packs": r.packs, "blobs": r.blobs, "snapshots": r.snapshots, "trees": r.trees}),
-                || {
-                    format!(
-                        "check: {} packs, {} blobs, {} snapshots, {} trees: {}",
-                        r.packs,
-                        r.blobs,
-                        r.snapshots,
-                        r.trees,
-                        if r.ok() {
-                            "no errors".to_string()
-                        } else {
-                            format!("{} errors", r.errors.len())
-                        }
-                    )
+                &RestoreEvent::NothingToDo {
+                    reason: format!("no snapshot matches {spec:?}"),
                 },
+                || format!("nothing to do: no snapshot matches {spec:?}"),
             );
-            Ok(if r.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            return Ok(ExitCode::from(EXIT_NOTHING_TO_DO));
         }
-        MoverAction::Snapshots => {
-            let repo = Repository::open(store, &password()?).await?;
-            let snaps = repo.snapshots().await?;
-            for (id, s) in &snaps {
-                emit(
-                    json,
-                    "snapshot",
-                    serde_json::json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time, "hostname": s.hostname, "paths": s.paths, "tags": s.tags, "tree": s.tree.to_hex(), "parent": s.parent.map(|p| p.to_hex())}),
-                    || {
-                        format!(
-                            "{}  {}  {}  {}  {}",
-                            id.short(),
-                            s.time,
-                            s.hostname,
-                            s.tags.join(","),
-                            s.paths.join(" ")
-                        )
-                    },
-                );
-            }
-            Ok(if snaps.is_empty() {
-                ExitCode::from(EXIT_NOTHING_TO_DO)
-            } else {
-                ExitCode::SUCCESS
-            })
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("restoring {} into {}", a.snapshot, a.target.display()));
         }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    emit_event(
+        json,
+        &RestoreEvent::Summary {
+            files: s.files,
+            dirs: s.dirs,
+            bytes: s.bytes,
+            seconds: secs,
+            warnings: s.warnings.clone(),
+        },
+        || {
+            format!(
+                "restored {} files, {} dirs, {:.1} MiB in {secs:.1} s ({} warnings)",
+                s.files,
+                s.dirs,
+                mib(s.bytes),
+                s.warnings.len()
+            )
+        },
+    );
+    Ok(if s.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+async fn run_check(store: DynStore, a: CheckArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = Repository::open(store, &password()?).await?;
+    let r = check::check(
+        &repo,
+        CheckOptions {
+            read_data: a.read_data,
+        },
+    )
+    .await?;
+    for w in &r.warnings {
+        emit(json, "warning", serde_json::json!({"message": w}), || {
+            format!("warning: {w}")
+        });
     }
+    for e in &r.errors {
+        emit(json, "error", serde_json::json!({"message": e}), || {
+            format!("error: {e}")
+        });
+    }
+    emit(
+        json,
+        "summary",
+        serde_json::json!({"ok": r.ok(), "errors": r.errors.len(), "warnings": r.warnings.len(), "packs": r.packs, "blobs": r.blobs, "snapshots": r.snapshots, "trees": r.trees}),
+        || {
+            format!(
+                "check: {} packs, {} blobs, {} snapshots, {} trees: {}",
+                r.packs,
+                r.blobs,
+                r.snapshots,
+                r.trees,
+                if r.ok() {
+                    "no errors".to_string()
+                } else {
+                    format!("{} errors", r.errors.len())
+                }
+            )
+        },
+    );
+    Ok(if r.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_snapshots(store: DynStore, json: bool) -> anyhow::Result<ExitCode> {
+    let repo = Repository::open(store, &password()?).await?;
+    let snaps = repo.snapshots().await?;
+    for (id, s) in &snaps {
+        emit(
+            json,
+            "snapshot",
+            serde_json::json!({"id": id.to_hex(), "short_id": id.short(), "time": s.time, "hostname": s.hostname, "paths": s.paths, "tags": s.tags, "tree": s.tree.to_hex(), "parent": s.parent.map(|p| p.to_hex())}),
+            || {
+                format!(
+                    "{}  {}  {}  {}  {}",
+                    id.short(),
+                    s.time,
+                    s.hostname,
+                    s.tags.join(","),
+                    s.paths.join(" ")
+                )
+            },
+        );
+    }
+    Ok(if snaps.is_empty() {
+        ExitCode::from(EXIT_NOTHING_TO_DO)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -568,29 +575,7 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
     };
     let stats = opts.stats.clone();
     let started = Instant::now();
-    let reporter = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let secs = started.elapsed().as_secs_f64();
-                emit_event(json, &BackupEvent::Progress(counters(&stats)), || {
-                    let read = BackupStats::get(&stats.bytes_read);
-                    format!(
-                        "[{secs:.0}s] {} files, {:.1} MiB read ({:.1} MiB/s), {:.1} MiB uploaded",
-                        BackupStats::get(&stats.files_new)
-                            + BackupStats::get(&stats.files_changed)
-                            + BackupStats::get(&stats.files_unmodified),
-                        mib(read),
-                        mib(read) / secs.max(0.001),
-                        mib(BackupStats::get(&stats.bytes_uploaded)),
-                    )
-                });
-            }
-        })
-    };
+    let reporter = spawn_backup_progress(stats.clone(), json, started);
     let result = if block {
         let name = match &a.image_name {
             Some(n) => n.clone(),
@@ -644,6 +629,34 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_PARTIAL)
+    })
+}
+
+/// Prints the backup's counters every 2 s until the returned task is aborted.
+fn spawn_backup_progress(
+    stats: Arc<BackupStats>,
+    json: bool,
+    started: Instant,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let secs = started.elapsed().as_secs_f64();
+            emit_event(json, &BackupEvent::Progress(counters(&stats)), || {
+                let read = BackupStats::get(&stats.bytes_read);
+                format!(
+                    "[{secs:.0}s] {} files, {:.1} MiB read ({:.1} MiB/s), {:.1} MiB uploaded",
+                    BackupStats::get(&stats.files_new)
+                        + BackupStats::get(&stats.files_changed)
+                        + BackupStats::get(&stats.files_unmodified),
+                    mib(read),
+                    mib(read) / secs.max(0.001),
+                    mib(BackupStats::get(&stats.bytes_uploaded)),
+                )
+            });
+        }
     })
 }
 
@@ -718,50 +731,7 @@ async fn run_prune(
 
 async fn run_forget(store: DynStore, a: ForgetArgs, json: bool) -> anyhow::Result<ExitCode> {
     let repo = Repository::open(store, &password()?).await?;
-    let within =
-        match &a.keep_within {
-            Some(w) => Some(KeepDuration::parse(w).with_context(|| {
-                format!("--keep-within {w:?}: expected a duration like 1y2m3d4h")
-            })?),
-            None => None,
-        };
-    let mut group_by = GroupBy {
-        host: false,
-        paths: false,
-        tags: false,
-    };
-    for g in a
-        .group_by
-        .split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-    {
-        match g {
-            "host" => group_by.host = true,
-            "paths" => group_by.paths = true,
-            "tags" => group_by.tags = true,
-            other => bail!("--group-by: unknown field {other:?} (host, paths, tags)"),
-        }
-    }
-    let policy = KeepPolicy {
-        last: a.keep_last,
-        hourly: a.keep_hourly,
-        daily: a.keep_daily,
-        weekly: a.keep_weekly,
-        monthly: a.keep_monthly,
-        yearly: a.keep_yearly,
-        within,
-        tags: a
-            .keep_tag
-            .iter()
-            .map(|l| {
-                l.split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            })
-            .collect(),
-    };
+    let (policy, group_by) = forget_policy(&a)?;
     if a.snapshots.is_empty() && policy.is_empty() {
         bail!("nothing to forget: give --snapshot ID or at least one --keep-* option");
     }
@@ -838,4 +808,53 @@ async fn run_forget(store: DynStore, a: ForgetArgs, json: bool) -> anyhow::Resul
     } else {
         ExitCode::from(EXIT_NOTHING_TO_DO)
     })
+}
+
+/// The keep policy and grouping of `holdfast mover forget`, from its flags.
+fn forget_policy(a: &ForgetArgs) -> anyhow::Result<(KeepPolicy, GroupBy)> {
+    let within =
+        match &a.keep_within {
+            Some(w) => Some(KeepDuration::parse(w).with_context(|| {
+                format!("--keep-within {w:?}: expected a duration like 1y2m3d4h")
+            })?),
+            None => None,
+        };
+    let mut group_by = GroupBy {
+        host: false,
+        paths: false,
+        tags: false,
+    };
+    for g in a
+        .group_by
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+    {
+        match g {
+            "host" => group_by.host = true,
+            "paths" => group_by.paths = true,
+            "tags" => group_by.tags = true,
+            other => bail!("--group-by: unknown field {other:?} (host, paths, tags)"),
+        }
+    }
+    let policy = KeepPolicy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|l| {
+                l.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            })
+            .collect(),
+    };
+    Ok((policy, group_by))
 }

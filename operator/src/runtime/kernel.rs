@@ -17,6 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::object::HasStatus;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -46,13 +47,50 @@ pub enum State {
     Ended,
 }
 
-/// A status the kernel can write: its summary and its conditions.
-pub trait Status: Clone + PartialEq + Default + Serialize + Send + Sync + 'static {
-    /// State, reason and message for the conditions.
-    fn summary(&self) -> (State, String, String);
+/// The standard fields of a status: its conditions and `observedGeneration`
+/// (implemented with [`standard_status!`](crate::standard_status)).
+pub trait StandardFields {
     fn conditions(&self) -> &[Condition];
     fn conditions_mut(&mut self) -> &mut Vec<Condition>;
     fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+/// Implements [`StandardFields`] for status types with fields `conditions` and
+/// `observed_generation`.
+#[macro_export]
+macro_rules! standard_status {
+    ($($t:ty),* $(,)?) => {$(
+        impl $crate::runtime::kernel::StandardFields for $t {
+            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut self.conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+        }
+    )*};
+}
+
+standard_status!(
+    holdfast_api::BackupStatus,
+    holdfast_api::RestoreStatus,
+    holdfast_api::TransferStatus,
+    holdfast_api::BackupStorageLocationStatus,
+);
+
+/// A status the kernel can write: its summary besides the standard fields.
+pub trait Status:
+    StandardFields + Clone + PartialEq + Default + Serialize + Send + Sync + 'static
+{
+    /// State, reason and message for the conditions.
+    fn summary(&self) -> (State, String, String);
+    /// A terminal status is never stepped again; [`Reconciler::finished`] runs instead.
+    fn is_terminal(&self) -> bool {
+        false
+    }
     /// The operator namespace that claimed the object (kinds shared by several operators).
     fn claimed_by(&self) -> Option<&str> {
         None
@@ -61,7 +99,9 @@ pub trait Status: Clone + PartialEq + Default + Serialize + Send + Sync + 'stati
 
 /// A controller: its kind, its status and its phase functions; the kernel does the rest.
 pub trait Reconciler: Send + Sync + Sized + 'static {
-    type Object: Object + Resource<Scope = kube::core::NamespaceResourceScope>;
+    type Object: Object
+        + Resource<Scope = kube::core::NamespaceResourceScope>
+        + HasStatus<Status = Self::Status>;
     type Status: Status;
     /// Kind, as in `apiVersion`/`kind` of the status patch.
     const KIND: &'static str;
@@ -73,13 +113,6 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
     const FINALIZER: Option<&'static str> = None;
     /// Whether objects may be in tenant namespaces shared by several operators.
     const SHARED: bool = false;
-
-    fn status(o: &Self::Object) -> Option<&Self::Status>;
-
-    /// A terminal status is never stepped again; [`Reconciler::finished`] runs instead.
-    fn is_terminal(_st: &Self::Status) -> bool {
-        false
-    }
 
     /// One pass of the state machine over `st` (the kernel writes `st` back).
     fn step(
@@ -178,7 +211,7 @@ async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action,
         return Ok(Action::await_change());
     };
     if R::SHARED {
-        let claimed = R::status(&o).and_then(|s| s.claimed_by());
+        let claimed = o.status().and_then(|s| s.claimed_by());
         if let Some(action) = scope::take_up(ctx, &api, &*o, claimed, R::MANAGER).await? {
             return Ok(action);
         }
@@ -198,8 +231,8 @@ async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action,
     {
         return Ok(Action::await_change());
     }
-    let old = R::status(&o).cloned().unwrap_or_default();
-    if R::is_terminal(&old) {
+    let old = o.status().cloned().unwrap_or_default();
+    if old.is_terminal() {
         return k.reconciler.finished(&o, ctx, &old).await;
     }
     let mut st = old.clone();
@@ -328,8 +361,10 @@ mod tests {
     struct S {
         state: Option<&'static str>,
         conditions: Vec<Condition>,
-        generation: Option<i64>,
+        observed_generation: Option<i64>,
     }
+
+    crate::standard_status!(S);
 
     impl Status for S {
         fn summary(&self) -> (State, String, String) {
@@ -340,15 +375,6 @@ mod tests {
                 _ => State::Progressing,
             };
             (state, self.state.unwrap_or("Pending").into(), String::new())
-        }
-        fn conditions(&self) -> &[Condition] {
-            &self.conditions
-        }
-        fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-            &mut self.conditions
-        }
-        fn set_observed_generation(&mut self, g: Option<i64>) {
-            self.generation = g;
         }
     }
 
@@ -370,7 +396,7 @@ mod tests {
     fn conditions_follow_the_state() {
         let mut s = S::default();
         finalize(&mut s, Some(3), None, t(1));
-        assert_eq!(s.generation, Some(3));
+        assert_eq!(s.observed_generation, Some(3));
         assert_eq!(
             types(&s),
             [

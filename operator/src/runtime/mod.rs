@@ -201,8 +201,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tokio::join!(
         location::run(ctx.clone(), stop()),
         backup::run(ctx.clone(), stop()),
-        transfer::upload::run(ctx.clone(), stop()),
-        transfer::download::run(ctx.clone(), stop()),
+        transfer::run(ctx.clone(), transfer::upload::Uploads, stop()),
+        transfer::run(ctx.clone(), transfer::download::Downloads, stop()),
         restore::run(ctx.clone(), stop()),
     );
 

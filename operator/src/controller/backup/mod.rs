@@ -20,7 +20,7 @@ use std::time::Duration;
 use holdfast_api::backup::{Backup, BackupPhase, BackupStatus};
 use holdfast_api::common::NamespacedName;
 use holdfast_api::transfer::DataUpload;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -88,14 +88,6 @@ impl Reconciler for Backups {
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
     const SHARED: bool = true;
 
-    fn status(b: &Backup) -> Option<&BackupStatus> {
-        b.status.as_ref()
-    }
-
-    fn is_terminal(st: &BackupStatus) -> bool {
-        st.phase.is_some_and(BackupPhase::is_terminal)
-    }
-
     async fn step(
         &self,
         b: &Backup,
@@ -130,14 +122,8 @@ impl Status for BackupStatus {
             _ => (State::Progressing, reason("InProgress".into()), message),
         }
     }
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, g: Option<i64>) {
-        self.observed_generation = g;
+    fn is_terminal(&self) -> bool {
+        self.phase.is_some_and(BackupPhase::is_terminal)
     }
     fn claimed_by(&self) -> Option<&str> {
         self.operator_namespace.as_deref()

@@ -10,7 +10,7 @@ use holdfast_api::location::{
     BackupStorageLocation, BackupStorageLocationSpec, BackupStorageLocationStatus, LocationPhase,
 };
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -87,10 +87,6 @@ impl Reconciler for Locations {
     const KIND: &'static str = "BackupStorageLocation";
     const METRIC: &'static str = "location";
     const MANAGER: &'static str = MANAGER;
-
-    fn status(o: &BackupStorageLocation) -> Option<&BackupStorageLocationStatus> {
-        o.status.as_ref()
-    }
 
     async fn step(
         &self,
@@ -169,15 +165,6 @@ impl Status for BackupStorageLocationStatus {
             ),
             _ => (State::Progressing, "Validating".into(), String::new()),
         }
-    }
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, g: Option<i64>) {
-        self.observed_generation = g;
     }
 }
 

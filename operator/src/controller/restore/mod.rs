@@ -20,7 +20,7 @@ use holdfast_api::common::NamespacedName;
 use holdfast_api::reasons::RestoreReason;
 use holdfast_api::restore::{Restore, RestorePhase, RestoreStatus};
 use holdfast_api::transfer::DataDownload;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
@@ -85,14 +85,6 @@ impl Reconciler for Restores {
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
     const SHARED: bool = true;
 
-    fn status(r: &Restore) -> Option<&RestoreStatus> {
-        r.status.as_ref()
-    }
-
-    fn is_terminal(st: &RestoreStatus) -> bool {
-        st.phase.is_some_and(RestorePhase::is_terminal)
-    }
-
     async fn step(
         &self,
         r: &Restore,
@@ -138,14 +130,8 @@ impl Status for RestoreStatus {
         let reason = self.reason.clone().unwrap_or_else(|| format!("{phase:?}"));
         (state, reason, self.message.clone().unwrap_or_default())
     }
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
-    }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, g: Option<i64>) {
-        self.observed_generation = g;
+    fn is_terminal(&self) -> bool {
+        self.phase.is_some_and(RestorePhase::is_terminal)
     }
     fn claimed_by(&self) -> Option<&str> {
         self.operator_namespace.as_deref()

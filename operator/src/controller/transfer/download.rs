@@ -4,7 +4,6 @@
 //! that fails or goes away takes its volume along unless a claim already holds it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_api::backup::TransferPhase;
@@ -17,8 +16,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use tracing::info;
 
 use super::{
@@ -26,21 +24,9 @@ use super::{
     labels_for, location, owner, placement, pod, take_slot,
 };
 use crate::mover::protocol::{self, RestoreEvent};
-use crate::runtime::kernel::{self, Reconciler};
+use crate::runtime::kernel::Reconciler;
 use crate::runtime::kube_ext::{create_or_adopt, delete, delete_if_present, merge_patch};
 use crate::runtime::{Context, Error};
-
-/// Runs the DataDownload controller until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<DataDownload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let controller = Controller::new(api, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(TRANSFER_LABEL));
-    kernel::run(ctx, Downloads, controller, shutdown).await;
-}
 
 /// The DataDownload controller's phase functions.
 pub struct Downloads;
@@ -52,14 +38,6 @@ impl Reconciler for Downloads {
     const METRIC: &'static str = "datadownload";
     const MANAGER: &'static str = MANAGER;
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
-
-    fn status(o: &DataDownload) -> Option<&TransferStatus> {
-        o.status.as_ref()
-    }
-
-    fn is_terminal(st: &TransferStatus) -> bool {
-        st.phase.is_terminal()
-    }
 
     async fn step(
         &self,

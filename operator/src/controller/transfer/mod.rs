@@ -18,6 +18,7 @@ pub mod pod;
 pub mod upload;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_api::backup::TransferPhase;
@@ -25,13 +26,14 @@ use holdfast_api::location::BackupStorageLocation;
 use holdfast_api::reasons::{LocationReason, TransferReason};
 use holdfast_api::transfer::{DataDownload, DataUpload, TransferStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use crate::runtime::kernel::{State, Status};
+use crate::runtime::kernel::{self, Reconciler, State, Status};
 use crate::runtime::kube_ext::delete;
 use crate::runtime::{Context, Error};
 use crate::storage;
@@ -62,15 +64,22 @@ impl Status for TransferStatus {
             .unwrap_or_else(|| format!("{:?}", self.phase));
         (state, reason, self.message.clone().unwrap_or_default())
     }
-    fn conditions(&self) -> &[Condition] {
-        &self.conditions
+    fn is_terminal(&self) -> bool {
+        self.phase.is_terminal()
     }
-    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
-        &mut self.conditions
-    }
-    fn set_observed_generation(&mut self, g: Option<i64>) {
-        self.observed_generation = g;
-    }
+}
+
+/// Runs a transfer controller: its kind and the mover pods it owns, until `shutdown`.
+pub async fn run<R: Reconciler>(
+    ctx: Arc<Context>,
+    reconciler: R,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<R::Object> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let controller = Controller::new(api, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(TRANSFER_LABEL));
+    kernel::run(ctx, reconciler, controller, shutdown).await;
 }
 
 fn owner<K: Resource<DynamicType = ()>>(o: &K) -> OwnerReference {

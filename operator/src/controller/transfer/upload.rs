@@ -2,7 +2,6 @@
 //! places and starts the mover pod, follows its progress, records its result, and removes
 //! everything temporary.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_api::backup::TransferPhase;
@@ -12,31 +11,18 @@ use holdfast_api::transfer::{DataUpload, TransferStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
 use tracing::info;
 
 use super::{
-    FINALIZER, MANAGER, POLL, TRANSFER_LABEL, expose, finish, labels_for, live, location, owner,
-    placement, pod, take_slot,
+    FINALIZER, MANAGER, POLL, expose, finish, labels_for, live, location, owner, placement, pod,
+    take_slot,
 };
 use crate::mover::protocol::{self, BackupCounters, BackupEvent};
 use crate::runtime::error::Refusal;
-use crate::runtime::kernel::{self, Reconciler};
+use crate::runtime::kernel::Reconciler;
 use crate::runtime::kube_ext::is_conflict;
 use crate::runtime::{Context, Error};
-
-/// Runs the DataUpload controller until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let controller = Controller::new(api, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(TRANSFER_LABEL));
-    kernel::run(ctx, Uploads, controller, shutdown).await;
-}
 
 /// The DataUpload controller's phase functions.
 pub struct Uploads;
@@ -48,14 +34,6 @@ impl Reconciler for Uploads {
     const METRIC: &'static str = "dataupload";
     const MANAGER: &'static str = MANAGER;
     const FINALIZER: Option<&'static str> = Some(FINALIZER);
-
-    fn status(o: &DataUpload) -> Option<&TransferStatus> {
-        o.status.as_ref()
-    }
-
-    fn is_terminal(st: &TransferStatus) -> bool {
-        st.phase.is_terminal()
-    }
 
     async fn step(
         &self,
