@@ -1,6 +1,7 @@
 //! The operator process and what every controller shares: waiting for the CRDs, leader
 //! election, telemetry, the reconcile kernel and its Kubernetes helpers. Talks to the cluster.
 
+pub mod cache;
 pub mod conditions;
 pub mod error;
 pub mod kernel;
@@ -44,6 +45,8 @@ pub struct Context {
     /// Namespaces (besides its own) whose Backups and Restores this operator handles; empty:
     /// every namespace that is not another operator's.
     pub watch_namespaces: Vec<String>,
+    /// Watched caches of transfers, mover pods and nodes.
+    pub caches: cache::Caches,
 }
 
 impl Context {
@@ -193,7 +196,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         max_movers: args.max_movers.max(1),
         max_movers_per_node: args.max_movers_per_node,
         watch_namespaces: scope::parse_watch(&args.watch_namespaces),
+        caches: cache::Caches::start(&client, &args.namespace).await,
     });
+    let admission = Arc::new(transfer::admission::Admission::default());
     let stop = || {
         let s = shutdown.clone();
         async move { s.cancelled().await }
@@ -201,8 +206,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tokio::join!(
         location::run(ctx.clone(), stop()),
         backup::run(ctx.clone(), stop()),
-        transfer::run(ctx.clone(), transfer::upload::Uploads, stop()),
-        transfer::run(ctx.clone(), transfer::download::Downloads, stop()),
+        transfer::run(
+            ctx.clone(),
+            transfer::upload::Uploads {
+                admission: admission.clone()
+            },
+            stop()
+        ),
+        transfer::run(
+            ctx.clone(),
+            transfer::download::Downloads { admission },
+            stop()
+        ),
         restore::run(ctx.clone(), stop()),
     );
 

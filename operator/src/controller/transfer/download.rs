@@ -4,6 +4,7 @@
 //! that fails or goes away takes its volume along unless a claim already holds it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_api::backup::TransferPhase;
@@ -19,9 +20,10 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
 use kube::runtime::controller::Action;
 use tracing::info;
 
+use super::admission::{self, Admission};
 use super::{
     FINALIZER, MANAGER, POLL, RECLAIM_ANNOTATION, TRANSFER_LABEL, delete_mover_pod, finish,
-    labels_for, location, owner, placement, pod, take_slot,
+    labels_for, location, owner, placement, pod,
 };
 use crate::mover::protocol::{self, RestoreEvent};
 use crate::runtime::kernel::Reconciler;
@@ -29,7 +31,9 @@ use crate::runtime::kube_ext::{create_or_adopt, delete, delete_if_present, merge
 use crate::runtime::{Context, Error};
 
 /// The DataDownload controller's phase functions.
-pub struct Downloads;
+pub struct Downloads {
+    pub admission: Arc<Admission>,
+}
 
 impl Reconciler for Downloads {
     type Object = DataDownload;
@@ -55,8 +59,11 @@ impl Reconciler for Downloads {
             ));
         }
         match st.phase {
-            TransferPhase::Pending => take_slot(ctx, st).await,
-            TransferPhase::Preparing => prepare(dd, ctx, st).await,
+            TransferPhase::Pending => Ok(self
+                .admission
+                .take_slot(ctx, &admission::key(Self::KIND, &dd.name_any()), st)
+                .await),
+            TransferPhase::Preparing => prepare(dd, ctx, &self.admission, st).await,
             TransferPhase::InProgress => match st.volume.clone() {
                 Some(pv) => hand_over(dd, ctx, st, &pv).await,
                 None => follow(dd, ctx, st).await,
@@ -90,6 +97,7 @@ impl Reconciler for Downloads {
 async fn prepare(
     dd: &DataDownload,
     ctx: &Context,
+    admission: &Admission,
     st: &mut TransferStatus,
 ) -> Result<Action, Error> {
     let name = dd.name_any();
@@ -101,7 +109,7 @@ async fn prepare(
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let pvc = temporary_claim(dd, &ctx.namespace, labels.clone());
     create_or_adopt(&pvcs, &pvc, "create temporary PersistentVolumeClaim").await?;
-    let place = placement::decide(ctx, None, &name).await?;
+    let place = admission.place(ctx, None, &name).await;
     if let placement::Placement::Wait(why) = place {
         st.reason = Some(TransferReason::WaitingForNodeSlot.into());
         st.message = Some(why);

@@ -10,6 +10,7 @@
 //!
 //! Progress and results come from the mover's protocol events (pod logs, `mover::protocol`).
 
+pub mod admission;
 pub mod download;
 pub mod expose;
 pub mod live;
@@ -24,11 +25,11 @@ use std::time::Duration;
 use holdfast_api::backup::TransferPhase;
 use holdfast_api::location::BackupStorageLocation;
 use holdfast_api::reasons::{LocationReason, TransferReason};
-use holdfast_api::transfer::{DataDownload, DataUpload, TransferStatus};
+use holdfast_api::transfer::TransferStatus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -106,38 +107,7 @@ fn holds_slot(phase: TransferPhase) -> bool {
     matches!(phase, TransferPhase::Preparing | TransferPhase::InProgress)
 }
 
-/// Transfers currently holding a mover slot.
-async fn active_movers(ctx: &Context) -> Result<usize, Error> {
-    let ups: Api<DataUpload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let downs: Api<DataDownload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let lp = ListParams::default();
-    let busy = |s: Option<&TransferStatus>| s.is_some_and(|s| holds_slot(s.phase));
-    let a = ups
-        .list(&lp)
-        .await
-        .map_err(Error::kube("list DataUploads"))?
-        .items
-        .iter()
-        .filter(|d| busy(d.status.as_ref()))
-        .count();
-    let b = downs
-        .list(&lp)
-        .await
-        .map_err(Error::kube("list DataDownloads"))?
-        .items
-        .iter()
-        .filter(|d| busy(d.status.as_ref()))
-        .count();
-    Ok(a + b)
-}
-
-/// Pending → Preparing once fewer than `--max-movers` transfers hold a mover slot.
-async fn take_slot(ctx: &Context, st: &mut TransferStatus) -> Result<Action, Error> {
-    let active = active_movers(ctx).await?;
-    Ok(slot_decision(st, active, ctx.max_movers, Timestamp::now()))
-}
-
-/// See [`take_slot`]. Pure.
+/// Pending → Preparing when `active` transfers hold a mover slot, fewer than `max`. Pure.
 fn slot_decision(st: &mut TransferStatus, active: usize, max: usize, now: Timestamp) -> Action {
     if active >= max {
         st.reason = Some(TransferReason::WaitingForSlot.into());

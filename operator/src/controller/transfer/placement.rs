@@ -2,7 +2,8 @@
 //!
 //! The scheduler places mover pods; the operator only narrows where they may go. Before a
 //! mover pod is created, the operator counts the mover pods (label `holdfast.dev/transfer`, all
-//! namespaces, not finished) on each node. Nodes at the limit are excluded through a required
+//! namespaces, not finished) on each node, from the watched cache plus the pods it placed
+//! that the cache does not show yet (`admission.rs`). Nodes at the limit are excluded through a required
 //! node affinity (`metadata.name NotIn [...]`); a pod that must run on one node (a live copy
 //! next to the pod that mounts its claim) waits while that node is full. While a mover pod is
 //! still unscheduled its node is unknown, so no other unpinned pod is placed until it is: this
@@ -16,10 +17,9 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
 };
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
-use super::TRANSFER_LABEL;
-use crate::runtime::{Context, Error};
+use crate::runtime::Error;
 
 /// An unscheduled mover pod older than this no longer holds back the placement of others.
 pub const STUCK_UNSCHEDULED: Duration = Duration::from_secs(120);
@@ -170,17 +170,9 @@ pub async fn delete_if_stuck(pods: &Api<Pod>, p: &Pod) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Mover pods of every namespace that have not finished.
-pub async fn active_movers(ctx: &Context) -> Result<Vec<ActiveMover>, Error> {
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
-    let list = pods
-        .list(&ListParams::default().labels(TRANSFER_LABEL))
-        .await
-        .map_err(Error::kube("list mover Pods"))?;
-    let now = Timestamp::now();
-    Ok(list
-        .items
-        .into_iter()
+/// The mover pods that have not finished, from the watched pods. Pure.
+pub fn active_movers(pods: &[std::sync::Arc<Pod>], now: Timestamp) -> Vec<ActiveMover> {
+    pods.iter()
         .filter(|p| {
             let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
             !matches!(phase, Some("Succeeded") | Some("Failed"))
@@ -198,18 +190,13 @@ pub async fn active_movers(ctx: &Context) -> Result<Vec<ActiveMover>, Error> {
                 fresh: age < STUCK_UNSCHEDULED,
             }
         })
-        .collect())
+        .collect()
 }
 
-/// Names of the nodes that take new pods (Ready and not cordoned).
-pub async fn schedulable_nodes(ctx: &Context) -> Result<Vec<String>, Error> {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    Ok(nodes
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::kube("list Nodes"))?
-        .items
-        .into_iter()
+/// Names of the nodes that take new pods (Ready and not cordoned). Pure.
+pub fn schedulable_nodes(nodes: &[std::sync::Arc<Node>]) -> Vec<String> {
+    nodes
+        .iter()
         .filter(|n| {
             !n.spec
                 .as_ref()
@@ -222,18 +209,8 @@ pub async fn schedulable_nodes(ctx: &Context) -> Result<Vec<String>, Error> {
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
-        .filter_map(|n| n.metadata.name)
-        .collect())
-}
-
-/// Where a new mover pod named `own` may run, under the operator's per-node limit.
-pub async fn decide(ctx: &Context, pinned: Option<&str>, own: &str) -> Result<Placement, Error> {
-    if ctx.max_movers_per_node == 0 {
-        return Ok(place(0, &[], &[], pinned, own));
-    }
-    let active = active_movers(ctx).await?;
-    let nodes = schedulable_nodes(ctx).await?;
-    Ok(place(ctx.max_movers_per_node, &active, &nodes, pinned, own))
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

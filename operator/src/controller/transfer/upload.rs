@@ -2,6 +2,7 @@
 //! places and starts the mover pod, follows its progress, records its result, and removes
 //! everything temporary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_api::backup::TransferPhase;
@@ -14,9 +15,9 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use tracing::info;
 
+use super::admission::{self, Admission};
 use super::{
     FINALIZER, MANAGER, POLL, expose, finish, labels_for, live, location, owner, placement, pod,
-    take_slot,
 };
 use crate::mover::protocol::{self, BackupCounters, BackupEvent};
 use crate::runtime::error::Refusal;
@@ -25,7 +26,9 @@ use crate::runtime::kube_ext::is_conflict;
 use crate::runtime::{Context, Error};
 
 /// The DataUpload controller's phase functions.
-pub struct Uploads;
+pub struct Uploads {
+    pub admission: Arc<Admission>,
+}
 
 impl Reconciler for Uploads {
     type Object = DataUpload;
@@ -51,8 +54,11 @@ impl Reconciler for Uploads {
             ));
         }
         match st.phase {
-            TransferPhase::Pending => take_slot(ctx, st).await,
-            TransferPhase::Preparing => prepare(du, ctx, st).await,
+            TransferPhase::Pending => Ok(self
+                .admission
+                .take_slot(ctx, &admission::key(Self::KIND, &du.name_any()), st)
+                .await),
+            TransferPhase::Preparing => prepare(du, ctx, &self.admission, st).await,
             TransferPhase::InProgress => follow(du, ctx, st).await,
             _ => Ok(Action::await_change()),
         }
@@ -77,7 +83,12 @@ impl Reconciler for Uploads {
 }
 
 /// Preparing: exposes the data, then places and creates the mover pod.
-async fn prepare(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Result<Action, Error> {
+async fn prepare(
+    du: &DataUpload,
+    ctx: &Context,
+    admission: &Admission,
+    st: &mut TransferStatus,
+) -> Result<Action, Error> {
     let name = du.name_any();
     let bsl = match location(ctx, &du.spec.storage_location, st).await? {
         Ok(bsl) => bsl,
@@ -97,7 +108,7 @@ async fn prepare(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Res
         Ok(None) => return Ok(Action::requeue(POLL)),
         Err(r) => return Ok(refuse(st, r)),
     };
-    let place = placement::decide(ctx, pinned.as_deref(), &name).await?;
+    let place = admission.place(ctx, pinned.as_deref(), &name).await;
     if let placement::Placement::Wait(why) = place {
         st.reason = Some(TransferReason::WaitingForNodeSlot.into());
         st.message = Some(why);
