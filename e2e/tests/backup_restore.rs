@@ -16,8 +16,33 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-/// The scenarios each run an operator that watches the whole cluster: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Scenarios that run an operator watching only its own namespaces run together; those that
+/// watch the whole cluster, or count every mover pod, run alone.
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// How a scenario shares the testbed.
+#[derive(Clone, Copy, PartialEq)]
+enum Share {
+    /// Alongside other `Together` scenarios: its operator watches only its own namespace and
+    /// its application namespace, and has no per-node mover limit (other scenarios' mover pods
+    /// would count against it).
+    Together,
+    /// With nothing else running.
+    Alone,
+}
+
+/// A scenario's turn on the testbed, held while it runs.
+enum Turn {
+    Together(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+async fn turn(share: Share) -> Turn {
+    match share {
+        Share::Together => Turn::Together(TURNS.read().await),
+        Share::Alone => Turn::Alone(TURNS.write().await),
+    }
+}
 
 async fn wait_backup(client: &Client, ns: &str, name: &str, timeout: Duration) -> Backup {
     let api: Api<Backup> = Api::namespaced(client.clone(), ns);
@@ -62,7 +87,7 @@ async fn wait_restore(client: &Client, ns: &str, name: &str) -> Restore {
     .await
 }
 
-/// Nothing temporary is left in the operator namespace or the cluster.
+/// Nothing temporary of this operator's transfers is left in its namespace or the cluster.
 async fn assert_no_leftovers(client: &Client, opns: &str) {
     let lp = ListParams::default().labels(TRANSFER_LABEL);
     wait_until(
@@ -73,17 +98,20 @@ async fn assert_no_leftovers(client: &Client, opns: &str) {
             let pods: Api<Pod> = Api::namespaced(client.clone(), opns);
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), opns);
             let vs = env().kubectl_ok(["get", "volumesnapshots", "-n", opns, "-o", "name"]);
+            // Exposed snapshot contents of this operator's transfers (their snapshot lives in
+            // the operator namespace; other scenarios may be running).
             let vsc = env().kubectl_ok([
                 "get",
                 "volumesnapshotcontents",
                 "-l",
                 TRANSFER_LABEL,
                 "-o",
-                "name",
+                "jsonpath={range .items[*]}{.spec.volumeSnapshotRef.namespace}{\"\\n\"}{end}",
             ]);
+            let vsc: Vec<&str> = vsc.lines().filter(|n| *n == opns).collect();
             let p = pods.list(&lp).await.ok()?.items.len();
             let c = pvcs.list(&lp).await.ok()?.items.len();
-            (p == 0 && c == 0 && vs.trim().is_empty() && vsc.trim().is_empty()).then_some(())
+            (p == 0 && c == 0 && vs.trim().is_empty() && vsc.is_empty()).then_some(())
         },
     )
     .await;
@@ -162,35 +190,13 @@ async fn repo_password(client: &Client, opns: &str, app_ns: &str) -> String {
     String::from_utf8(s.data.as_ref().expect("data")["password"].0.clone()).expect("utf8")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
-    let _serial = SERIAL.lock().await;
-    ensure_crds();
+    let s = setup("br", 48, &[], Share::Together).await;
     let e = env();
-    let client = e.client().await;
-    let opns = TestNamespace::new(&client, "br-op").await;
-    let app_ns = TestNamespace::new(&client, "br-app").await;
-    let bucket = format!("hf-br-{}", holdfast_e2e::random_suffix());
-    app::make_bucket(&bucket).await;
-    let op = Operator::start(&opns.name, "br-0", &[]);
-    op.wait_ready().await;
-    e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
-    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(48));
-    for w in WORKLOADS {
-        app::wait_seeded(&app_ns.name, w).await;
-    }
-    let before: Vec<String> = WORKLOADS
-        .iter()
-        .map(|w| app::volume_checksums(&app_ns.name, w))
-        .collect();
-    holdfast_e2e::wait_location(
-        &client,
-        &opns.name,
-        "primary",
-        holdfast_api::location::LocationPhase::Available,
-        None,
-    )
-    .await;
+    let (client, op, bucket) = (&s.client, &s.op, &s.bucket);
+    let (opns, app_ns) = (&s.opns, &s.app_ns);
+    let before = checksums(&app_ns.name);
 
     // Backup, watching progress while it runs.
     e.apply_yaml(&opns.name, &backup_yaml("full", &app_ns.name, ""));
@@ -236,17 +242,17 @@ async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
     let p = st.progress.as_ref().expect("progress");
     assert_eq!(p.volumes, "2/2");
     assert_eq!(p.display, "100%");
-    assert_no_leftovers(&client, &opns.name).await;
+    assert_no_leftovers(client, &opns.name).await;
 
     // The stock restic CLI reads the repository.
-    let password = repo_password(&client, &opns.name, &app_ns.name).await;
-    let snaps = app::restic_snapshots(&bucket, &app_ns.name, &password);
+    let password = repo_password(client, &opns.name, &app_ns.name).await;
+    let snaps = app::restic_snapshots(bucket, &app_ns.name, &password);
     assert_eq!(snaps.as_array().map(Vec::len), Some(2), "{snaps}");
 
     // The namespace goes; the restore brings everything back.
-    app_ns.delete_and_wait(&client).await;
+    app_ns.delete_and_wait(client).await;
     e.apply_yaml(&opns.name, "apiVersion: holdfast.dev/v1alpha1\nkind: Restore\nmetadata: {name: back}\nspec:\n  source: {backup: full}\n");
-    let r = wait_restore(&client, &opns.name, "back").await;
+    let r = wait_restore(client, &opns.name, "back").await;
     let rst = r.status.clone().expect("status");
     assert_eq!(
         rst.phase,
@@ -294,8 +300,8 @@ async fn namespace_backed_up_deleted_and_restored_byte_for_byte() {
             "{w} data differs after restore"
         );
     }
-    assert_no_leftovers(&client, &opns.name).await;
-    delete_all(&client, &opns.name).await;
+    assert_no_leftovers(client, &opns.name).await;
+    delete_all(client, &opns.name).await;
 }
 
 /// An operator namespace with a location on a fresh bucket, an application namespace with the
@@ -306,9 +312,13 @@ struct Setup {
     app_ns: TestNamespace,
     bucket: String,
     op: Operator,
+    /// The arguments the operator was started with (for restarts).
+    args: Vec<String>,
+    _turn: Turn,
 }
 
-async fn setup(prefix: &str, mib: u32, operator_args: &[&str]) -> Setup {
+async fn setup(prefix: &str, mib: u32, operator_args: &[&str], share: Share) -> Setup {
+    let turn = turn(share).await;
     ensure_crds();
     let e = env();
     let client = e.client().await;
@@ -316,7 +326,15 @@ async fn setup(prefix: &str, mib: u32, operator_args: &[&str]) -> Setup {
     let app_ns = TestNamespace::new(&client, &format!("{prefix}-app")).await;
     let bucket = format!("hf-{prefix}-{}", holdfast_e2e::random_suffix());
     app::make_bucket(&bucket).await;
-    let op = Operator::start(&opns.name, &format!("{prefix}-0"), operator_args);
+    let mut args: Vec<String> = operator_args.iter().map(|a| a.to_string()).collect();
+    if share == Share::Together {
+        args.extend([
+            format!("--watch-namespaces={}", app_ns.name),
+            "--max-movers-per-node=0".to_string(),
+        ]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let op = Operator::start(&opns.name, &format!("{prefix}-0"), &refs);
     op.wait_ready().await;
     e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
     e.apply_yaml(&app_ns.name, &app::sample_app_yaml(mib));
@@ -337,7 +355,40 @@ async fn setup(prefix: &str, mib: u32, operator_args: &[&str]) -> Setup {
         app_ns,
         bucket,
         op,
+        args,
+        _turn: turn,
     }
+}
+
+impl Setup {
+    /// Kills the operator and starts another one with the same arguments.
+    async fn restart_operator(&mut self, identity: &str) {
+        self.op.kill();
+        let refs: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.op = Operator::start(&self.opns.name, identity, &refs);
+        self.op.wait_ready().await;
+    }
+}
+
+/// The live application (a claim on a local volume of the first node, class `manual` that no
+/// snapshot class serves) in the setup's application namespace: its PV and host directory.
+fn deploy_live_app(s: &Setup, name: &str, mib: u32) -> (String, std::path::PathBuf) {
+    let e = env();
+    let app_ns = &s.app_ns.name;
+    let dir = std::env::temp_dir().join(format!("hf-{name}-{app_ns}"));
+    std::fs::create_dir_all(&dir).expect("host directory of the live volume");
+    let pv = format!("{app_ns}-{name}");
+    e.apply_yaml(
+        app_ns,
+        &app::live_app_yaml(&pv, &dir.display().to_string(), &e.node, mib),
+    );
+    (pv, dir)
+}
+
+/// Removes a volume made by [`deploy_live_app`] (its claim must be gone or going).
+fn remove_volume(pv: &str, dir: &std::path::Path) {
+    env().kubectl_ok(["delete", "pv", pv, "--wait=true", "--ignore-not-found"]);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn restore_yaml(name: &str, spec: &str) -> String {
@@ -401,8 +452,7 @@ async fn bucket_keys(s: &Setup, prefix: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_mapping_in_place_and_deletion_policies() {
-    let _serial = SERIAL.lock().await;
-    let s = setup("inc", 48, &[]).await;
+    let s = setup("inc", 48, &[], Share::Together).await;
     let e = env();
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     let b1 = completed_backup(&s, "b1", "").await;
@@ -584,10 +634,12 @@ async fn incremental_mapping_in_place_and_deletion_policies() {
     drop(mapped);
 }
 
+/// A Backup cancelled while its movers upload ends Cancelled and leaves nothing: no pods,
+/// claims, snapshots, DataUploads or bucket objects; its mover pods carried the resources it
+/// asked for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_leaves_nothing_and_operator_restarts_resume() {
-    let _serial = SERIAL.lock().await;
-    let mut s = setup("cxl", 160, &["--leader-elect=false"]).await;
+async fn cancel_leaves_nothing() {
+    let s = setup("cxl", 160, &[], Share::Together).await;
     let e = env();
     let opns = s.opns.name.clone();
     let uploads: Api<holdfast_api::DataUpload> = Api::namespaced(s.client.clone(), &opns);
@@ -663,6 +715,31 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
         none_listed(&uploads).await,
         "DataUploads of the cancelled backup are gone"
     );
+    delete_all(&s.client, &opns).await;
+}
+
+/// The operator is killed at three points of a backup (just started, snapshotting or
+/// copying, a mover uploading); each time the next one finishes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_during_a_backup_resumes_it() {
+    let mut s = setup("rs", 160, &["--leader-elect=false"], Share::Together).await;
+    let e = env();
+    let opns = s.opns.name.clone();
+    let uploads: Api<holdfast_api::DataUpload> = Api::namespaced(s.client.clone(), &opns);
+    let in_progress = || async {
+        uploads
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == holdfast_api::backup::TransferPhase::InProgress)
+            })
+            .map(|_| ())
+    };
 
     // The operator dies at three points of a backup; each time a new one finishes the job.
     e.apply_yaml(&opns, &backup_yaml("survivor", &s.app_ns.name, ""));
@@ -715,9 +792,7 @@ async fn cancel_leaves_nothing_and_operator_restarts_resume() {
                 .is_some_and(|p| p.is_terminal()),
             "the backup finished before the operator could be killed {what}"
         );
-        s.op.kill();
-        s.op = Operator::start(&opns, &format!("cxl-{}", i + 1), &["--leader-elect=false"]);
-        s.op.wait_ready().await;
+        s.restart_operator(&format!("rs-{}", i + 1)).await;
     }
     let b = wait_backup(&s.client, &opns, "survivor", Duration::from_secs(300)).await;
     let st = b.status.clone().expect("status");
@@ -820,36 +895,15 @@ fn watch_movers(
     (task, seen)
 }
 
-/// A volume without a snapshot class is copied live by a mover pod in its own namespace
-/// (administrators only), and restored onto another class. With a second node and
-/// `--max-movers-per-node 1`, the three mover pods of the backup use both nodes, never two on
-/// one, and the third waits for a free node.
+/// A tenant's Backup may not copy a volume live (that would put the location's credentials in
+/// reach) nor back up a hostPath volume (nothing records which node holds its data), and a
+/// group snapshot it asks for is reported as not done rather than ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_copy_and_per_node_mover_limit() {
-    let _serial = SERIAL.lock().await;
-    let s = setup("live", 16, &["--max-movers-per-node", "1"]).await;
+async fn tenant_backup_refuses_live_copy_and_host_path_and_warns_of_group_snapshots() {
+    let s = setup("tnt", 1, &[], Share::Together).await;
     let e = env();
-    // The application runs on the first node; a second one takes mover pods.
-    let tb = holdfast_e2e::repo_root().join("e2e/testbed");
-    let out = std::process::Command::new(&tb)
-        .args(["add-node", "holdfast-node-2"])
-        .output()
-        .expect("run e2e/testbed add-node");
-    assert!(
-        out.status.success(),
-        "e2e/testbed add-node: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
-    let dir = std::env::temp_dir().join(format!("hf-live-{app_ns}"));
-    std::fs::create_dir_all(&dir).expect("host directory of the live volume");
-    let pv = format!("{app_ns}-live");
-    e.apply_yaml(
-        &app_ns,
-        &app::live_app_yaml(&pv, &dir.display().to_string(), &e.node, 64),
-    );
-    // A hostPath volume is refused, whatever the policy: nothing records which node's
-    // directory holds its data.
+    let app_ns = s.app_ns.name.clone();
+    let (pv, dir) = deploy_live_app(&s, "live", 1);
     let host_pv = format!("{app_ns}-host");
     let host_dir = std::env::temp_dir().join(format!("hf-live-{app_ns}-host"));
     e.apply_yaml(
@@ -857,10 +911,6 @@ async fn live_copy_and_per_node_mover_limit() {
         &app::host_path_claim_yaml(&host_pv, &host_dir.display().to_string()),
     );
     app::wait_seeded(&app_ns, "deploy/live").await;
-    let live_before = app::volume_checksums(&app_ns, "deploy/live");
-    let before = checksums(&app_ns);
-
-    // A tenant may not ask for a live copy: it would put the location's credentials in reach.
     e.apply_yaml(
         &app_ns,
         &backup_yaml(
@@ -906,6 +956,37 @@ async fn live_copy_and_per_node_mover_limit() {
         events.lines().any(|l| l == "GroupSnapshotNotSupported"),
         "events: {events}"
     );
+
+    e.kubectl_ok(["delete", "deploy", "live", "-n", &app_ns, "--wait=true"]);
+    e.kubectl_ok(["delete", "pvc", "live-data", "-n", &app_ns, "--wait=true"]);
+    remove_volume(&pv, &dir);
+    delete_all(&s.client, &app_ns).await;
+}
+
+/// A volume without a snapshot class is copied live by a mover pod in its own namespace
+/// (administrators only), and restored onto another class. With a second node and
+/// `--max-movers-per-node 1`, the three mover pods of the backup use both nodes, never two on
+/// one, and the third waits for a free node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_copy_and_per_node_mover_limit() {
+    let s = setup("live", 16, &["--max-movers-per-node", "1"], Share::Alone).await;
+    let e = env();
+    // The application runs on the first node; a second one takes mover pods.
+    let tb = holdfast_e2e::repo_root().join("e2e/testbed");
+    let out = std::process::Command::new(&tb)
+        .args(["add-node", "holdfast-node-2"])
+        .output()
+        .expect("run e2e/testbed add-node");
+    assert!(
+        out.status.success(),
+        "e2e/testbed add-node: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    let (pv, dir) = deploy_live_app(&s, "live", 64);
+    app::wait_seeded(&app_ns, "deploy/live").await;
+    let live_before = app::volume_checksums(&app_ns, "deploy/live");
+    let before = checksums(&app_ns);
 
     // The administrator's backup: snapshots for two claims, a live copy for the third.
     let (watch, seen) = watch_movers(&s.client);
@@ -976,8 +1057,71 @@ async fn live_copy_and_per_node_mover_limit() {
     assert_no_live_leftovers(&s.client, &app_ns).await;
     assert_no_leftovers(&s.client, &opns).await;
 
-    // A download whose volume was handed over but never claimed (its restore was cancelled or
-    // deleted in between) takes the volume along when it goes.
+    // The namespace and the volume go; the restore puts the live-copied claim on `standard`.
+    s.app_ns.delete_and_wait(&s.client).await;
+    remove_volume(&pv, &dir);
+    e.apply_yaml(
+        &opns,
+        &restore_yaml(
+            "live",
+            "  source: {backup: live}\n  storageClassMapping: {manual: standard}\n  hooks: {rules: [{name: warm, postExec: [{command: [\"true\"]}]}]}\n",
+        ),
+    );
+    let r = wait_restore(&s.client, &opns, "live").await;
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed),
+        "{:#?}\n{}",
+        r.status,
+        s.op.logs()
+    );
+    // Restore hooks are not done yet: a warning says no hook ran.
+    let rst = r.status.clone().expect("status");
+    assert!(rst.warnings.unwrap_or(0) >= 1, "{rst:#?}");
+    assert!(
+        rst.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("no restore hook"),
+        "{rst:#?}"
+    );
+    let sc = e.kubectl_ok([
+        "get",
+        "pvc",
+        "live-data",
+        "-n",
+        &app_ns,
+        "-o",
+        "jsonpath={.spec.storageClassName}",
+    ]);
+    assert_eq!(sc.trim(), "standard");
+    app::wait_seeded(&app_ns, "deploy/live").await;
+    assert_eq!(app::volume_checksums(&app_ns, "deploy/live"), live_before);
+    for w in WORKLOADS {
+        app::wait_seeded(&app_ns, w).await;
+    }
+    assert_eq!(checksums(&app_ns), before);
+    assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
+}
+
+/// A download whose volume was handed over but never claimed (its restore was cancelled or
+/// deleted in between) takes the volume along when it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_download_takes_its_volume_along() {
+    let s = setup("orph", 1, &[], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    let b = completed_backup(&s, "source", "").await;
+    let live = b
+        .status
+        .as_ref()
+        .expect("status")
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "writer-data")
+        .cloned()
+        .expect("writer volume");
     let sid = live
         .copy
         .as_ref()
@@ -1035,8 +1179,18 @@ async fn live_copy_and_per_node_mover_limit() {
     )
     .await;
 
-    // A namespace that enforces Pod Security `restricted` refuses the live copy's mover pod:
-    // the volume fails with a reason that names the way out.
+    delete_all(&s.client, &opns).await;
+}
+
+/// A namespace that enforces Pod Security `restricted` refuses the live copy's mover pod: the
+/// volume fails with a reason that names the way out, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restricted_namespace_refuses_the_live_copy_mover() {
+    let s = setup("psa", 1, &[], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    let (pv, dir) = deploy_live_app(&s, "live", 1);
+    app::wait_seeded(&app_ns, "deploy/live").await;
     e.kubectl_ok([
         "label",
         "namespace",
@@ -1080,8 +1234,19 @@ async fn live_copy_and_per_node_mover_limit() {
     ]);
     assert_no_live_leftovers(&s.client, &app_ns).await;
 
-    // A ReadWriteOncePod claim in use cannot be mounted by a second pod: the live copy is
-    // refused with the pod's name instead of a mover that would never start.
+    e.kubectl_ok(["delete", "deploy", "live", "-n", &app_ns, "--wait=true"]);
+    e.kubectl_ok(["delete", "pvc", "live-data", "-n", &app_ns, "--wait=true"]);
+    remove_volume(&pv, &dir);
+    delete_all(&s.client, &opns).await;
+}
+
+/// A ReadWriteOncePod claim in use cannot be mounted by a second pod: the live copy is
+/// refused with the pod's name instead of a mover that would never start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_write_once_pod_claim_in_use_is_not_copied_live() {
+    let s = setup("rwop", 1, &[], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     let rwop_pv = format!("{app_ns}-rwop");
     let rwop_dir = std::env::temp_dir().join(format!("hf-live-{app_ns}-rwop"));
     std::fs::create_dir_all(&rwop_dir).expect("host directory of the RWOP volume");
@@ -1130,52 +1295,6 @@ async fn live_copy_and_per_node_mover_limit() {
     e.kubectl_ok(["delete", "pv", &rwop_pv, "--wait=true"]);
     let _ = std::fs::remove_dir_all(&rwop_dir);
 
-    // The namespace and the volume go; the restore puts the live-copied claim on `standard`.
-    s.app_ns.delete_and_wait(&s.client).await;
-    e.kubectl_ok(["delete", "pv", &pv, "--wait=true"]);
-    std::fs::remove_dir_all(&dir).expect("remove the old volume's directory");
-    e.apply_yaml(
-        &opns,
-        &restore_yaml(
-            "live",
-            "  source: {backup: live}\n  storageClassMapping: {manual: standard}\n  hooks: {rules: [{name: warm, postExec: [{command: [\"true\"]}]}]}\n",
-        ),
-    );
-    let r = wait_restore(&s.client, &opns, "live").await;
-    assert_eq!(
-        r.status.as_ref().and_then(|s| s.phase),
-        Some(RestorePhase::Completed),
-        "{:#?}\n{}",
-        r.status,
-        s.op.logs()
-    );
-    // Restore hooks are not done yet: a warning says no hook ran.
-    let rst = r.status.clone().expect("status");
-    assert!(rst.warnings.unwrap_or(0) >= 1, "{rst:#?}");
-    assert!(
-        rst.message
-            .as_deref()
-            .unwrap_or("")
-            .contains("no restore hook"),
-        "{rst:#?}"
-    );
-    let sc = e.kubectl_ok([
-        "get",
-        "pvc",
-        "live-data",
-        "-n",
-        &app_ns,
-        "-o",
-        "jsonpath={.spec.storageClassName}",
-    ]);
-    assert_eq!(sc.trim(), "standard");
-    app::wait_seeded(&app_ns, "deploy/live").await;
-    assert_eq!(app::volume_checksums(&app_ns, "deploy/live"), live_before);
-    for w in WORKLOADS {
-        app::wait_seeded(&app_ns, w).await;
-    }
-    assert_eq!(checksums(&app_ns), before);
-    assert_no_leftovers(&s.client, &opns).await;
     delete_all(&s.client, &opns).await;
 }
 
@@ -1183,8 +1302,7 @@ async fn live_copy_and_per_node_mover_limit() {
 /// keeps one away from tenants, and a tenant Backup both may take is taken by exactly one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_operators_share_a_cluster() {
-    let _serial = SERIAL.lock().await;
-    let mut s = setup("pair", 8, &[]).await;
+    let mut s = setup("pair", 8, &[], Share::Alone).await;
     let e = env();
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     let other = TestNamespace::new(&s.client, "pair-op2").await;
@@ -1323,8 +1441,7 @@ async fn wrong_repository_password_stalls_then_recovers() {
     use k8s_openapi::ByteString;
     use kube::api::{Patch, PatchParams};
 
-    let _serial = SERIAL.lock().await;
-    let s = setup("pw", 4, &[]).await;
+    let s = setup("pw", 4, &[], Share::Together).await;
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     completed_backup(&s, "first", "").await;
     let secret = password_secret_name("primary", &app_ns);
