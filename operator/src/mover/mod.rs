@@ -171,6 +171,20 @@ pub enum Kind {
     Block,
 }
 
+impl Kind {
+    /// Whether `path` is treated as a block device (`Auto`: when it is one).
+    fn is_block(self, path: &std::path::Path) -> bool {
+        match self {
+            Kind::Dir => false,
+            Kind::Block => true,
+            Kind::Auto => {
+                use std::os::unix::fs::FileTypeExt;
+                std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
+            }
+        }
+    }
+}
+
 /// `mover backup`.
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
@@ -557,14 +571,7 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
     }
     let source = std::fs::canonicalize(&a.source)
         .with_context(|| format!("source {}", a.source.display()))?;
-    let block = match a.source_kind {
-        Kind::Dir => false,
-        Kind::Block => true,
-        Kind::Auto => {
-            use std::os::unix::fs::FileTypeExt;
-            std::fs::metadata(&source).is_ok_and(|m| m.file_type().is_block_device())
-        }
-    };
+    let block = a.source_kind.is_block(&source);
     opts.parent = match a.parent.as_str() {
         _ if block => None,
         "none" => None,

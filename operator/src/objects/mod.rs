@@ -369,19 +369,23 @@ pub async fn capture(client: &Client, req: CaptureRequest<'_>) -> Result<Capture
     let labels = select::LabelFilter::new(sel)?;
     let mut items: Vec<Item> = Vec::new();
     let mut pvcs = Vec::new();
-
     let pvc_rt = find(&resources, "", "persistentvolumeclaims").cloned();
-    let claims_in_scope = pvc_rt
-        .as_ref()
-        .is_some_and(|rt| select::resource_included(rt, sel));
-    let ns_rt = find(&resources, "", "namespaces")
-        .cloned()
-        .unwrap_or_else(|| ResourceType::new("", "v1", "Namespace", "namespaces", false));
-
+    let scan = Scan {
+        claims_in_scope: pvc_rt
+            .as_ref()
+            .is_some_and(|rt| select::resource_included(rt, sel)),
+        pvc_rt,
+        ns_rt: find(&resources, "", "namespaces")
+            .cloned()
+            .unwrap_or_else(|| ResourceType::new("", "v1", "Namespace", "namespaces", false)),
+        resources: &resources,
+        sel,
+        labels: &labels,
+    };
     for ns in req.namespaces {
-        match get_one(client, &ns_rt, ns).await {
+        match get_one(client, &scan.ns_rt, ns).await {
             Ok(Some(o)) => items.push(Item {
-                resource: ns_rt.clone(),
+                resource: scan.ns_rt.clone(),
                 object: o,
             }),
             Ok(None) => {
@@ -392,15 +396,71 @@ pub async fn capture(client: &Client, req: CaptureRequest<'_>) -> Result<Capture
             }
             Err(e) => return Err(ObjectsError::kube(format!("getting namespace {ns}"))(e)),
         }
+        let (claims, uses) = scan
+            .namespace(client, ns, &mut items, &mut warnings)
+            .await?;
+        scan.claims(ns, claims, &uses, &mut items, &mut pvcs, &mut warnings);
+    }
+    if req.include_cluster_resources {
+        capture_cluster(
+            client,
+            &resources,
+            sel,
+            &labels,
+            &pvcs,
+            &mut items,
+            &mut warnings,
+        )
+        .await?;
+    } else if let Some(rt) = resources
+        .iter()
+        .find(|r| !r.namespaced && !r.is("", "namespaces") && select::resource_named(r, sel))
+    {
+        warnings.push(format!(
+            "{} is cluster-scoped and cluster resources are not included; not captured",
+            rt.group_resource()
+        ));
+    }
+    let archive = archive::write(&items)?;
+    Ok(Captured {
+        archive,
+        items: u32::try_from(items.len()).unwrap_or(u32::MAX),
+        warnings,
+        pvcs,
+    })
+}
+
+/// What a capture looks for in each namespace.
+struct Scan<'a> {
+    resources: &'a [ResourceType],
+    sel: &'a Selection,
+    labels: &'a select::LabelFilter,
+    pvc_rt: Option<ResourceType>,
+    ns_rt: ResourceType,
+    /// Whether claims are captured at all.
+    claims_in_scope: bool,
+}
+
+impl Scan<'_> {
+    /// Captures the selected objects of namespace `ns`; returns its claims (decided on by
+    /// [`Scan::claims`]) and the claims that selected pods and workloads use.
+    async fn namespace(
+        &self,
+        client: &Client,
+        ns: &str,
+        items: &mut Vec<Item>,
+        warnings: &mut Vec<String>,
+    ) -> Result<(Vec<DynamicObject>, select::ClaimRefs), ObjectsError> {
         let mut uses = select::ClaimRefs::default();
         let mut claims: Vec<DynamicObject> = Vec::new();
-        for rt in resources.iter().filter(|r| r.namespaced) {
-            let is_claims = pvc_rt.as_ref() == Some(rt);
+        for rt in self.resources.iter().filter(|r| r.namespaced) {
+            let is_claims = self.pvc_rt.as_ref() == Some(rt);
             let selected =
-                select::resource_included(rt, sel) && select::skip_resource(rt).is_none();
+                select::resource_included(rt, self.sel) && select::skip_resource(rt).is_none();
             // With a label selector, claims are also taken for the matching pods and workloads
             // that use them, even when those kinds are not captured themselves.
-            let for_claims = claims_in_scope && !labels.selects_all() && select::mounts_claims(rt);
+            let for_claims =
+                self.claims_in_scope && !self.labels.selects_all() && select::mounts_claims(rt);
             if !selected && !for_claims {
                 continue;
             }
@@ -422,15 +482,13 @@ pub async fn capture(client: &Client, req: CaptureRequest<'_>) -> Result<Capture
                 }
             };
             for o in objects {
-                let matches = labels.matches(o.metadata.labels.as_ref());
+                let matches = self.labels.matches(o.metadata.labels.as_ref());
                 if for_claims && matches {
                     uses.add_from(rt, &o);
                 }
                 if is_claims {
                     claims.push(o);
-                    continue;
-                }
-                if selected && matches && select::skip_object(rt, &o).is_none() {
+                } else if selected && matches && select::skip_object(rt, &o).is_none() {
                     items.push(Item {
                         resource: rt.clone(),
                         object: o,
@@ -438,55 +496,41 @@ pub async fn capture(client: &Client, req: CaptureRequest<'_>) -> Result<Capture
                 }
             }
         }
-        if let Some(rt) = pvc_rt.as_ref().filter(|_| claims_in_scope) {
-            for o in claims {
-                let taken = labels.matches(o.metadata.labels.as_ref()) || uses.uses(&o.name_any());
-                if !taken || select::skip_object(rt, &o).is_some() {
-                    continue;
-                }
-                match serde_json::to_value(&o).and_then(serde_json::from_value) {
-                    Ok(pvc) => pvcs.push(pvc),
-                    Err(e) => warnings.push(format!(
-                        "persistentvolumeclaim {ns}/{} could not be read as a claim: {e}",
-                        o.name_any()
-                    )),
-                }
-                items.push(Item {
-                    resource: rt.clone(),
-                    object: o,
-                });
+        Ok((claims, uses))
+    }
+
+    /// Captures the claims of namespace `ns` that match the selector or that selected pods
+    /// and workloads use.
+    fn claims(
+        &self,
+        ns: &str,
+        claims: Vec<DynamicObject>,
+        uses: &select::ClaimRefs,
+        items: &mut Vec<Item>,
+        pvcs: &mut Vec<PersistentVolumeClaim>,
+        warnings: &mut Vec<String>,
+    ) {
+        let Some(rt) = self.pvc_rt.as_ref().filter(|_| self.claims_in_scope) else {
+            return;
+        };
+        for o in claims {
+            let taken = self.labels.matches(o.metadata.labels.as_ref()) || uses.uses(&o.name_any());
+            if !taken || select::skip_object(rt, &o).is_some() {
+                continue;
             }
+            match serde_json::to_value(&o).and_then(serde_json::from_value) {
+                Ok(pvc) => pvcs.push(pvc),
+                Err(e) => warnings.push(format!(
+                    "persistentvolumeclaim {ns}/{} could not be read as a claim: {e}",
+                    o.name_any()
+                )),
+            }
+            items.push(Item {
+                resource: rt.clone(),
+                object: o,
+            });
         }
     }
-
-    if req.include_cluster_resources {
-        capture_cluster(
-            client,
-            &resources,
-            sel,
-            &labels,
-            &pvcs,
-            &mut items,
-            &mut warnings,
-        )
-        .await?;
-    } else if let Some(rt) = resources
-        .iter()
-        .find(|r| !r.namespaced && !r.is("", "namespaces") && select::resource_named(r, sel))
-    {
-        warnings.push(format!(
-            "{} is cluster-scoped and cluster resources are not included; not captured",
-            rt.group_resource()
-        ));
-    }
-
-    let archive = archive::write(&items)?;
-    Ok(Captured {
-        archive,
-        items: u32::try_from(items.len()).unwrap_or(u32::MAX),
-        warnings,
-        pvcs,
-    })
 }
 
 async fn capture_cluster(
@@ -498,13 +542,11 @@ async fn capture_cluster(
     items: &mut Vec<Item>,
     warnings: &mut Vec<String>,
 ) -> Result<(), ObjectsError> {
-    let mut have: HashSet<String> = items.iter().map(Item::path).collect();
-    let mut add = |items: &mut Vec<Item>, item: Item| {
-        if have.insert(item.path()) {
-            items.push(item);
-        }
+    let mut found = Found {
+        have: items.iter().map(Item::path).collect(),
+        items: std::mem::take(items),
+        warnings: std::mem::take(warnings),
     };
-
     // Volumes bound to the captured claims.
     if let Some(pv_rt) =
         find(resources, "", "persistentvolumes").filter(|rt| !select::resource_excluded(rt, sel))
@@ -513,70 +555,83 @@ async fn capture_cluster(
             let Some(volume) = pvc.spec.as_ref().and_then(|s| s.volume_name.as_deref()) else {
                 continue;
             };
-            match get_one(client, pv_rt, volume).await {
-                Ok(Some(o)) => add(
-                    items,
-                    Item {
-                        resource: pv_rt.clone(),
-                        object: o,
-                    },
-                ),
-                Ok(None) => warnings.push(format!(
-                    "persistentvolume {volume} of claim {}/{} does not exist",
-                    pvc.namespace().unwrap_or_default(),
-                    pvc.name_any()
-                )),
-                Err(e) if tolerable(&e) => warnings.push(format!(
-                    "could not get persistentvolume {volume}: {}",
-                    kube_cause(&e)
-                )),
-                Err(e) => {
-                    return Err(ObjectsError::kube(format!(
-                        "getting persistentvolume {volume}"
-                    ))(e));
-                }
-            }
+            let missing = format!(
+                "persistentvolume {volume} of claim {}/{} does not exist",
+                pvc.namespace().unwrap_or_default(),
+                pvc.name_any()
+            );
+            found.get(client, pv_rt, volume, Some(missing)).await?;
         }
     }
-
-    // Definitions of the captured custom resources.
-    if let Some(crd_rt) = find(
-        resources,
-        "apiextensions.k8s.io",
-        "customresourcedefinitions",
-    )
-    .filter(|rt| !select::resource_excluded(rt, sel))
+    // Definitions of the captured custom resources (a missing one is a built-in or
+    // aggregated API, not a CRD).
+    let crds = "customresourcedefinitions";
+    if let Some(crd_rt) = find(resources, "apiextensions.k8s.io", crds)
+        .filter(|rt| !select::resource_excluded(rt, sel))
     {
-        let kinds: BTreeSet<(String, String)> = items
+        let kinds: BTreeSet<String> = found
+            .items
             .iter()
             .filter(|i| i.resource.group.contains('.'))
-            .map(|i| (i.resource.plural.clone(), i.resource.group.clone()))
+            .map(|i| format!("{}.{}", i.resource.plural, i.resource.group))
             .collect();
-        for (plural, group) in kinds {
-            let name = format!("{plural}.{group}");
-            match get_one(client, crd_rt, &name).await {
-                Ok(Some(o)) => add(
-                    items,
-                    Item {
-                        resource: crd_rt.clone(),
-                        object: o,
-                    },
-                ),
-                Ok(None) => {} // a built-in or aggregated API, not a CRD
-                Err(e) if tolerable(&e) => warnings.push(format!(
-                    "could not get customresourcedefinition {name}: {}",
-                    kube_cause(&e)
-                )),
-                Err(e) => {
-                    return Err(ObjectsError::kube(format!(
-                        "getting customresourcedefinition {name}"
-                    ))(e));
-                }
-            }
+        for name in kinds {
+            found.get(client, crd_rt, &name, None).await?;
+        }
+    }
+    capture_named_cluster_resources(client, resources, sel, labels, &mut found).await?;
+    *items = found.items;
+    *warnings = found.warnings;
+    Ok(())
+}
+
+/// What a capture has found so far: items (each once) and warnings.
+struct Found {
+    items: Vec<Item>,
+    have: HashSet<String>,
+    warnings: Vec<String>,
+}
+
+impl Found {
+    fn add(&mut self, item: Item) {
+        if self.have.insert(item.path()) {
+            self.items.push(item);
         }
     }
 
-    // Cluster-scoped resources named in includedResources.
+    /// Adds the cluster-scoped object `name` of `rt`; a missing one is a warning when
+    /// `missing` says so, an unreadable one a warning, other errors fail the capture.
+    async fn get(
+        &mut self,
+        client: &Client,
+        rt: &ResourceType,
+        name: &str,
+        missing: Option<String>,
+    ) -> Result<(), ObjectsError> {
+        let what = format!("{} {name}", rt.kind.to_lowercase());
+        match get_one(client, rt, name).await {
+            Ok(Some(o)) => self.add(Item {
+                resource: rt.clone(),
+                object: o,
+            }),
+            Ok(None) => self.warnings.extend(missing),
+            Err(e) if tolerable(&e) => self
+                .warnings
+                .push(format!("could not get {what}: {}", kube_cause(&e))),
+            Err(e) => return Err(ObjectsError::kube(format!("getting {what}"))(e)),
+        }
+        Ok(())
+    }
+}
+
+/// Cluster-scoped resources named in `includedResources`.
+async fn capture_named_cluster_resources(
+    client: &Client,
+    resources: &[ResourceType],
+    sel: &Selection,
+    labels: &select::LabelFilter,
+    found: &mut Found,
+) -> Result<(), ObjectsError> {
     for rt in resources.iter().filter(|r| {
         !r.namespaced
             && !r.is("", "namespaces")
@@ -584,13 +639,15 @@ async fn capture_cluster(
             && !select::resource_excluded(r, sel)
     }) {
         if let Some(reason) = select::skip_resource(rt) {
-            warnings.push(format!("{} not captured: {reason}", rt.group_resource()));
+            found
+                .warnings
+                .push(format!("{} not captured: {reason}", rt.group_resource()));
             continue;
         }
         let objects = match list(client, rt, None).await {
             Ok(o) => o,
             Err(e) if tolerable(&e) => {
-                warnings.push(format!(
+                found.warnings.push(format!(
                     "could not list {}: {}",
                     rt.group_resource(),
                     kube_cause(&e)
@@ -606,13 +663,10 @@ async fn capture_cluster(
         };
         for o in objects {
             if labels.matches(o.metadata.labels.as_ref()) && select::skip_object(rt, &o).is_none() {
-                add(
-                    items,
-                    Item {
-                        resource: rt.clone(),
-                        object: o,
-                    },
-                );
+                found.add(Item {
+                    resource: rt.clone(),
+                    object: o,
+                });
             }
         }
     }

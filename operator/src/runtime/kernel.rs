@@ -5,8 +5,8 @@
 //! server-side apply with `observedGeneration` and the standard conditions (`Ready`,
 //! `Reconciling`, `Stalled`). Errors back off per object (1 s doubling to a minute); a
 //! persistent error (wrong repository password, RBAC, quota, missing bucket), or any error
-//! three times in a row, is shown as `Stalled` with a reason and message and one Warning Event,
-//! not only in the log. A controller is a [`Reconciler`]: its types and phase functions.
+//! three times in a row, of a step or of a deletion's cleanup, is shown as `Stalled` with a
+//! reason and message and one Warning Event, not only in the log. A controller is a [`Reconciler`]: its types and phase functions.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -220,8 +220,13 @@ async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action,
         let Some(f) = R::FINALIZER.filter(|f| o.finalizers().iter().any(|x| x == f)) else {
             return Ok(Action::await_change());
         };
-        if !k.reconciler.cleanup(&o, ctx).await? {
-            return Ok(Action::requeue(CLEANUP_POLL));
+        match k.reconciler.cleanup(&o, ctx).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(Action::requeue(CLEANUP_POLL)),
+            Err(e) => {
+                let old = o.status().cloned().unwrap_or_default();
+                return Err(failed(k, &api, &o, &old, e).await);
+            }
         }
         kube_ext::remove_finalizer(&api, &*o, f).await?;
         return Ok(Action::await_change());
@@ -241,14 +246,24 @@ async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action,
             write_status::<R>(&api, &o, &old, st, None).await?;
             Ok(action)
         }
-        Err(e) => {
-            let stall = e.stall();
-            if stall.persistent || k.failures(&key(&*o)) + 1 >= STALL_AFTER {
-                show_stall::<R>(ctx, &api, &o, &old, &stall).await;
-            }
-            Err(e)
-        }
+        Err(e) => Err(failed(k, &api, &o, &old, e).await),
     }
+}
+
+/// A step or cleanup failed: shown as `Stalled` at once when retrying alone will not help,
+/// or when it failed [`STALL_AFTER`] times in a row; returned for the backoff.
+async fn failed<R: Reconciler>(
+    k: &Kernel<R>,
+    api: &Api<R::Object>,
+    o: &R::Object,
+    old: &R::Status,
+    e: Error,
+) -> Error {
+    let stall = e.stall();
+    if stall.persistent || k.failures(&key(o)) + 1 >= STALL_AFTER {
+        show_stall::<R>(&k.ctx, api, o, old, &stall).await;
+    }
+    e
 }
 
 /// Writes `Stalled` (and a Warning Event when it is new) for an error; failures to do so are

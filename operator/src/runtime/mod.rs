@@ -156,32 +156,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     scope::mark_namespace(client.clone(), &args.namespace, &identity)
         .await
         .context("marking the operator namespace")?;
-    let mut lease = None;
-    if args.leader_elect {
-        let l = leader::LeaderLease::new(
-            client.clone(),
-            &args.namespace,
-            &args.lease_name,
-            &identity,
-            args.lease_duration.as_std(),
-        );
-        info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
-        tokio::select! {
-            r = l.acquire() => r.context("acquiring the leader lease")?,
-            () = shutdown.cancelled() => return Ok(()),
-        }
-        info!(identity = %identity, "became leader");
+    let lease = if args.leader_elect {
+        let elected = elect(&client, &args, &identity, &shutdown).await?;
+        let Some(l) = elected else {
+            return Ok(());
+        };
         metrics.set_leader(true);
-        let keep = l.clone();
-        let lost = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = keep.hold(lost.clone()).await {
-                warn!(error = %e, "lost leadership; stopping");
-            }
-            lost.cancel();
-        });
-        lease = Some(l);
-    }
+        Some(l)
+    } else {
+        None
+    };
 
     let reporter = Reporter {
         controller: "holdfast".into(),
@@ -232,6 +216,38 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "holdfast".into())
+}
+
+/// Becomes the leader (`None`: shut down while waiting) and keeps the lease in the background;
+/// losing it stops the operator.
+async fn elect(
+    client: &Client,
+    args: &ControllerArgs,
+    identity: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<leader::LeaderLease>> {
+    let l = leader::LeaderLease::new(
+        client.clone(),
+        &args.namespace,
+        &args.lease_name,
+        identity,
+        args.lease_duration.as_std(),
+    );
+    info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
+    tokio::select! {
+        r = l.acquire() => r.context("acquiring the leader lease")?,
+        () = shutdown.cancelled() => return Ok(None),
+    }
+    info!(identity = %identity, "became leader");
+    let keep = l.clone();
+    let lost = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = keep.hold(lost.clone()).await {
+            warn!(error = %e, "lost leadership; stopping");
+        }
+        lost.cancel();
+    });
+    Ok(Some(l))
 }
 
 /// Waits until every Holdfast CRD is installed and Established. The operator never installs

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use holdfast_api::backup::{Backup, BackupPhase, BackupStatus, DeletionPolicy};
-use holdfast_api::location::BackupStorageLocation;
-use holdfast_api::reasons::BackupReason;
+use holdfast_api::reasons::{BackupReason, LocationReason};
 use holdfast_api::transfer::DataUpload;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -158,24 +157,29 @@ async fn remove_copies(b: &Backup, ctx: &Context) -> Result<(), Error> {
     let Some(loc) = &st.storage_location else {
         return Ok(());
     };
-    let locs: Api<BackupStorageLocation> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let Some(bsl) = locs
-        .get_opt(loc)
-        .await
-        .map_err(Error::kube("get BackupStorageLocation"))?
-    else {
-        let note = format!(
-            "BackupStorageLocation {loc} no longer exists; the copies in it could not be removed"
-        );
-        publish(
-            ctx,
-            b,
-            EventType::Warning,
-            BackupReason::LocationGone,
-            &note,
-        )
-        .await;
-        return Ok(());
+    let bsl = match storage::location(ctx, Some(loc)).await? {
+        Ok(bsl) => bsl,
+        Err(r) if r.reason == LocationReason::LocationNotFound.as_str() => {
+            let note = format!(
+                "BackupStorageLocation {loc} no longer exists; the copies in it could not be removed"
+            );
+            publish(
+                ctx,
+                b,
+                EventType::Warning,
+                BackupReason::LocationGone,
+                &note,
+            )
+            .await;
+            return Ok(());
+        }
+        // Unavailable: the data cannot be removed now; retried with backoff, shown as Stalled.
+        Err(r) => {
+            return Err(Error::Config {
+                reason: r.reason,
+                message: format!("{}; the backup's data is removed once it is", r.message),
+            });
+        }
     };
     let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for v in &st.volumes {
