@@ -670,6 +670,28 @@ async fn deletion_policy_delete_removes_data_and_retain_keeps_it() {
     delete_all(&s.client, &opns).await;
 }
 
+/// Waits until a DataUpload of `uploads` is InProgress (a mover uploading).
+async fn upload_in_progress(uploads: &Api<holdfast_api::DataUpload>, opns: &str) {
+    let in_progress = || async {
+        let list = uploads.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == holdfast_api::backup::TransferPhase::InProgress)
+            })
+            .then_some(())
+    };
+    wait_until(
+        "an upload to be in progress",
+        Duration::from_secs(120),
+        Some(opns),
+        in_progress,
+    )
+    .await;
+}
+
 /// A Backup cancelled while its movers upload ends Cancelled and leaves nothing: no pods,
 /// claims, snapshots, DataUploads or bucket objects; its mover pods carried the resources it
 /// asked for.
@@ -679,20 +701,6 @@ async fn cancel_leaves_nothing() {
     let e = env();
     let opns = s.opns.name.clone();
     let uploads: Api<holdfast_api::DataUpload> = Api::namespaced(s.client.clone(), &opns);
-    let in_progress = || async {
-        uploads
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|d| {
-                d.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == holdfast_api::backup::TransferPhase::InProgress)
-            })
-            .map(|_| ())
-    };
 
     // Cancel while the mover uploads.
     e.apply_yaml(
@@ -703,13 +711,7 @@ async fn cancel_leaves_nothing() {
             "  volumes: {moverResources: {requests: {cpu: 100m}, limits: {memory: 768Mi}}}\n",
         ),
     );
-    wait_until(
-        "an upload to be in progress",
-        Duration::from_secs(120),
-        Some(&opns),
-        in_progress,
-    )
-    .await;
+    upload_in_progress(&uploads, &opns).await;
     // The mover pods carry the resources the Backup asked for.
     let limits = e.kubectl_ok([
         "get",
@@ -762,20 +764,6 @@ async fn operator_killed_during_a_backup_resumes_it() {
     let e = env();
     let opns = s.opns.name.clone();
     let uploads: Api<holdfast_api::DataUpload> = Api::namespaced(s.client.clone(), &opns);
-    let in_progress = || async {
-        uploads
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|d| {
-                d.status
-                    .as_ref()
-                    .is_some_and(|s| s.phase == holdfast_api::backup::TransferPhase::InProgress)
-            })
-            .map(|_| ())
-    };
 
     // The operator dies at three points of a backup; each time a new one finishes the job.
     e.apply_yaml(&opns, &backup_yaml("survivor", &s.app_ns.name, ""));
@@ -813,13 +801,7 @@ async fn operator_killed_during_a_backup_resumes_it() {
         )
         .await;
         if i == 2 {
-            wait_until(
-                "an upload to be in progress",
-                Duration::from_secs(120),
-                Some(&opns),
-                in_progress,
-            )
-            .await;
+            upload_in_progress(&uploads, &opns).await;
         }
         assert!(
             !b.status
