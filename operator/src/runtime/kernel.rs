@@ -97,12 +97,32 @@ pub trait Status:
     }
 }
 
+/// A controller's error enum: a variant per step, each wrapping the [`Error`] that caused it
+/// (whose kind decides how it shows in the status), and `Kernel` for the kernel's own calls.
+pub trait ControllerError: std::error::Error + From<Error> + Send + Sync + 'static {
+    /// The cause.
+    fn root(&self) -> &Error;
+    /// The step that failed (`None`: the kernel's own calls).
+    fn step(&self) -> Option<&'static str>;
+    /// How this error shows in the status: the cause's reason, the step and the cause's
+    /// message.
+    fn stall(&self) -> Stall {
+        let mut s = self.root().stall();
+        if let Some(step) = self.step() {
+            s.message = format!("{step}: {}", s.message);
+        }
+        s
+    }
+}
+
 /// A controller: its kind, its status and its phase functions; the kernel does the rest.
 pub trait Reconciler: Send + Sync + Sized + 'static {
     type Object: Object
         + Resource<Scope = kube::core::NamespaceResourceScope>
         + HasStatus<Status = Self::Status>;
     type Status: Status;
+    /// The controller's error enum (a variant per step).
+    type Error: ControllerError;
     /// Kind, as in `apiVersion`/`kind` of the status patch.
     const KIND: &'static str;
     /// Bounded metric and log label (`backup`, `dataupload`...).
@@ -120,7 +140,7 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
         o: &Self::Object,
         ctx: &Context,
         st: &mut Self::Status,
-    ) -> impl Future<Output = Result<Action, Error>> + Send;
+    ) -> impl Future<Output = Result<Action, Self::Error>> + Send;
 
     /// What a finished object still needs (expiry, late cleanup).
     fn finished(
@@ -128,7 +148,7 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
         _o: &Self::Object,
         _ctx: &Context,
         _st: &Self::Status,
-    ) -> impl Future<Output = Result<Action, Error>> + Send {
+    ) -> impl Future<Output = Result<Action, Self::Error>> + Send {
         async { Ok(Action::await_change()) }
     }
 
@@ -137,7 +157,7 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
         &self,
         _o: &Self::Object,
         _ctx: &Context,
-    ) -> impl Future<Output = Result<bool, Error>> + Send {
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send {
         async { Ok(true) }
     }
 }
@@ -195,7 +215,10 @@ fn key<K: ResourceExt>(o: &K) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
 }
 
-async fn reconcile<R: Reconciler>(o: Arc<R::Object>, k: Arc<Kernel<R>>) -> Result<Action, Error> {
+async fn reconcile<R: Reconciler>(
+    o: Arc<R::Object>,
+    k: Arc<Kernel<R>>,
+) -> Result<Action, R::Error> {
     let _timer = k.ctx.metrics.reconcile_timer(R::METRIC);
     let r = sequence(&*o, &k).await;
     k.record(key(&*o), r.is_err());
@@ -203,7 +226,7 @@ async fn reconcile<R: Reconciler>(o: Arc<R::Object>, k: Arc<Kernel<R>>) -> Resul
 }
 
 /// The sequence every controller shares.
-async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action, Error> {
+async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action, R::Error> {
     let ctx = &*k.ctx;
     let api: Api<R::Object> =
         Api::namespaced(ctx.client.clone(), &o.namespace().unwrap_or_default());
@@ -257,8 +280,8 @@ async fn failed<R: Reconciler>(
     api: &Api<R::Object>,
     o: &R::Object,
     old: &R::Status,
-    e: Error,
-) -> Error {
+    e: R::Error,
+) -> R::Error {
     let stall = e.stall();
     if stall.persistent || k.failures(&key(o)) + 1 >= STALL_AFTER {
         show_stall::<R>(&k.ctx, api, o, old, &stall).await;
@@ -345,7 +368,7 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1 << exp).min(Duration::from_secs(60))
 }
 
-fn error_policy<R: Reconciler>(o: Arc<R::Object>, e: &Error, k: Arc<Kernel<R>>) -> Action {
+fn error_policy<R: Reconciler>(o: Arc<R::Object>, e: &R::Error, k: Arc<Kernel<R>>) -> Action {
     let n = k.failures(&key(&*o)).max(1);
     let chain = error_chain(e);
     warn!(kind = R::KIND, namespace = %o.namespace().unwrap_or_default(), name = %o.name_any(), failures = n, error = %chain, "reconcile error");

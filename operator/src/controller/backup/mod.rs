@@ -30,7 +30,7 @@ use kube::runtime::watcher;
 
 pub use self::finish::progress;
 use crate::runtime::error::Refusal;
-use crate::runtime::kernel::{self, Reconciler, State, Status};
+use crate::runtime::kernel::{self, ControllerError, Reconciler, State, Status};
 use crate::runtime::names::child_name;
 use crate::runtime::{Context, Error};
 use crate::snapshot::VolumeSnapshot;
@@ -79,9 +79,58 @@ fn parent_of(labels: &BTreeMap<String, String>) -> Option<ObjectRef<Backup>> {
 /// The Backup controller's phase functions.
 pub struct Backups;
 
+/// What failed in a Backup, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("finding the storage location: {0}")]
+    Location(#[source] Error),
+    #[error("capturing the objects: {0}")]
+    Capture(#[source] Error),
+    #[error("snapshotting or copying the volumes: {0}")]
+    Volumes(#[source] Error),
+    #[error("writing the backup's metadata: {0}")]
+    Metadata(#[source] Error),
+    #[error("cancelling: {0}")]
+    Cancel(#[source] Error),
+    #[error("removing the backup's data: {0}")]
+    Delete(#[source] Error),
+    #[error("deleting the expired backup: {0}")]
+    Expire(#[source] Error),
+    #[error(transparent)]
+    Kernel(#[from] Error),
+}
+
+impl ControllerError for BackupError {
+    fn root(&self) -> &Error {
+        match self {
+            Self::Location(e)
+            | Self::Capture(e)
+            | Self::Volumes(e)
+            | Self::Metadata(e)
+            | Self::Cancel(e)
+            | Self::Delete(e)
+            | Self::Expire(e)
+            | Self::Kernel(e) => e,
+        }
+    }
+    fn step(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Location(_) => "finding the storage location",
+            Self::Capture(_) => "capturing the objects",
+            Self::Volumes(_) => "snapshotting or copying the volumes",
+            Self::Metadata(_) => "writing the backup's metadata",
+            Self::Cancel(_) => "cancelling",
+            Self::Delete(_) => "removing the backup's data",
+            Self::Expire(_) => "deleting the expired backup",
+            Self::Kernel(_) => return None,
+        })
+    }
+}
+
 impl Reconciler for Backups {
     type Object = Backup;
     type Status = BackupStatus;
+    type Error = BackupError;
     const KIND: &'static str = "Backup";
     const METRIC: &'static str = "backup";
     const MANAGER: &'static str = MANAGER;
@@ -93,7 +142,7 @@ impl Reconciler for Backups {
         b: &Backup,
         ctx: &Context,
         st: &mut BackupStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, BackupError> {
         step(b, ctx, st).await
     }
 
@@ -102,12 +151,14 @@ impl Reconciler for Backups {
         b: &Backup,
         ctx: &Context,
         st: &BackupStatus,
-    ) -> Result<Action, Error> {
-        delete::expire(b, ctx, st).await
+    ) -> Result<Action, BackupError> {
+        delete::expire(b, ctx, st)
+            .await
+            .map_err(BackupError::Expire)
     }
 
-    async fn cleanup(&self, b: &Backup, ctx: &Context) -> Result<bool, Error> {
-        delete::cleanup(b, ctx).await
+    async fn cleanup(&self, b: &Backup, ctx: &Context) -> Result<bool, BackupError> {
+        delete::cleanup(b, ctx).await.map_err(BackupError::Delete)
     }
 }
 
@@ -132,14 +183,19 @@ impl Status for BackupStatus {
 
 /// One pass of the state machine over `st`: each phase returns when it wants to be looked at
 /// again, or falls through to the next.
-async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action, Error> {
+async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action, BackupError> {
     if st.phase.is_none() {
         st.phase = Some(BackupPhase::Pending);
     }
     if b.spec.cancel {
-        return delete::cancel(b, ctx, st).await;
+        return delete::cancel(b, ctx, st)
+            .await
+            .map_err(BackupError::Cancel);
     }
-    let bsl = match start::location(b, ctx, st).await? {
+    let bsl = match start::location(b, ctx, st)
+        .await
+        .map_err(BackupError::Location)?
+    {
         Ok(bsl) => bsl,
         Err(action) => return Ok(action),
     };
@@ -151,12 +207,19 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
         return Ok(Action::requeue(Duration::ZERO));
     }
     if st.items_backed_up.is_none() {
-        return start::capture(b, ctx, &bsl, st).await;
+        return start::capture(b, ctx, &bsl, st)
+            .await
+            .map_err(BackupError::Capture);
     }
-    if let Some(wait) = volume::advance_all(b, ctx, &bsl, st).await? {
+    if let Some(wait) = volume::advance_all(b, ctx, &bsl, st)
+        .await
+        .map_err(BackupError::Volumes)?
+    {
         return Ok(Action::requeue(wait));
     }
-    finish::complete(b, ctx, &bsl, st).await
+    finish::complete(b, ctx, &bsl, st)
+        .await
+        .map_err(BackupError::Metadata)
 }
 
 /// Ends the backup in `phase` with a reason and message (a terminal phase).
@@ -257,6 +320,32 @@ mod tests {
         let mut long = b.clone();
         long.metadata.name = Some("x".repeat(253));
         assert!(upload_name(&long, &p1).len() <= 63);
+    }
+
+    #[test]
+    fn an_error_shows_its_step_and_its_causes_reason() {
+        let e = BackupError::Volumes(Error::Repository {
+            what: "opening the repository of namespace shop on location primary".into(),
+            fix: "put the original password back".into(),
+            source: Box::new(holdfast_repo::RepoError::WrongPassword { repo: "r".into() }),
+        });
+        let s = e.stall();
+        assert_eq!(s.reason, "RepositoryPasswordWrong");
+        assert!(s.persistent);
+        assert!(
+            s.message
+                .starts_with("snapshotting or copying the volumes: opening the repository"),
+            "{}",
+            s.message
+        );
+        assert!(
+            BackupError::from(Error::Config {
+                reason: "X",
+                message: "m".into()
+            })
+            .step()
+            .is_none()
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tracing::info;
 
 use self::probe::ProbeFailure;
 use crate::runtime::conditions;
-use crate::runtime::kernel::{self, Reconciler, State, Status};
+use crate::runtime::kernel::{self, ControllerError, Reconciler, State, Status};
 use crate::runtime::{Context, Error};
 use crate::storage;
 
@@ -81,9 +81,29 @@ fn uses_secret(spec: &BackupStorageLocationSpec, secret: &str) -> bool {
             .is_some_and(|c| c.secret_ref.name == secret)
 }
 
+/// What failed in a location's reconcile: only the kernel's own calls can fail (a failed
+/// validation is the location's status, Unavailable with a reason, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    #[error(transparent)]
+    Kernel(#[from] Error),
+}
+
+impl ControllerError for LocationError {
+    fn root(&self) -> &Error {
+        match self {
+            Self::Kernel(e) => e,
+        }
+    }
+    fn step(&self) -> Option<&'static str> {
+        None
+    }
+}
+
 impl Reconciler for Locations {
     type Object = BackupStorageLocation;
     type Status = BackupStorageLocationStatus;
+    type Error = LocationError;
     const KIND: &'static str = "BackupStorageLocation";
     const METRIC: &'static str = "location";
     const MANAGER: &'static str = MANAGER;
@@ -93,7 +113,7 @@ impl Reconciler for Locations {
         bsl: &BackupStorageLocation,
         ctx: &Context,
         st: &mut BackupStorageLocationStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, LocationError> {
         let name = bsl.name_any();
         let outcome = match storage::resolve_target(bsl, ctx).await {
             Ok(target) => {

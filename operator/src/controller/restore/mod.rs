@@ -30,7 +30,7 @@ use kube::{Resource, ResourceExt};
 
 use self::source::Sources;
 use crate::runtime::error::Refusal;
-use crate::runtime::kernel::{self, Reconciler, State, Status};
+use crate::runtime::kernel::{self, ControllerError, Reconciler, State, Status};
 use crate::runtime::kube_ext::{delete, merge_patch};
 use crate::runtime::names::child_name;
 use crate::runtime::{Context, Error};
@@ -76,9 +76,54 @@ pub struct Restores {
     sources: Sources,
 }
 
+/// What failed in a Restore, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("reading the backup: {0}")]
+    Source(#[source] Error),
+    #[error("restoring the namespaces: {0}")]
+    Namespaces(#[source] Error),
+    #[error("restoring the volumes: {0}")]
+    Volumes(#[source] Error),
+    #[error("restoring the objects: {0}")]
+    Objects(#[source] Error),
+    #[error("cancelling: {0}")]
+    Cancel(#[source] Error),
+    #[error("removing the restore's downloads: {0}")]
+    Cleanup(#[source] Error),
+    #[error(transparent)]
+    Kernel(#[from] Error),
+}
+
+impl ControllerError for RestoreError {
+    fn root(&self) -> &Error {
+        match self {
+            Self::Source(e)
+            | Self::Namespaces(e)
+            | Self::Volumes(e)
+            | Self::Objects(e)
+            | Self::Cancel(e)
+            | Self::Cleanup(e)
+            | Self::Kernel(e) => e,
+        }
+    }
+    fn step(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Source(_) => "reading the backup",
+            Self::Namespaces(_) => "restoring the namespaces",
+            Self::Volumes(_) => "restoring the volumes",
+            Self::Objects(_) => "restoring the objects",
+            Self::Cancel(_) => "cancelling",
+            Self::Cleanup(_) => "removing the restore's downloads",
+            Self::Kernel(_) => return None,
+        })
+    }
+}
+
 impl Reconciler for Restores {
     type Object = Restore;
     type Status = RestoreStatus;
+    type Error = RestoreError;
     const KIND: &'static str = "Restore";
     const METRIC: &'static str = "restore";
     const MANAGER: &'static str = MANAGER;
@@ -90,7 +135,7 @@ impl Reconciler for Restores {
         r: &Restore,
         ctx: &Context,
         st: &mut RestoreStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, RestoreError> {
         let action = step(self, r, ctx, st).await;
         if st.phase.is_some_and(RestorePhase::is_terminal) {
             self.sources.forget(r);
@@ -103,18 +148,23 @@ impl Reconciler for Restores {
         r: &Restore,
         ctx: &Context,
         _st: &RestoreStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, RestoreError> {
         self.sources.forget(r);
-        Ok(if delete_downloads(r, ctx).await? {
+        let gone = delete_downloads(r, ctx)
+            .await
+            .map_err(RestoreError::Cleanup)?;
+        Ok(if gone {
             Action::await_change()
         } else {
             Action::requeue(POLL)
         })
     }
 
-    async fn cleanup(&self, r: &Restore, ctx: &Context) -> Result<bool, Error> {
+    async fn cleanup(&self, r: &Restore, ctx: &Context) -> Result<bool, RestoreError> {
         self.sources.forget(r);
-        delete_downloads(r, ctx).await
+        delete_downloads(r, ctx)
+            .await
+            .map_err(RestoreError::Cleanup)
     }
 }
 
@@ -144,14 +194,19 @@ async fn step(
     r: &Restore,
     ctx: &Context,
     st: &mut RestoreStatus,
-) -> Result<Action, Error> {
+) -> Result<Action, RestoreError> {
     if st.phase.is_none() {
         st.phase = Some(RestorePhase::Pending);
     }
     if r.spec.cancel {
-        return cancel(r, ctx, st).await;
+        return cancel(r, ctx, st).await.map_err(RestoreError::Cancel);
     }
-    let src = match rs.sources.get(r, ctx, st).await? {
+    let src = match rs
+        .sources
+        .get(r, ctx, st)
+        .await
+        .map_err(RestoreError::Source)?
+    {
         Ok(src) => src,
         Err(action) => return Ok(action),
     };
@@ -163,16 +218,25 @@ async fn step(
         st.message = None;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    finish::restore_namespaces(r, ctx, &src).await?;
-    match volume::advance_all(r, ctx, &src, st).await? {
+    finish::restore_namespaces(r, ctx, &src)
+        .await
+        .map_err(RestoreError::Namespaces)?;
+    match volume::advance_all(r, ctx, &src, st)
+        .await
+        .map_err(RestoreError::Volumes)?
+    {
         volume::Step::Wait => return Ok(Action::requeue(POLL)),
         volume::Step::Refuse(refusal) => {
-            cancel_downloads(r, ctx).await?;
+            cancel_downloads(r, ctx)
+                .await
+                .map_err(RestoreError::Volumes)?;
             return Ok(fail(st, RestorePhase::Failed, refusal));
         }
         volume::Step::Done => {}
     }
-    finish::restore_objects(r, ctx, &src, st).await
+    finish::restore_objects(r, ctx, &src, st)
+        .await
+        .map_err(RestoreError::Objects)
 }
 
 /// `spec.cancel`: stops the downloads; volumes not restored yet are not created.

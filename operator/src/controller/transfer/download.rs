@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
 use kube::runtime::controller::Action;
 use tracing::info;
 
+use super::TransferError;
 use super::admission::{self, Admission};
 use super::{
     FINALIZER, MANAGER, POLL, RECLAIM_ANNOTATION, TRANSFER_LABEL, delete_mover_pod, finish,
@@ -38,6 +39,7 @@ pub struct Downloads {
 impl Reconciler for Downloads {
     type Object = DataDownload;
     type Status = TransferStatus;
+    type Error = TransferError;
     const KIND: &'static str = "DataDownload";
     const METRIC: &'static str = "datadownload";
     const MANAGER: &'static str = MANAGER;
@@ -48,9 +50,11 @@ impl Reconciler for Downloads {
         dd: &DataDownload,
         ctx: &Context,
         st: &mut TransferStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, TransferError> {
         if dd.spec.cancel {
-            cleanup(ctx, &dd.name_any(), true).await?;
+            cleanup(ctx, &dd.name_any(), true)
+                .await
+                .map_err(TransferError::Cleanup)?;
             return Ok(finish(
                 st,
                 TransferPhase::Cancelled,
@@ -63,10 +67,14 @@ impl Reconciler for Downloads {
                 .admission
                 .take_slot(ctx, &admission::key(Self::KIND, &dd.name_any()), st)
                 .await),
-            TransferPhase::Preparing => prepare(dd, ctx, &self.admission, st).await,
+            TransferPhase::Preparing => prepare(dd, ctx, &self.admission, st)
+                .await
+                .map_err(TransferError::Prepare),
             TransferPhase::InProgress => match st.volume.clone() {
-                Some(pv) => hand_over(dd, ctx, st, &pv).await,
-                None => follow(dd, ctx, st).await,
+                Some(pv) => hand_over(dd, ctx, st, &pv)
+                    .await
+                    .map_err(TransferError::HandOver),
+                None => follow(dd, ctx, st).await.map_err(TransferError::Follow),
             },
             _ => Ok(Action::await_change()),
         }
@@ -77,19 +85,26 @@ impl Reconciler for Downloads {
         dd: &DataDownload,
         ctx: &Context,
         st: &TransferStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, TransferError> {
         let discard = st.phase != TransferPhase::Completed;
-        Ok(if cleanup(ctx, &dd.name_any(), discard).await? {
-            Action::await_change()
-        } else {
-            Action::requeue(POLL)
-        })
+        Ok(
+            if cleanup(ctx, &dd.name_any(), discard)
+                .await
+                .map_err(TransferError::Cleanup)?
+            {
+                Action::await_change()
+            } else {
+                Action::requeue(POLL)
+            },
+        )
     }
 
     /// A download going away takes its volume along unless a claim already holds it (a
     /// restore cancelled or deleted after the copy but before its claim existed).
-    async fn cleanup(&self, dd: &DataDownload, ctx: &Context) -> Result<bool, Error> {
-        cleanup(ctx, &dd.name_any(), true).await
+    async fn cleanup(&self, dd: &DataDownload, ctx: &Context) -> Result<bool, TransferError> {
+        cleanup(ctx, &dd.name_any(), true)
+            .await
+            .map_err(TransferError::Cleanup)
     }
 }
 

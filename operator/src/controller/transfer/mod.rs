@@ -34,7 +34,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use crate::runtime::kernel::{self, Reconciler, State, Status};
+use crate::runtime::kernel::{self, ControllerError, Reconciler, State, Status};
 use crate::runtime::kube_ext::delete;
 use crate::runtime::{Context, Error};
 use crate::storage;
@@ -50,6 +50,39 @@ pub const RECLAIM_ANNOTATION: &str = "holdfast.dev/reclaim-policy";
 const POLL: Duration = Duration::from_secs(2);
 /// How often a transfer waiting for a mover slot or its location looks again.
 const WAIT: Duration = Duration::from_secs(5);
+
+/// What failed in a DataUpload or DataDownload, by step.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("preparing the mover: {0}")]
+    Prepare(#[source] Error),
+    #[error("following the mover: {0}")]
+    Follow(#[source] Error),
+    #[error("handing the restored volume over: {0}")]
+    HandOver(#[source] Error),
+    #[error("removing temporary objects: {0}")]
+    Cleanup(#[source] Error),
+    #[error(transparent)]
+    Kernel(#[from] Error),
+}
+
+impl ControllerError for TransferError {
+    fn root(&self) -> &Error {
+        match self {
+            Self::Prepare(e) | Self::Follow(e) | Self::HandOver(e) | Self::Cleanup(e) => e,
+            Self::Kernel(e) => e,
+        }
+    }
+    fn step(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Prepare(_) => "preparing the mover",
+            Self::Follow(_) => "following the mover",
+            Self::HandOver(_) => "handing the restored volume over",
+            Self::Cleanup(_) => "removing temporary objects",
+            Self::Kernel(_) => return None,
+        })
+    }
+}
 
 impl Status for TransferStatus {
     fn summary(&self) -> (State, String, String) {

@@ -15,6 +15,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use tracing::info;
 
+use super::TransferError;
 use super::admission::{self, Admission};
 use super::{
     FINALIZER, MANAGER, POLL, expose, finish, labels_for, live, location, owner, placement, pod,
@@ -33,6 +34,7 @@ pub struct Uploads {
 impl Reconciler for Uploads {
     type Object = DataUpload;
     type Status = TransferStatus;
+    type Error = TransferError;
     const KIND: &'static str = "DataUpload";
     const METRIC: &'static str = "dataupload";
     const MANAGER: &'static str = MANAGER;
@@ -43,9 +45,9 @@ impl Reconciler for Uploads {
         du: &DataUpload,
         ctx: &Context,
         st: &mut TransferStatus,
-    ) -> Result<Action, Error> {
+    ) -> Result<Action, TransferError> {
         if du.spec.cancel {
-            cleanup(ctx, du).await?;
+            cleanup(ctx, du).await.map_err(TransferError::Cleanup)?;
             return Ok(finish(
                 st,
                 TransferPhase::Cancelled,
@@ -58,8 +60,10 @@ impl Reconciler for Uploads {
                 .admission
                 .take_slot(ctx, &admission::key(Self::KIND, &du.name_any()), st)
                 .await),
-            TransferPhase::Preparing => prepare(du, ctx, &self.admission, st).await,
-            TransferPhase::InProgress => follow(du, ctx, st).await,
+            TransferPhase::Preparing => prepare(du, ctx, &self.admission, st)
+                .await
+                .map_err(TransferError::Prepare),
+            TransferPhase::InProgress => follow(du, ctx, st).await.map_err(TransferError::Follow),
             _ => Ok(Action::await_change()),
         }
     }
@@ -69,16 +73,16 @@ impl Reconciler for Uploads {
         du: &DataUpload,
         ctx: &Context,
         _st: &TransferStatus,
-    ) -> Result<Action, Error> {
-        Ok(if cleanup(ctx, du).await? {
+    ) -> Result<Action, TransferError> {
+        Ok(if cleanup(ctx, du).await.map_err(TransferError::Cleanup)? {
             Action::await_change()
         } else {
             Action::requeue(POLL)
         })
     }
 
-    async fn cleanup(&self, du: &DataUpload, ctx: &Context) -> Result<bool, Error> {
-        cleanup(ctx, du).await
+    async fn cleanup(&self, du: &DataUpload, ctx: &Context) -> Result<bool, TransferError> {
+        cleanup(ctx, du).await.map_err(TransferError::Cleanup)
     }
 }
 
