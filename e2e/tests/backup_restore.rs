@@ -1131,7 +1131,7 @@ async fn unclaimed_download_takes_its_volume_along() {
     let e = env();
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     let b = completed_backup(&s, "source", "").await;
-    let live = b
+    let copied = b
         .status
         .as_ref()
         .expect("status")
@@ -1140,7 +1140,7 @@ async fn unclaimed_download_takes_its_volume_along() {
         .find(|v| v.pvc.name == "writer-data")
         .cloned()
         .expect("writer volume");
-    let sid = live
+    let sid = copied
         .copy
         .as_ref()
         .and_then(|c| c.snapshot_id.clone())

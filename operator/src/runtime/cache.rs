@@ -15,8 +15,8 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-/// The label every mover pod carries (the transfer's name).
-const MOVER_LABEL: &str = "holdfast.dev/transfer";
+use crate::controller::transfer::TRANSFER_LABEL;
+
 /// How long the operator waits for a cache to fill before it goes on without (it then fills
 /// in the background; counts read meanwhile may be low).
 const FILL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,7 +47,7 @@ impl Caches {
             ),
             movers: watch(
                 Api::all(client.clone()),
-                watcher::Config::default().labels(MOVER_LABEL),
+                watcher::Config::default().labels(TRANSFER_LABEL),
             ),
             nodes: watch(Api::all(client.clone()), watcher::Config::default()),
         };

@@ -100,7 +100,11 @@ pub async fn open(
     namespace: &str,
     create: bool,
 ) -> Result<Repository, Error> {
-    let _guard = INIT_LOCK.lock().await;
+    // Only an open that may create takes the lock (forget and the like open concurrently).
+    let _guard = match create {
+        true => Some(INIT_LOCK.lock().await),
+        false => None,
+    };
     let location = bsl.name_any();
     let secret = layout::password_secret_name(&location, namespace);
     let what = format!("the repository of namespace {namespace} on location {location}");

@@ -213,7 +213,7 @@ async fn step(
     if st.start_time.is_none() {
         st.phase = Some(RestorePhase::InProgress);
         st.start_time = Some(Time(Timestamp::now()));
-        st.volumes = src.volumes_to_restore(r, ctx);
+        st.volumes = src.volumes_to_restore(r);
         st.reason = None;
         st.message = None;
         return Ok(Action::requeue(Duration::ZERO));

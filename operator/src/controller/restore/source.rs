@@ -45,7 +45,7 @@ impl Source {
     }
 
     /// The volumes to restore: the backup's Completed volumes in selected namespaces.
-    pub fn volumes_to_restore(&self, r: &Restore, _ctx: &Context) -> Vec<RestoredVolume> {
+    pub fn volumes_to_restore(&self, r: &Restore) -> Vec<RestoredVolume> {
         self.md
             .volumes
             .iter()

@@ -34,6 +34,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
+use crate::runtime::error::Refusal;
 use crate::runtime::kernel::{self, ControllerError, Reconciler, State, Status};
 use crate::runtime::kube_ext::delete;
 use crate::runtime::{Context, Error};
@@ -168,6 +169,15 @@ fn finish(
     Action::requeue(Duration::ZERO)
 }
 
+/// Fails the transfer for a refusal (its reason and message).
+fn refuse(st: &mut TransferStatus, r: Refusal) -> Action {
+    st.phase = TransferPhase::Failed;
+    st.reason = Some(r.reason.into());
+    st.message = Some(r.message);
+    st.completion_time = Some(Time(Timestamp::now()));
+    Action::requeue(Duration::ZERO)
+}
+
 /// The transfer's location, checked Available: a missing one fails the transfer, an
 /// unavailable one makes it wait (both say why in the status).
 async fn location(
@@ -177,13 +187,7 @@ async fn location(
 ) -> Result<Result<BackupStorageLocation, Action>, Error> {
     Ok(match storage::location(ctx, Some(name)).await? {
         Ok(bsl) => Ok(bsl),
-        Err(r) if r.reason == LocationReason::LocationNotFound.as_str() => {
-            st.phase = TransferPhase::Failed;
-            st.reason = Some(r.reason.into());
-            st.message = Some(r.message);
-            st.completion_time = Some(Time(Timestamp::now()));
-            Err(Action::requeue(Duration::ZERO))
-        }
+        Err(r) if r.reason == LocationReason::LocationNotFound.as_str() => Err(refuse(st, r)),
         Err(r) => {
             st.reason = Some(r.reason.into());
             st.message = Some(r.message);

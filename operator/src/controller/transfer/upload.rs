@@ -19,9 +19,9 @@ use super::TransferError;
 use super::admission::{self, Admission};
 use super::{
     FINALIZER, MANAGER, POLL, expose, finish, labels_for, live, location, owner, placement, pod,
+    refuse,
 };
 use crate::mover::protocol::{self, BackupCounters, BackupEvent};
-use crate::runtime::error::Refusal;
 use crate::runtime::kernel::Reconciler;
 use crate::runtime::kube_ext::is_conflict;
 use crate::runtime::{Context, Error};
@@ -141,16 +141,6 @@ async fn prepare(
     st.mover_pod = Some(name.clone());
     info!(upload = %name, pvc = %du.spec.pvc, "mover pod started");
     Ok(Action::requeue(POLL))
-}
-
-fn refuse(st: &mut TransferStatus, r: Refusal) -> Action {
-    st.phase = TransferPhase::Failed;
-    st.reason = Some(r.reason.into());
-    st.message = Some(r.message);
-    st.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-        k8s_openapi::jiff::Timestamp::now(),
-    ));
-    Action::requeue(Duration::ZERO)
 }
 
 /// The mover pod of an upload: placed, with the Backup's mover resources.
