@@ -150,3 +150,23 @@ mod tests {
         assert_eq!(RestoreReason::ALL.len(), 19);
     }
 }
+
+reasons! {
+    /// Reasons of a Schedule's status and its `RetentionHeld` condition.
+    ScheduleReason {
+        /// Creating backups on its cadence.
+        Active,
+        /// `spec.paused` is set: no runs start; retention still applies.
+        Paused,
+        /// The cron expression, time zone, retention or the SLA policy cannot be used.
+        InvalidSchedule,
+        /// `spec.policy` names an SLAPolicy that does not exist.
+        PolicyNotFound,
+        /// A retention pass would delete more restore points than the brake allows.
+        DeletionsHeld,
+        /// No retention pass is held.
+        NothingHeld,
+        /// The schedule is being deleted with `onDelete: Delete`: its backups are going.
+        DeletingBackups,
+    }
+}

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::backup::BackupSpec;
-use crate::common::{Retention, conditions_schema};
+use crate::common::{Duration, Retention, conditions_schema};
 
 /// Loose syntax check of a cron expression at admission (five fields or a macro). Ranges and
 /// names are checked by the controller, which reports `InvalidSchedule` in status.
@@ -93,12 +93,80 @@ pub struct ScheduleSpec {
     pub paused: bool,
     /// The Backups this schedule creates.
     pub template: BackupTemplate,
-    /// Safety brake: at most this many restore points are removed by retention in one pass
-    /// (default 10). Larger removals wait and are reported in status until raised.
+    /// Safety brake: a retention pass that would remove more than this many restore points
+    /// (default 10) is held until a person releases it (see the `RetentionHeld` condition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_deletions_per_pass: Option<u32>,
+    /// Safety brake by share: a pass that would remove more than this percentage of the
+    /// schedule's restore points is held too. Omitted: no share limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_deletion_percent: Option<u8>,
+    /// Whether a run may start while the previous one is still running: `Forbid` (default)
+    /// waits for it (runs due meanwhile count as missed), `Allow` starts anyway.
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    /// Runs that were due while the operator was down or a previous run was still going:
+    /// `RunOnce` (default) starts one run for all of them as soon as possible; `Skip` starts
+    /// a late run only within `startingDeadline` of its time.
+    #[serde(default)]
+    pub missed_run_policy: MissedRunPolicy,
+    /// With `missedRunPolicy: Skip`: how late a run may still start (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_deadline: Option<Duration>,
+    /// Start each run up to this much later than its time (a stable pseudo-random delay per
+    /// run), so many schedules with the same cadence do not start at the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Duration>,
+    /// What deleting the Schedule does to its Backups: `Keep` (default) leaves them in place;
+    /// `Delete` deletes every Backup it made (their data goes per their `deletionPolicy`).
+    #[serde(default)]
+    pub on_delete: ScheduleDeletion,
 }
+
+/// Whether runs of one schedule may overlap.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConcurrencyPolicy {
+    /// A run waits until the previous run of the schedule has finished.
+    #[default]
+    Forbid,
+    /// Runs start on time even when the previous one is still running.
+    Allow,
+}
+
+/// What happens to runs that could not start on time.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MissedRunPolicy {
+    /// One run starts as soon as possible for everything that was missed.
+    #[default]
+    RunOnce,
+    /// Late runs are skipped (beyond `startingDeadline`) and counted as missed.
+    Skip,
+}
+
+/// What deleting a Schedule does to its Backups.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ScheduleDeletion {
+    /// The Backups stay.
+    #[default]
+    Keep,
+    /// Every Backup the schedule made is deleted with it.
+    Delete,
+}
+
+/// Annotation on a Schedule that starts one run now: its value (any text, for example a
+/// timestamp) is recorded in `status.lastRunNow`, and the same value never runs twice.
+pub const RUN_NOW: &str = "holdfast.dev/run-now";
+/// Annotation on a Schedule that releases a held retention pass: its value must be the
+/// `status.retentionHeld.token` shown in status.
+pub const RELEASE_DELETIONS: &str = "holdfast.dev/release-deletions";
+/// Label on Backups made by a Schedule: the Schedule's name.
+pub const SCHEDULE_LABEL: &str = "holdfast.dev/schedule";
+/// Label on Backups made by a Schedule: which cadence made it (`snapshot`, `copy` or `both`).
+pub const CADENCE_LABEL: &str = "holdfast.dev/cadence";
+/// Annotation on Backups made by a Schedule: the scheduled time of the run (RFC 3339).
+pub const SCHEDULED_TIME: &str = "holdfast.dev/scheduled-time";
 
 /// Template of the Backups a Schedule creates.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -137,6 +205,10 @@ pub struct ScheduleStatus {
     /// Details for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Namespace of the operator that handles this schedule (set when an operator takes it
+    /// up; other operators on the cluster leave it alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_namespace: Option<String>,
     /// When the next backup (snapshot) is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_time: Option<Time>,
@@ -155,6 +227,31 @@ pub struct ScheduleStatus {
     /// Restore points currently kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_points: Option<u32>,
+    /// The latest scheduled time handled (run, skipped or missed); runs after it are due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled_time: Option<Time>,
+    /// The latest scheduled copy time handled (SLA policies with a copy cadence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_copy_scheduled_time: Option<Time>,
+    /// Runs that were due but did not start (operator down, previous run still going, paused
+    /// runs are not counted).
+    #[serde(default)]
+    pub missed_runs: u32,
+    /// When a run was last missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_missed_time: Option<Time>,
+    /// The last `holdfast.dev/run-now` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_now: Option<String>,
+    /// Backups of this schedule still running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<String>,
+    /// A retention pass held by the safety brake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_held: Option<HeldDeletion>,
+    /// Restore points removed by retention since the schedule was created.
+    #[serde(default)]
+    pub expired_points: u32,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -162,6 +259,18 @@ pub struct ScheduleStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// Restore points retention wanted to remove, held by the safety brake.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldDeletion {
+    /// The Backups that would be deleted (newest first).
+    pub backups: Vec<String>,
+    /// How many restore points the schedule has.
+    pub of: u32,
+    /// Value to put in the `holdfast.dev/release-deletions` annotation to allow exactly this pass.
+    pub token: String,
 }
 
 /// The state of a Schedule.

@@ -4,4 +4,5 @@
 pub mod backup;
 pub mod location;
 pub mod restore;
+pub mod schedule;
 pub mod transfer;

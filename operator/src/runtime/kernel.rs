@@ -79,6 +79,7 @@ standard_status!(
     holdfast_api::RestoreStatus,
     holdfast_api::TransferStatus,
     holdfast_api::BackupStorageLocationStatus,
+    holdfast_api::ScheduleStatus,
 );
 
 /// A status the kernel can write: its summary besides the standard fields.
@@ -150,6 +151,12 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
         _st: &Self::Status,
     ) -> impl Future<Output = Result<Action, Self::Error>> + Send {
         async { Ok(Action::await_change()) }
+    }
+
+    /// Whether this object needs [`Reconciler::FINALIZER`] now (default: always). When not,
+    /// the kernel removes it, so objects with nothing to clean up are never held on deletion.
+    fn wants_finalizer(&self, _o: &Self::Object) -> bool {
+        true
     }
 
     /// Runs on deletion while the finalizer is set; true when done (the finalizer goes).
@@ -254,10 +261,16 @@ async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action,
         kube_ext::remove_finalizer(&api, &*o, f).await?;
         return Ok(Action::await_change());
     }
-    if let Some(f) = R::FINALIZER
-        && kube_ext::add_finalizer(&api, &*o, f).await?
-    {
-        return Ok(Action::await_change());
+    if let Some(f) = R::FINALIZER {
+        let has = o.finalizers().iter().any(|x| x == f);
+        if k.reconciler.wants_finalizer(&o) {
+            if kube_ext::add_finalizer(&api, &*o, f).await? {
+                return Ok(Action::await_change());
+            }
+        } else if has {
+            kube_ext::remove_finalizer(&api, &*o, f).await?;
+            return Ok(Action::await_change());
+        }
     }
     let old = o.status().cloned().unwrap_or_default();
     if old.is_terminal() {

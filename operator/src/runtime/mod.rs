@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::telemetry::Metrics;
-use crate::controller::{backup, location, restore, transfer};
+use crate::controller::{backup, location, restore, schedule, transfer};
 
 /// Shared state of all controllers.
 pub struct Context {
@@ -203,6 +203,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             stop()
         ),
         restore::run(ctx.clone(), stop()),
+        schedule::run(ctx.clone(), stop()),
     );
 
     if let Some(l) = lease {

@@ -31,8 +31,12 @@ pub fn init_tracing() {
     }
 }
 
-/// Operator metrics. Labels are bounded: controller, result, location.
+/// Operator metrics. Labels are bounded: controller, result, location, and per Schedule its
+/// namespace and name (one series per Schedule object, like kube-state-metrics).
 pub struct Metrics {
+    schedule_success: IntGaugeVec,
+    schedule_missed: IntCounterVec,
+    retention_deleted: IntCounterVec,
     registry: Registry,
     reconciles: IntCounterVec,
     errors: IntCounterVec,
@@ -91,8 +95,35 @@ impl Metrics {
             &["kind", "phase"],
         )
         .expect("metric");
+        let schedule_success = IntGaugeVec::new(
+            Opts::new(
+                "schedule_last_success_timestamp_seconds",
+                "When the newest successful backup of a Schedule completed (Unix seconds)",
+            ),
+            &["namespace", "schedule"],
+        )
+        .expect("metric");
+        let schedule_missed = IntCounterVec::new(
+            Opts::new(
+                "schedule_missed_runs_total",
+                "Runs of a Schedule that were due but did not start",
+            ),
+            &["namespace", "schedule"],
+        )
+        .expect("metric");
+        let retention_deleted = IntCounterVec::new(
+            Opts::new(
+                "retention_deletions_total",
+                "Backups a Schedule's retention deleted",
+            ),
+            &["namespace", "schedule"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(schedule_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(schedule_missed.clone()),
+            Box::new(retention_deleted.clone()),
+            Box::new(reconciles.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(location_available.clone()),
@@ -102,6 +133,9 @@ impl Metrics {
             registry.register(c).expect("unique metric");
         }
         Self {
+            schedule_success,
+            schedule_missed,
+            retention_deleted,
             registry,
             reconciles,
             errors,
@@ -131,6 +165,35 @@ impl Metrics {
     /// Counts an operation that reached terminal phase `phase`.
     pub fn finished(&self, kind: &str, phase: &str) {
         self.finished.with_label_values(&[kind, phase]).inc();
+    }
+
+    /// Records the completion time of a Schedule's newest successful backup.
+    pub fn schedule_success(&self, namespace: &str, schedule: &str, unix: i64) {
+        self.schedule_success
+            .with_label_values(&[namespace, schedule])
+            .set(unix);
+    }
+
+    /// Counts runs of a Schedule that were missed.
+    pub fn schedule_missed(&self, namespace: &str, schedule: &str, n: u32) {
+        self.schedule_missed
+            .with_label_values(&[namespace, schedule])
+            .inc_by(u64::from(n));
+    }
+
+    /// Counts Backups deleted by a Schedule's retention.
+    pub fn retention_deleted(&self, namespace: &str, schedule: &str, n: usize) {
+        self.retention_deleted
+            .with_label_values(&[namespace, schedule])
+            .inc_by(n as u64);
+    }
+
+    /// Drops the series of a deleted Schedule.
+    pub fn forget_schedule(&self, namespace: &str, schedule: &str) {
+        let l = [namespace, schedule];
+        let _ = self.schedule_success.remove_label_values(&l);
+        let _ = self.schedule_missed.remove_label_values(&l);
+        let _ = self.retention_deleted.remove_label_values(&l);
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -10,6 +10,7 @@ use holdfast_api::common::NamespacedName;
 use holdfast_api::location::BackupStorageLocation;
 use holdfast_api::reasons::RestoreReason;
 use holdfast_api::restore::{Restore, RestorePhase, RestoreStatus, RestoredVolume};
+use holdfast_api::schedule::SCHEDULE_LABEL;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
@@ -282,7 +283,7 @@ async fn find_backup(r: &Restore, ctx: &Context) -> Refusable<Backup> {
         )));
     };
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &own);
-    let lp = ListParams::default().labels(&format!("holdfast.dev/schedule={schedule}"));
+    let lp = ListParams::default().labels(&format!("{SCHEDULE_LABEL}={schedule}"));
     let at = src.point_in_time.as_ref().map(|t| t.0);
     let backups = api
         .list(&lp)

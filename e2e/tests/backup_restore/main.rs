@@ -1,5 +1,9 @@
 //! Backup and restore of a namespace end to end on the testbed: real CSI snapshots, mover pods
 //! writing a restic-format repository into MinIO, the namespace deleted and brought back.
+//! One test binary, so every scenario shares one testbed and `Together` scenarios run
+//! concurrently; `schedule.rs` holds the Schedule and retention scenarios.
+
+mod schedule;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
