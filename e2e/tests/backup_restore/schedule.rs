@@ -82,10 +82,13 @@ async fn settled(s: &Setup, name: &str) -> BTreeMap<String, Backup> {
         Some(&opns),
         || async {
             let all = all_runs(&s.client, &opns, name).await;
-            let st = schedule(&s.client, &opns, name).await.status?;
-            let quiet = all
-                .iter()
-                .all(|b| finished(b) && b.metadata.deletion_timestamp.is_none());
+            let sch = schedule(&s.client, &opns, name).await;
+            let st = sch.status?;
+            let seen = st.observed_generation == sch.metadata.generation;
+            let quiet = seen
+                && all
+                    .iter()
+                    .all(|b| finished(b) && b.metadata.deletion_timestamp.is_none());
             (quiet && st.active.is_empty() && st.retention_held.is_none())
                 .then(|| all.into_iter().map(|b| (b.name_any(), b)).collect())
         },
@@ -337,14 +340,17 @@ async fn cron_schedule_pauses_catches_up_brakes_and_destroys() {
         1,
         "one run for the slots missed while down: {late:#?}"
     );
-    let st = schedule(&s.client, &opns, "c")
-        .await
-        .status
-        .expect("status");
-    assert!(
-        st.missed_runs > missed_before,
-        "missed runs counted: {st:#?}"
-    );
+    // The status write follows the Backup's creation in the same pass.
+    wait_until(
+        "the missed runs to be counted",
+        Duration::from_secs(30),
+        Some(&opns),
+        || async {
+            let st = schedule(&s.client, &opns, "c").await.status?;
+            (st.missed_runs > missed_before).then_some(())
+        },
+    )
+    .await;
     let metric =
         s.op.metric("holdfast_schedule_missed_runs_total")
             .unwrap_or(0.0);

@@ -242,6 +242,30 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_preset_resolves() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/presets/slapolicies.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("presets");
+        let s = schedule(serde_json::json!({"policy": "p", "template": {}}));
+        let mut names = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let p: SLAPolicy = serde::Deserialize::deserialize(doc).expect("an SLAPolicy");
+            let plan = resolve(&s, Some(&p))
+                .unwrap_or_else(|e| panic!("{:?}: {}", p.metadata.name, e.message));
+            assert!(!plan.lines.is_empty());
+            names.push(p.metadata.name.unwrap_or_default());
+        }
+        assert_eq!(
+            names,
+            [
+                "gold", "silver", "bronze", "test", "daily", "weekly", "monthly"
+            ]
+        );
+    }
+
+    #[test]
     fn a_policy_gives_a_snapshot_and_a_copy_line() {
         let s = schedule(serde_json::json!({"policy": "gold", "template": {}}));
         let spec: SLAPolicySpec = serde_json::from_value(serde_json::json!({
