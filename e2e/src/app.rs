@@ -264,9 +264,30 @@ pub fn sh(ns: &str, target: &str, script: &str) -> String {
 
 /// `restic snapshots --json` of the repository of `source_ns` in `bucket` (prefix `e2e`).
 pub fn restic_snapshots(bucket: &str, source_ns: &str, password: &str) -> serde_json::Value {
+    let out = restic(
+        bucket,
+        source_ns,
+        password,
+        &["snapshots", "--json", "--no-lock"],
+    );
+    assert!(
+        out.status.success(),
+        "restic snapshots failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("restic json")
+}
+
+/// Runs the stock `restic` on the repository of `source_ns` in `bucket`.
+pub fn restic(
+    bucket: &str,
+    source_ns: &str,
+    password: &str,
+    args: &[&str],
+) -> std::process::Output {
     let s3 = env().s3();
-    let out = std::process::Command::new("restic")
-        .args(["snapshots", "--json", "--no-lock"])
+    std::process::Command::new("restic")
+        .args(args)
         .env(
             "RESTIC_REPOSITORY",
             holdfast::storage::layout::repository_url(&location("primary", bucket), source_ns),
@@ -275,11 +296,5 @@ pub fn restic_snapshots(bucket: &str, source_ns: &str, password: &str) -> serde_
         .env("AWS_ACCESS_KEY_ID", &s3.access_key)
         .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
         .output()
-        .expect("run restic");
-    assert!(
-        out.status.success(),
-        "restic snapshots failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("restic json")
+        .expect("run restic")
 }

@@ -175,6 +175,7 @@ async fn kubectl_get_holdfast_lists_every_kind() {
         "slapolicies",
         "datauploads",
         "datadownloads",
+        "backuprepositories",
     ] {
         assert!(
             out.contains(&format!("{kind}.holdfast.dev")),

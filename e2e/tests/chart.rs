@@ -113,7 +113,29 @@ async fn chart_installs_an_operator_that_reconciles() {
     let manifest = "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {name: probe}\nspec:\n  s3: {bucket: unused, endpoint: \"http://127.0.0.1:9\"}\n";
     e.apply_yaml(&ns.name, manifest);
     holdfast_e2e::wait_location(&client, &ns.name, "probe", LocationPhase::Unavailable, None).await;
+    // The SLA policy presets come with the release.
+    let presets = e.kubectl_ok([
+        "get",
+        "slapolicies",
+        "-l",
+        "holdfast.dev/preset=true",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(presets.lines().count(), 7, "{presets}");
     run_helm(&["uninstall", &release, "--namespace", &ns.name, "--wait"]);
+    let presets = e.kubectl_ok([
+        "get",
+        "slapolicies",
+        "-l",
+        "holdfast.dev/preset=true",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        presets.trim().is_empty(),
+        "uninstall removes the presets: {presets}"
+    );
     // Cluster-scoped RBAC of the release is gone with it.
     let out = e.kubectl([
         "get",

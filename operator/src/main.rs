@@ -24,6 +24,9 @@ enum Command {
     Crdgen(cli::crdgen::CrdgenArgs),
     /// Data mover: back up, restore and check restic-format repositories.
     Mover(mover::MoverCommand),
+    /// List the restore points of a claim, newest first (installed as `kubectl-holdfast`:
+    /// `kubectl holdfast restore-points pvc/NAME -n NS`).
+    RestorePoints(cli::points::PointsArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -42,5 +45,8 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Mover(cmd) => tokio_runtime()?.block_on(mover::run(cmd)),
+        Command::RestorePoints(args) => tokio_runtime()?
+            .block_on(cli::points::run(&args))
+            .map(|()| std::process::ExitCode::SUCCESS),
     }
 }

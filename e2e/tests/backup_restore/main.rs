@@ -1,8 +1,10 @@
 //! Backup and restore of a namespace end to end on the testbed: real CSI snapshots, mover pods
 //! writing a restic-format repository into MinIO, the namespace deleted and brought back.
 //! One test binary, so every scenario shares one testbed and `Together` scenarios run
-//! concurrently; `schedule.rs` holds the Schedule and retention scenarios.
+//! concurrently; `schedule.rs` holds the Schedule and retention scenarios, `maintenance.rs`
+//! repository maintenance.
 
+mod maintenance;
 mod schedule;
 
 use std::collections::BTreeSet;

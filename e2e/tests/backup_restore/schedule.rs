@@ -8,7 +8,7 @@ use std::time::Duration;
 use holdfast_api::backup::{Backup, BackupPhase};
 use holdfast_api::restore::RestorePhase;
 use holdfast_api::schedule::{
-    CADENCE_LABEL, SCHEDULE_LABEL, SCHEDULED_TIME, Schedule, SchedulePhase,
+    CADENCE_LABEL, SCHEDULE_LABEL, SCHEDULED_TIME, SNAPSHOTS_DROPPED, Schedule, SchedulePhase,
 };
 use holdfast_e2e::{TestNamespace, env, wait_until};
 use k8s_openapi::jiff::Timestamp;
@@ -44,6 +44,10 @@ fn finished(b: &Backup) -> bool {
 
 fn cadence(b: &Backup) -> &str {
     b.labels().get(CADENCE_LABEL).map_or("", String::as_str)
+}
+
+fn dropped(b: &Backup) -> bool {
+    b.annotations().contains_key(SNAPSHOTS_DROPPED)
 }
 
 fn scheduled(b: &Backup) -> Timestamp {
@@ -96,10 +100,11 @@ async fn settled(s: &Setup, name: &str) -> BTreeMap<String, Backup> {
     .await
 }
 
-/// An SLA policy's two cadences: snapshots every minute (the newest 2 kept), copies every two
-/// minutes (the newest kept). Retention removes the VolumeSnapshots of expired snapshot points
-/// and the repository snapshots of expired copies; a Restore of "the schedule at T" takes the
-/// newest point at or before T; deleting the Schedule leaves its Backups.
+/// An SLA policy's two cadences: snapshots every minute (the newest kept), copies every two
+/// minutes (the newest 2 kept). Retention removes the VolumeSnapshots of expired points and of
+/// points kept only for their copy, and the repository snapshots of expired copies; a Restore
+/// of "the schedule at T" takes the newest point at or before T (from its copy when its
+/// snapshots are gone); deleting the Schedule leaves its Backups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
     let s = setup("sla", 4, &[], Share::Together).await;
@@ -109,7 +114,7 @@ async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
     e.apply_yaml(
         &opns,
         &format!(
-            "apiVersion: holdfast.dev/v1alpha1\nkind: SLAPolicy\nmetadata: {{name: {policy}}}\nspec:\n  snapshots: {{every: 1m, keep: {{last: 2}}}}\n  copies: {{schedule: \"*/2 * * * *\", keep: {{last: 1}}}}\n"
+            "apiVersion: holdfast.dev/v1alpha1\nkind: SLAPolicy\nmetadata: {{name: {policy}}}\nspec:\n  snapshots: {{every: 1m, keep: {{last: 1}}}}\n  copies: {{schedule: \"*/2 * * * *\", keep: {{last: 2}}}}\n"
         ),
     );
     e.apply_yaml(
@@ -127,12 +132,13 @@ async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
         let copies: Vec<&Backup> = seen.values().filter(|b| cadence(b) == "both").collect();
         let snaps = seen.values().filter(|b| cadence(b) == "snapshot").count();
         let copy_expired = copies.iter().any(|b| !now.contains_key(&b.name_any()));
-        if copies.len() >= 2 && copy_expired && snaps >= 3 {
+        let dropped = now.values().any(dropped);
+        if copies.len() >= 3 && copy_expired && snaps >= 2 && dropped {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out waiting for two copy runs and three snapshot runs, the oldest copy expired; seen {:?}\n{}",
+            "timed out waiting for three copy runs (the oldest expired, one kept only for its copy) and two snapshot runs; seen {:?}\n{}",
             seen.keys().collect::<Vec<_>>(),
             holdfast_e2e::dump_namespace(&opns)
         );
@@ -159,39 +165,39 @@ async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
         );
         assert!(b.metadata.owner_references.is_none());
     }
-    // Snapshot retention keeps the newest two points with snapshots; copy retention the
-    // newest point with a copy.
-    let mut with_snapshots: Vec<&Backup> = left.values().collect();
-    with_snapshots.sort_by_key(|b| std::cmp::Reverse(scheduled(b)));
-    let newest_copy = with_snapshots
+    // Snapshot retention keeps the newest point; copy retention the two newest copies, whose
+    // snapshots go unless snapshot retention keeps them too.
+    let mut newest_first: Vec<&Backup> = left.values().collect();
+    newest_first.sort_by_key(|b| std::cmp::Reverse(scheduled(b)));
+    let newest = newest_first[0].name_any();
+    let copies: Vec<String> = newest_first
         .iter()
-        .find(|b| cadence(b) == "both")
-        .map(|b| b.name_any())
-        .expect("a copy point survives");
-    let mut expected: Vec<String> = with_snapshots
-        .iter()
-        .take(2)
+        .filter(|b| cadence(b) == "both")
         .map(|b| b.name_any())
         .collect();
-    expected.push(newest_copy.clone());
+    assert_eq!(copies.len(), 2, "two copy points survive: {copies:?}");
+    let mut expected: Vec<String> = copies.clone();
+    expected.push(newest.clone());
     expected.sort();
     expected.dedup();
     let names: Vec<String> = left.keys().cloned().collect();
     assert_eq!(names, expected, "surviving points");
-    // Expired points lost their VolumeSnapshots; the repository holds the surviving copy only.
+    for b in left.values() {
+        let n = snapshots_of(b).lines().count();
+        if b.name_any() == newest {
+            assert_eq!(n, 2, "the newest point {newest} keeps its 2 snapshots");
+            assert!(!dropped(b));
+        } else {
+            assert_eq!(n, 0, "{} is kept for its copy only", b.name_any());
+            assert!(dropped(b), "{} is marked", b.name_any());
+        }
+    }
+    // Expired points lost their VolumeSnapshots; the repository holds the surviving copies.
     for b in seen.values().filter(|b| !left.contains_key(&b.name_any())) {
         let vs = snapshots_of(b);
         assert!(
             vs.trim().is_empty(),
             "expired {} keeps snapshots: {vs}",
-            b.name_any()
-        );
-    }
-    for b in left.values() {
-        assert_eq!(
-            snapshots_of(b).lines().count(),
-            2,
-            "{} has its 2 snapshots",
             b.name_any()
         );
     }
@@ -203,13 +209,37 @@ async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
         .iter()
         .map(|v| v["tags"].to_string())
         .collect();
-    assert_eq!(tags.len(), 2, "one copy point of 2 volumes: {tags:?}");
-    assert!(
-        tags.iter().all(|t| t.contains(&newest_copy)),
-        "{tags:?} vs {newest_copy}"
-    );
+    assert_eq!(tags.len(), 4, "two copy points of 2 volumes: {tags:?}");
+    for c in &copies {
+        assert_eq!(
+            tags.iter().filter(|t| t.contains(c.as_str())).count(),
+            2,
+            "{tags:?} vs {c}"
+        );
+    }
     let expired = st.expired_points;
     assert!(expired >= 2, "{st:#?}");
+    // The claim's restore points, as `kubectl holdfast restore-points` lists them.
+    let out = std::process::Command::new(holdfast_e2e::operator::holdfast_bin())
+        .args(["restore-points", "pvc/writer-data", "-n", &app_ns])
+        .output()
+        .expect("run holdfast restore-points");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), left.len(), "one row per point:\n{table}");
+    assert!(
+        rows[0].contains(&format!("{opns}/{newest}")),
+        "newest first:\n{table}"
+    );
+    assert!(
+        rows.iter().any(|r| r.contains(" copy ")),
+        "copy-only points:\n{table}"
+    );
 
     // "The schedule at T": the newest point completed at or before T.
     let mut by_completion: Vec<(Timestamp, String)> = left

@@ -10,6 +10,7 @@ pub mod hooks;
 pub mod location;
 pub mod policy;
 pub mod reasons;
+pub mod repository;
 pub mod restore;
 pub mod schedule;
 pub mod transfer;
@@ -18,6 +19,7 @@ pub use backup::{Backup, BackupPhase, BackupSpec, BackupStatus};
 pub use common::Duration;
 pub use location::{BackupStorageLocation, BackupStorageLocationSpec, BackupStorageLocationStatus};
 pub use policy::{SLAPolicy, SLAPolicySpec};
+pub use repository::{BackupRepository, BackupRepositorySpec, BackupRepositoryStatus};
 pub use restore::{Restore, RestoreSpec, RestoreStatus};
 pub use schedule::{Schedule, ScheduleSpec, ScheduleStatus};
 pub use transfer::{DataDownload, DataUpload, TransferStatus};
@@ -40,6 +42,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         SLAPolicy::crd(),
         DataUpload::crd(),
         DataDownload::crd(),
+        BackupRepository::crd(),
     ];
     crds.into_iter().map(normalize_formats).collect()
 }

@@ -165,6 +165,9 @@ pub const RELEASE_DELETIONS: &str = "holdfast.dev/release-deletions";
 pub const SCHEDULE_LABEL: &str = "holdfast.dev/schedule";
 /// Label on Backups made by a Schedule: which cadence made it (`snapshot`, `copy` or `both`).
 pub const CADENCE_LABEL: &str = "holdfast.dev/cadence";
+/// Annotation on a Backup made by a Schedule whose VolumeSnapshots retention removed while
+/// keeping its copy (the snapshot retention no longer wanted it, the copy retention did).
+pub const SNAPSHOTS_DROPPED: &str = "holdfast.dev/snapshots-dropped";
 /// Annotation on Backups made by a Schedule: the scheduled time of the run (RFC 3339).
 pub const SCHEDULED_TIME: &str = "holdfast.dev/scheduled-time";
 

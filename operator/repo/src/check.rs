@@ -13,6 +13,26 @@ use crate::{Id, RepoError};
 pub struct CheckOptions {
     /// Download and verify every pack.
     pub read_data: bool,
+    /// Download and verify a share of the packs (ignored with `read_data`).
+    pub read_subset: Option<Subset>,
+}
+
+/// A share of the packs to read: those whose id, mixed with `seed`, falls into the first
+/// `percent` of a hundred buckets. Another seed picks other packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subset {
+    pub percent: u8,
+    pub seed: u64,
+}
+
+impl Subset {
+    /// Whether pack `id` is in the subset. Pure.
+    pub fn contains(&self, id: &Id) -> bool {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&id.0[..8]);
+        let mixed = (u64::from_le_bytes(b) ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> 32) % 100 < u64::from(self.percent)
+    }
 }
 
 /// Findings of a check.
@@ -26,6 +46,8 @@ pub struct CheckReport {
     pub blobs: usize,
     pub snapshots: usize,
     pub trees: usize,
+    /// Packs downloaded and verified.
+    pub packs_read: usize,
 }
 
 impl CheckReport {
@@ -150,9 +172,13 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport,
         }
     }
 
-    if opts.read_data {
+    if opts.read_data || opts.read_subset.is_some() {
         let mut set = tokio::task::JoinSet::new();
-        let mut packs: Vec<_> = by_pack.into_iter().collect();
+        let mut packs: Vec<_> = by_pack
+            .into_iter()
+            .filter(|(id, _)| opts.read_data || opts.read_subset.is_some_and(|s| s.contains(id)))
+            .collect();
+        rep.packs_read = packs.len();
         packs.sort_by_key(|(id, _)| *id);
         let mut iter = packs.into_iter();
         loop {
@@ -217,4 +243,34 @@ async fn verify_pack(repo: &Repository, pack: Id, indexed: Vec<format::PackedBlo
     })
     .await;
     r.unwrap_or_else(|e| vec![format!("pack {pack}: internal: {e}")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subset_reads_about_its_share_and_another_seed_reads_other_packs() {
+        let ids: Vec<Id> = (0..2000u32).map(|i| Id::hash(&i.to_le_bytes())).collect();
+        let pick = |seed| -> HashSet<Id> {
+            let s = Subset { percent: 10, seed };
+            ids.iter().copied().filter(|id| s.contains(id)).collect()
+        };
+        let (a, b) = (pick(1), pick(2));
+        assert!((140..260).contains(&a.len()), "{} of 2000 for 10%", a.len());
+        assert!(
+            a.intersection(&b).count() < a.len() / 2,
+            "another seed, other packs"
+        );
+        let all = Subset {
+            percent: 100,
+            seed: 7,
+        };
+        assert!(ids.iter().all(|id| all.contains(id)));
+        let none = Subset {
+            percent: 0,
+            seed: 7,
+        };
+        assert!(!ids.iter().any(|id| none.contains(id)));
+    }
 }

@@ -97,9 +97,15 @@ async fn image_file_as_block_device_roundtrips_with_restic() {
     let distinct: std::collections::HashSet<_> = content.iter().collect();
     assert_eq!(distinct.len(), 9);
 
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(rep.ok(), "{:?}", rep.errors);
 
     // Our restore into a new file: identical and sparse.

@@ -79,9 +79,15 @@ async fn kill_9_during_backup_never_damages_the_repository() {
         tokio::time::sleep(delay).await;
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
-        let rep = check(&repo, CheckOptions { read_data: false })
-            .await
-            .expect("check");
+        let rep = check(
+            &repo,
+            CheckOptions {
+                read_data: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("check");
         assert!(
             rep.ok(),
             "trial {t} (killed after {delay:?}): {:?}",
@@ -116,9 +122,15 @@ async fn kill_9_during_backup_never_damages_the_repository() {
         status.success(),
         "backup after the crashes failed: {status}"
     );
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(rep.ok(), "{:?}", rep.errors);
     if let Some(r) = &restic {
         run_restic(

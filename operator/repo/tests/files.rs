@@ -126,9 +126,15 @@ async fn sparse_gib_file_is_not_read_and_restores_sparse() {
         "restored file is not sparse: {allocated} bytes allocated"
     );
     assert_same_file(&p, &rp);
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(rep.ok(), "{:?}", rep.errors);
 
     let Some(restic) = restic() else { return };

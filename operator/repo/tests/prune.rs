@@ -162,9 +162,15 @@ async fn forget_and_prune_roundtrip(
     assert_eq!(s.bytes_unused_remaining, 0);
     let after = repo.list(FileType::Pack).await.expect("list").len();
     assert!(after < before, "{before} -> {after}");
-    let rep = check(repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(
         rep.ok() && rep.warnings.is_empty(),
         "{:?} {:?}",
@@ -319,9 +325,15 @@ async fn grace_period_and_still_unneeded_rule() {
             .is_none_or(|m| m.packs.is_empty()),
         "needed packs must leave the mark"
     );
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(rep.ok(), "{:?}", rep.errors);
     assert_restores(&repo, &url, &[], &rid, &ref1, tmp.path()).await;
 
@@ -346,9 +358,15 @@ async fn grace_period_and_still_unneeded_rule() {
     .expect("sweep 2");
     assert_eq!(s4.packs_deleted, 1, "{s4:?}");
     assert!(!repo_dir.join(FileType::Pack.key(&tree_pack)).exists());
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(
         rep.ok() && rep.warnings.is_empty(),
         "{:?} {:?}",
@@ -603,9 +621,15 @@ async fn kill_9_during_prune_never_damages_the_repository() {
                 "killed prune"
             }
         );
-        let rep = check(&repo, CheckOptions { read_data: false })
-            .await
-            .expect("check");
+        let rep = check(
+            &repo,
+            CheckOptions {
+                read_data: false,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("check");
         assert!(
             rep.ok(),
             "trial {t} (killed after {delay:?}): {:?}",
@@ -639,9 +663,15 @@ async fn kill_9_during_prune_never_damages_the_repository() {
         "prune after the crashes: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(
         rep.ok() && rep.warnings.is_empty(),
         "{:?} {:?}",

@@ -33,9 +33,15 @@ async fn our_backup_passes_restic_check_and_restores_identically() {
     assert!(s.errors.is_empty(), "{:?}", s.errors);
 
     // Our own check and restore.
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(rep.ok(), "{:?}", rep.errors);
     assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
     let ours = tmp.path().join("restored-by-us");
@@ -87,9 +93,15 @@ async fn restic_written_repository_restores_identically_with_our_reader() {
         .await
         .expect("open restic repo");
     assert_eq!(repo.snapshots().await.expect("snapshots").len(), 2);
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(rep.ok(), "{:?}", rep.errors);
     let out = tmp.path().join("out");
     restore(&repo, "latest", &out, RestoreOptions::default())
@@ -244,9 +256,15 @@ async fn flipped_byte_is_reported_naming_the_pack_and_wrong_password_fails_fast(
         .expect("name")
         .to_string();
 
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(!rep.ok());
     assert!(
         rep.errors.iter().any(|e| e.contains(&name)),

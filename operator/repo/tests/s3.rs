@@ -46,9 +46,15 @@ async fn s3_repository_roundtrips_with_restic() {
         .await
         .expect("backup");
     assert!(s.errors.is_empty(), "{:?}", s.errors);
-    let rep = check(&repo, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &repo,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(
         rep.ok() && rep.warnings.is_empty(),
         "{:?} {:?}",
@@ -213,9 +219,15 @@ async fn s3_backup_through_fault_proxy_is_complete_and_checks_clean() {
     let direct = Repository::open(s3(minio.config("faulty", "repo")).await, PASSWORD)
         .await
         .expect("open");
-    let rep = check(&direct, CheckOptions { read_data: true })
-        .await
-        .expect("check");
+    let rep = check(
+        &direct,
+        CheckOptions {
+            read_data: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("check");
     assert!(
         rep.ok() && rep.warnings.is_empty(),
         "{:?} {:?}",

@@ -1,3 +1,5 @@
-//! Command-line subcommands that do not talk to the cluster (code generation).
+//! Command-line subcommands besides the controller and the mover: code generation, and the
+//! kubectl plugin's commands.
 
 pub mod crdgen;
+pub mod points;

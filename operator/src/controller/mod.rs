@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod location;
+pub mod repository;
 pub mod restore;
 pub mod schedule;
 pub mod transfer;

@@ -24,7 +24,9 @@ use holdfast_repo::restore::{self, RestoreOptions};
 use holdfast_repo::{KdfParams, RepoError, Repository};
 use holdfast_store::{DynStore, LocalStore, Location, RetryPolicy, S3Config, S3Store};
 
-use self::protocol::{BackupCounters, BackupEvent, RestoreEvent, env};
+use self::protocol::{
+    BackupCounters, BackupEvent, MaintenanceEvent, PruneReport, RestoreEvent, env,
+};
 
 /// Exit code: some files could not be read or some metadata could not be applied.
 pub const EXIT_PARTIAL: u8 = protocol::exit::PARTIAL;
@@ -248,6 +250,12 @@ pub struct CheckArgs {
     /// Also download and verify every pack.
     #[arg(long)]
     pub read_data: bool,
+    /// Download and verify this percentage of the packs.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100), conflicts_with = "read_data")]
+    pub read_data_subset: Option<u8>,
+    /// Which packs the subset takes (default: from the clock, so runs differ).
+    #[arg(long, requires = "read_data_subset")]
+    pub seed: Option<u64>,
 }
 
 fn password() -> anyhow::Result<String> {
@@ -471,42 +479,54 @@ async fn run_restore(store: DynStore, a: RestoreArgs, json: bool) -> anyhow::Res
 
 async fn run_check(store: DynStore, a: CheckArgs, json: bool) -> anyhow::Result<ExitCode> {
     let repo = Repository::open(store, &password()?).await?;
+    let started = Instant::now();
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
     let r = check::check(
         &repo,
         CheckOptions {
             read_data: a.read_data,
+            read_subset: a
+                .read_data_subset
+                .map(|percent| check::Subset { percent, seed }),
         },
     )
     .await?;
     for w in &r.warnings {
-        emit(json, "warning", serde_json::json!({"message": w}), || {
-            format!("warning: {w}")
-        });
+        let e = MaintenanceEvent::Warning { message: w.clone() };
+        emit_event(json, &e, || format!("warning: {w}"));
     }
     for e in &r.errors {
-        emit(json, "error", serde_json::json!({"message": e}), || {
-            format!("error: {e}")
-        });
+        let ev = MaintenanceEvent::Error { message: e.clone() };
+        emit_event(json, &ev, || format!("error: {e}"));
     }
-    emit(
-        json,
-        "summary",
-        serde_json::json!({"ok": r.ok(), "errors": r.errors.len(), "warnings": r.warnings.len(), "packs": r.packs, "blobs": r.blobs, "snapshots": r.snapshots, "trees": r.trees}),
-        || {
-            format!(
-                "check: {} packs, {} blobs, {} snapshots, {} trees: {}",
-                r.packs,
-                r.blobs,
-                r.snapshots,
-                r.trees,
-                if r.ok() {
-                    "no errors".to_string()
-                } else {
-                    format!("{} errors", r.errors.len())
-                }
-            )
-        },
-    );
+    let summary = MaintenanceEvent::Summary {
+        ok: r.ok(),
+        errors: r.errors.len() as u64,
+        warnings: r.warnings.len() as u64,
+        packs: r.packs as u64,
+        packs_read: r.packs_read as u64,
+        snapshots: r.snapshots as u64,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    emit_event(json, &summary, || {
+        format!(
+            "check: {} packs, {} blobs, {} snapshots, {} trees: {}",
+            r.packs,
+            r.blobs,
+            r.snapshots,
+            r.trees,
+            if r.ok() {
+                "no errors".to_string()
+            } else {
+                format!("{} errors", r.errors.len())
+            }
+        )
+    });
     Ok(if r.ok() {
         ExitCode::SUCCESS
     } else {
@@ -696,43 +716,39 @@ async fn run_prune(
         .await
         .with_context(|| format!("pruning {}", repo.store().describe()))?;
     let secs = started.elapsed().as_secs_f64();
-    emit(
-        json,
-        "prune",
-        serde_json::json!({
-            "dry_run": dry_run,
-            "grace_seconds": opts.grace.as_secs(),
-            "snapshots": s.snapshots,
-            "packs_total": s.packs_total,
-            "packs_newly_marked": s.packs_newly_marked,
-            "packs_waiting": s.packs_waiting,
-            "packs_deleted": s.packs_deleted,
-            "packs_repacked": s.packs_repacked,
-            "packs_written": s.packs_written,
-            "blobs_repacked": s.blobs_repacked,
-            "bytes_repacked": s.bytes_repacked,
-            "bytes_freed": s.bytes_freed,
-            "bytes_unused_remaining": s.bytes_unused_remaining,
-            "index_files_written": s.index_files_written,
-            "index_files_removed": s.index_files_removed,
-            "seconds": secs,
-        }),
-        || {
-            format!(
-                "prune{}: {} packs, {} newly marked, {} waiting for the grace period ({}), {} deleted, {} repacked ({} blobs); {:.1} MiB freed, {:.1} MiB unused remain, in {secs:.1} s",
-                if dry_run { " (dry run)" } else { "" },
-                s.packs_total,
-                s.packs_newly_marked,
-                s.packs_waiting,
-                f.grace,
-                s.packs_deleted,
-                s.packs_repacked,
-                s.blobs_repacked,
-                mib(s.bytes_freed),
-                mib(s.bytes_unused_remaining),
-            )
-        },
-    );
+    let report = PruneReport {
+        dry_run,
+        grace_seconds: opts.grace.as_secs(),
+        snapshots: s.snapshots as u64,
+        packs_total: s.packs_total as u64,
+        packs_newly_marked: s.packs_newly_marked as u64,
+        packs_waiting: s.packs_waiting as u64,
+        packs_deleted: s.packs_deleted as u64,
+        packs_repacked: s.packs_repacked as u64,
+        packs_written: s.packs_written as u64,
+        blobs_repacked: s.blobs_repacked as u64,
+        bytes_repacked: s.bytes_repacked,
+        bytes_freed: s.bytes_freed,
+        bytes_unused_remaining: s.bytes_unused_remaining,
+        index_files_written: s.index_files_written as u64,
+        index_files_removed: s.index_files_removed as u64,
+        seconds: secs,
+    };
+    emit_event(json, &MaintenanceEvent::Prune(report), || {
+        format!(
+            "prune{}: {} packs, {} newly marked, {} waiting for the grace period ({}), {} deleted, {} repacked ({} blobs); {:.1} MiB freed, {:.1} MiB unused remain, in {secs:.1} s",
+            if dry_run { " (dry run)" } else { "" },
+            s.packs_total,
+            s.packs_newly_marked,
+            s.packs_waiting,
+            f.grace,
+            s.packs_deleted,
+            s.packs_repacked,
+            s.blobs_repacked,
+            mib(s.bytes_freed),
+            mib(s.bytes_unused_remaining),
+        )
+    });
     Ok(s)
 }
 

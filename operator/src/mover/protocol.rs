@@ -2,8 +2,8 @@
 //! variable names, exit codes, the JSON lines the mover prints for backups and restores, and
 //! the builder of the mover's command line. Pure.
 //!
-//! The controller reads a mover's progress and result only through [`BackupEvent`] and
-//! [`RestoreEvent`]; renaming a field here changes both sides at once.
+//! The controller reads a mover's progress and result only through [`BackupEvent`],
+//! [`RestoreEvent`] and [`MaintenanceEvent`]; renaming a field here changes both sides at once.
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +120,92 @@ pub enum RestoreEvent {
         seconds: f64,
         warnings: Vec<String>,
     },
+}
+
+/// What `holdfast mover prune` did.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub grace_seconds: u64,
+    pub snapshots: u64,
+    pub packs_total: u64,
+    pub packs_newly_marked: u64,
+    pub packs_waiting: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub packs_written: u64,
+    pub blobs_repacked: u64,
+    pub bytes_repacked: u64,
+    /// Bytes of packs deleted (the space reclaimed).
+    pub bytes_freed: u64,
+    pub bytes_unused_remaining: u64,
+    pub index_files_written: u64,
+    pub index_files_removed: u64,
+    pub seconds: f64,
+}
+
+/// The JSON lines of `holdfast mover --json prune` and `check`, read by repository
+/// maintenance.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum MaintenanceEvent {
+    /// The result of a prune.
+    Prune(PruneReport),
+    /// A problem check found (missing or damaged data).
+    Error { message: String },
+    /// A harmless finding of check.
+    Warning { message: String },
+    /// The result of a check.
+    Summary {
+        ok: bool,
+        errors: u64,
+        warnings: u64,
+        packs: u64,
+        packs_read: u64,
+        snapshots: u64,
+        seconds: f64,
+    },
+}
+
+/// A prune (`--grace` in seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneCommand {
+    pub grace_seconds: u64,
+}
+
+impl PruneCommand {
+    /// Arguments of the `holdfast` binary.
+    pub fn args(&self) -> Vec<String> {
+        let g = format!("{}s", self.grace_seconds);
+        ["mover", "--json", "prune", "--grace", &g]
+            .map(String::from)
+            .into()
+    }
+}
+
+/// A check reading `read_percent` of the packs (0: structure only), chosen by `seed`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckCommand {
+    pub read_percent: u8,
+    pub seed: u64,
+}
+
+impl CheckCommand {
+    /// Arguments of the `holdfast` binary.
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = ["mover", "--json", "check"].map(String::from).into();
+        if self.read_percent >= 100 {
+            a.push("--read-data".into());
+        } else if self.read_percent > 0 {
+            a.extend([
+                "--read-data-subset".into(),
+                self.read_percent.to_string(),
+                "--seed".into(),
+                self.seed.to_string(),
+            ]);
+        }
+        a
+    }
 }
 
 /// An event line as printed: the event itself, one JSON object per line.
@@ -250,6 +336,37 @@ mod tests {
         Cli::try_parse_from(argv)
             .expect("the mover accepts the controller's command")
             .mover
+    }
+
+    #[test]
+    fn maintenance_commands_parse_and_their_events_round_trip() {
+        for a in [
+            PruneCommand { grace_seconds: 90 }.args(),
+            CheckCommand {
+                read_percent: 5,
+                seed: 9,
+            }
+            .args(),
+            CheckCommand {
+                read_percent: 100,
+                seed: 0,
+            }
+            .args(),
+            CheckCommand {
+                read_percent: 0,
+                seed: 0,
+            }
+            .args(),
+        ] {
+            parse(&a);
+        }
+        let e = MaintenanceEvent::Prune(PruneReport {
+            bytes_freed: 7,
+            packs_deleted: 1,
+            ..Default::default()
+        });
+        let back: Vec<MaintenanceEvent> = events(&line(&e)).collect();
+        assert_eq!(back, [e]);
     }
 
     #[test]

@@ -80,6 +80,7 @@ standard_status!(
     holdfast_api::TransferStatus,
     holdfast_api::BackupStorageLocationStatus,
     holdfast_api::ScheduleStatus,
+    holdfast_api::BackupRepositoryStatus,
 );
 
 /// A status the kernel can write: its summary besides the standard fields.

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::telemetry::Metrics;
-use crate::controller::{backup, location, restore, schedule, transfer};
+use crate::controller::{backup, location, repository, restore, schedule, transfer};
 
 /// Shared state of all controllers.
 pub struct Context {
@@ -204,6 +204,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         ),
         restore::run(ctx.clone(), stop()),
         schedule::run(ctx.clone(), stop()),
+        repository::run(ctx.clone(), stop()),
     );
 
     if let Some(l) = lease {

@@ -37,6 +37,7 @@ pub struct Metrics {
     schedule_success: IntGaugeVec,
     schedule_missed: IntCounterVec,
     retention_deleted: IntCounterVec,
+    reclaimed: IntCounterVec,
     registry: Registry,
     reconciles: IntCounterVec,
     errors: IntCounterVec,
@@ -119,8 +120,17 @@ impl Metrics {
             &["namespace", "schedule"],
         )
         .expect("metric");
+        let reclaimed = IntCounterVec::new(
+            Opts::new(
+                "repository_bytes_reclaimed_total",
+                "Bytes repository maintenance (prune) deleted, by location",
+            ),
+            &["location"],
+        )
+        .expect("metric");
         for c in [
-            Box::new(schedule_success.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reclaimed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(schedule_success.clone()),
             Box::new(schedule_missed.clone()),
             Box::new(retention_deleted.clone()),
             Box::new(reconciles.clone()),
@@ -136,6 +146,7 @@ impl Metrics {
             schedule_success,
             schedule_missed,
             retention_deleted,
+            reclaimed,
             registry,
             reconciles,
             errors,
@@ -186,6 +197,11 @@ impl Metrics {
         self.retention_deleted
             .with_label_values(&[namespace, schedule])
             .inc_by(n as u64);
+    }
+
+    /// Counts bytes reclaimed by a prune of a repository on `location`.
+    pub fn repository_reclaimed(&self, location: &str, bytes: u64) {
+        self.reclaimed.with_label_values(&[location]).inc_by(bytes);
     }
 
     /// Drops the series of a deleted Schedule.

@@ -1,10 +1,12 @@
 //! The repository of each (location, source namespace): its password Secret (random, never
 //! logged, never deleted by the operator), creating it before any mover opens it, and
-//! forgetting snapshots. Talks to the cluster (Secrets) and to object storage.
+//! forgetting snapshots, and its `BackupRepository` object (whose controller runs its
+//! maintenance). Talks to the cluster (Secrets) and to object storage.
 
 use std::collections::{BTreeMap, HashSet};
 
 use holdfast_api::location::BackupStorageLocation;
+use holdfast_api::repository::{BackupRepository, BackupRepositorySpec};
 use holdfast_repo::{KdfParams, RepoError, Repository};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -12,8 +14,13 @@ use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta};
 
 use super::layout::{self, PASSWORD_KEY};
-use crate::runtime::kube_ext::create_or_adopt;
+use crate::runtime::kube_ext::{create_or_adopt, merge_patch};
+use crate::runtime::names::child_name;
 use crate::runtime::{Context, Error};
+
+/// Annotation on a BackupRepository: when data was last forgotten in it (RFC 3339); prune
+/// runs `pruneAfterDeletion` later.
+pub const DATA_DELETED: &str = "holdfast.dev/data-deleted-at";
 
 /// Labels on repository Secrets.
 pub const LOCATION_LABEL: &str = "holdfast.dev/location";
@@ -146,7 +153,50 @@ pub async fn ensure(
     namespace: &str,
 ) -> Result<(), Error> {
     ensure_password(ctx, &bsl.name_any(), namespace).await?;
-    open(ctx, bsl, namespace, true).await.map(|_| ())
+    open(ctx, bsl, namespace, true).await?;
+    record(ctx, &bsl.name_any(), namespace).await
+}
+
+/// Name of the BackupRepository object of `namespace` on `location`.
+pub fn object_name(location: &str, namespace: &str) -> String {
+    child_name(&format!("{location}-{namespace}"), &[location, namespace])
+}
+
+/// Creates the repository's BackupRepository object (maintenance defaults) unless it exists.
+pub async fn record(ctx: &Context, location: &str, namespace: &str) -> Result<(), Error> {
+    let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let mut o = BackupRepository::new(
+        &object_name(location, namespace),
+        BackupRepositorySpec {
+            location: location.into(),
+            source_namespace: namespace.into(),
+            maintenance: Default::default(),
+        },
+    );
+    o.metadata.labels = Some(BTreeMap::from([
+        (LOCATION_LABEL.to_string(), location.to_string()),
+        (
+            REPOSITORY_NAMESPACE_LABEL.to_string(),
+            namespace.to_string(),
+        ),
+    ]));
+    create_or_adopt(&api, &o, "create BackupRepository").await?;
+    Ok(())
+}
+
+/// Notes on the BackupRepository that data was forgotten now (so prune follows).
+async fn deleted(ctx: &Context, location: &str, namespace: &str) -> Result<(), Error> {
+    record(ctx, location, namespace).await?;
+    let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {DATA_DELETED: now}}});
+    merge_patch(
+        &api,
+        &object_name(location, namespace),
+        &patch,
+        "annotate BackupRepository",
+    )
+    .await
 }
 
 /// Removes repository snapshots (restic's `forget`, under the repository lock), per source
@@ -187,6 +237,7 @@ pub async fn forget(
             fix: "retrying".into(),
             source: Box::new(source),
         })?;
+        deleted(ctx, &bsl.name_any(), &ns).await?;
     }
     Ok(())
 }

@@ -244,6 +244,12 @@ fn waiting(
     Action::requeue(again)
 }
 
+/// Deletes the VolumeSnapshots of finished backup `b`, keeping its copies (a schedule's
+/// retention dropping a point's snapshots); returns how many still exist.
+pub async fn drop_snapshots(b: &Backup, ctx: &Context) -> Result<usize, Error> {
+    delete::remove_snapshots(b, ctx).await
+}
+
 /// Labels that tie a child to its backup.
 pub fn child_labels(b: &Backup) -> BTreeMap<String, String> {
     BTreeMap::from([

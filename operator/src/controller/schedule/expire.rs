@@ -4,13 +4,13 @@
 //! `deletionPolicy`). A pass that would delete more than the brake allows is held until a
 //! person releases it with the token shown in status.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use holdfast_api::backup::{Backup, BackupPhase};
 use holdfast_api::reasons::ScheduleReason;
 use holdfast_api::schedule::{
-    CADENCE_LABEL, HeldDeletion, RELEASE_DELETIONS, SCHEDULE_LABEL, SCHEDULED_TIME, Schedule,
-    ScheduleStatus,
+    CADENCE_LABEL, HeldDeletion, RELEASE_DELETIONS, SCHEDULE_LABEL, SCHEDULED_TIME,
+    SNAPSHOTS_DROPPED, Schedule, ScheduleStatus,
 };
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -21,7 +21,7 @@ use tracing::info;
 use super::plan::{Plan, Track};
 use super::retention::{self, Outcome, Point};
 use crate::runtime::conditions;
-use crate::runtime::kube_ext::delete;
+use crate::runtime::kube_ext::{delete, merge_patch};
 use crate::runtime::names::short_hash;
 use crate::runtime::{Context, Error};
 
@@ -53,7 +53,8 @@ pub(super) async fn apply(
         .ttl
         .and_then(|d| SignedDuration::try_from(d.as_std()).ok());
     let runs: Vec<Run> = backups.iter().filter_map(|b| run_of(b, ttl)).collect();
-    let expire = choose(plan, &runs, now);
+    let Verdict { expire, drop } = choose(plan, &runs, now);
+    drop_snapshots(s, ctx, backups, &drop).await?;
     let g = s.metadata.generation;
     if expire.is_empty() {
         st.retention_held = None;
@@ -94,6 +95,25 @@ pub(super) async fn apply(
     info!(schedule = %s.name_any(), "{note}");
     ctx.event(s, EventType::Normal, "RetentionApplied", &note, "Schedule")
         .await;
+    Ok(())
+}
+
+/// Removes the VolumeSnapshots of points kept only for their copies, and marks them so.
+async fn drop_snapshots(
+    s: &Schedule,
+    ctx: &Context,
+    backups: &[Backup],
+    names: &[String],
+) -> Result<(), Error> {
+    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
+    for b in backups.iter().filter(|b| names.contains(&b.name_any())) {
+        if crate::controller::backup::drop_snapshots(b, ctx).await? > 0 {
+            continue; // still going; marked on a later pass
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {SNAPSHOTS_DROPPED: "true"}}});
+        merge_patch(&api, &b.name_any(), &patch, "annotate Backup").await?;
+        info!(schedule = %s.name_any(), backup = %b.name_any(), "snapshots dropped; the copy is kept");
+    }
     Ok(())
 }
 
@@ -148,8 +168,12 @@ pub fn run_of(b: &Backup, ttl: Option<SignedDuration>) -> Option<Run> {
         .or(st.start_time.as_ref().map(|t| t.0))
         .or(b.creation_timestamp().map(|t| t.0))?;
     let expires = ttl.and_then(|d| Some(st.completion_time.as_ref()?.0 + d));
+    let mut track = Track::from_label(b.labels().get(CADENCE_LABEL).map(String::as_str));
+    if track == Track::Both && b.annotations().contains_key(SNAPSHOTS_DROPPED) {
+        track = Track::Copy;
+    }
     Some(Run {
-        track: Track::from_label(b.labels().get(CADENCE_LABEL).map(String::as_str)),
+        track,
         point: Point {
             name: b.name_any(),
             time,
@@ -159,27 +183,49 @@ pub fn run_of(b: &Backup, ttl: Option<SignedDuration>) -> Option<Run> {
     })
 }
 
-/// The points no line keeps, newest first. A one-line plan decides over every point; an SLA
-/// policy's snapshot line over the points with snapshots, its copy line over those with
-/// copies. Pure.
-pub fn choose(plan: &Plan, runs: &[Run], now: Timestamp) -> Vec<String> {
-    let mut kept = BTreeSet::new();
+/// What retention does to a schedule's points.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// Points no line keeps, newest first: deleted.
+    pub expire: Vec<String>,
+    /// Points with snapshots and a copy that only the copy line keeps: their snapshots go.
+    pub drop: Vec<String>,
+}
+
+/// Decides over the points. A one-line plan decides over every point; an SLA policy's
+/// snapshot line over the points with snapshots, its copy line over those with copies. Pure.
+pub fn choose(plan: &Plan, runs: &[Run], now: Timestamp) -> Verdict {
+    let mut kept: BTreeMap<bool, BTreeSet<String>> = BTreeMap::new();
     for line in &plan.lines {
+        let snapshots = line.track == Track::Snapshot;
         let points: Vec<Point> = runs
             .iter()
-            .filter(|r| plan.lines.len() == 1 || r.track.has(line.track == Track::Snapshot))
+            .filter(|r| plan.lines.len() == 1 || r.track.has(snapshots))
             .map(|r| r.point.clone())
             .collect();
         let d = retention::decide(&points, &line.keep, now, &plan.tz);
-        kept.extend(d.keep.into_iter().map(|(n, _)| n));
+        kept.entry(snapshots)
+            .or_default()
+            .extend(d.keep.into_iter().map(|(n, _)| n));
     }
-    let mut gone: Vec<&Point> = runs
-        .iter()
-        .map(|r| &r.point)
-        .filter(|p| !kept.contains(&p.name))
-        .collect();
-    gone.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.name.cmp(&b.name)));
-    gone.into_iter().map(|p| p.name.clone()).collect()
+    let by = |snapshots: bool, n: &String| kept.get(&snapshots).is_some_and(|k| k.contains(n));
+    let mut sorted: Vec<&Run> = runs.iter().collect();
+    sorted.sort_by(|a, b| {
+        b.point
+            .time
+            .cmp(&a.point.time)
+            .then_with(|| a.point.name.cmp(&b.point.name))
+    });
+    let mut v = Verdict::default();
+    for r in sorted {
+        let n = &r.point.name;
+        if !by(true, n) && !by(false, n) {
+            v.expire.push(n.clone());
+        } else if plan.lines.len() > 1 && r.track == Track::Both && !by(true, n) {
+            v.drop.push(n.clone());
+        }
+    }
+    v
 }
 
 /// The brake: a pass deleting more restore points than `maxDeletionsPerPass` (default 10) or
@@ -281,7 +327,33 @@ mod tests {
         ];
         let now = ts("2026-12-06T08:30:00Z");
         // Snapshots keep the newest two with snapshots (s4, s3); copies the newest (c5).
-        assert_eq!(choose(&sla(), &runs, now), ["b2", "s1"]);
+        assert_eq!(choose(&sla(), &runs, now).expire, ["b2", "s1"]);
+    }
+
+    #[test]
+    fn a_point_kept_only_for_its_copy_loses_its_snapshots() {
+        use Outcome::Completed as C;
+        let runs = vec![
+            run("b1", Track::Both, "2026-12-06T04:00:00Z", C),
+            run("s2", Track::Snapshot, "2026-12-06T05:00:00Z", C),
+            run("s3", Track::Snapshot, "2026-12-06T06:00:00Z", C),
+        ];
+        let v = choose(&sla(), &runs, ts("2026-12-06T06:30:00Z"));
+        assert_eq!(v.expire, Vec::<String>::new());
+        assert_eq!(
+            v.drop,
+            ["b1"],
+            "the copy line keeps b1, the snapshot line keeps s3 and s2"
+        );
+        let dropped = vec![
+            run("b1", Track::Copy, "2026-12-06T04:00:00Z", C),
+            runs[1].clone(),
+            runs[2].clone(),
+        ];
+        assert_eq!(
+            choose(&sla(), &dropped, ts("2026-12-06T06:30:00Z")),
+            Verdict::default()
+        );
     }
 
     #[test]
@@ -338,7 +410,7 @@ mod tests {
             )])
             .collect();
         let plan = super::super::plan::resolve(&s, None).expect("plan");
-        let expire = choose(&plan, &runs, ts("2026-12-06T07:00:00Z"));
+        let expire = choose(&plan, &runs, ts("2026-12-06T07:00:00Z")).expire;
         assert_eq!(
             expire.len(),
             5,

@@ -48,8 +48,8 @@ struct MoverRun<'a> {
     /// Arguments of the `holdfast` binary.
     args: Vec<String>,
     env: Vec<k8s_openapi::api::core::v1::EnvVar>,
-    /// The claim mounted at [`DATA`], read-only for uploads.
-    claim: &'a str,
+    /// The claim mounted at [`DATA`], read-only for uploads (none for maintenance).
+    claim: Option<&'a str>,
     read_only: bool,
     caps: &'a [&'a str],
     /// The source namespace whose repository is used.
@@ -78,23 +78,25 @@ fn mover_pod(
         mut mounts,
     } = mover_access(bsl, namespace, site.access_secret);
     env.extend(access_env);
-    volumes.push(Volume {
-        name: "data".into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-            claim_name: claim.into(),
+    if let Some(claim) = claim {
+        volumes.push(Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.into(),
+                read_only: Some(read_only),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "data".into(),
+            mount_path: DATA.into(),
             read_only: Some(read_only),
-        }),
-        ..Default::default()
-    });
+            ..Default::default()
+        });
+    }
     volumes.push(Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    });
-    mounts.push(VolumeMount {
-        name: "data".into(),
-        mount_path: DATA.into(),
-        read_only: Some(read_only),
         ..Default::default()
     });
     mounts.push(VolumeMount {
@@ -191,7 +193,7 @@ pub fn upload_pod(
             name: &name,
             args,
             env,
-            claim,
+            claim: Some(claim),
             read_only: true,
             caps: BACKUP_CAPS,
             repository: &du.spec.repository,
@@ -227,12 +229,45 @@ pub fn download_pod(
             name: &name,
             args,
             env: Vec::new(),
-            claim,
+            claim: Some(claim),
             read_only: false,
             caps: RESTORE_CAPS,
             repository: &dd.spec.repository,
         },
     )
+}
+
+/// A maintenance pod (prune or check) of the repository of `namespace`: no volume, only
+/// repository access; owned by its BackupRepository.
+pub fn maintenance_pod(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    name: &str,
+    namespace: &str,
+    args: Vec<String>,
+    labels: BTreeMap<String, String>,
+    owner: OwnerReference,
+) -> Pod {
+    let site = Site {
+        namespace: &ctx.namespace,
+        owner: Some(owner),
+        access_secret: None,
+    };
+    let env = vec![k8s_openapi::api::core::v1::EnvVar {
+        name: "RUST_LOG".into(),
+        value: Some("warn".into()),
+        ..Default::default()
+    }];
+    let run = MoverRun {
+        name,
+        args,
+        env,
+        claim: None,
+        read_only: true,
+        caps: &[],
+        repository: namespace,
+    };
+    mover_pod(ctx, bsl, site, labels, run)
 }
 
 /// How a mover pod ended, from its status.
