@@ -103,6 +103,10 @@ pub struct BackupRepositoryStatus {
     /// success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_time: Option<Time>,
+    /// The `holdfast.dev/data-deleted-at` value the last prune covered (a newer one asks for
+    /// a prune `pruneAfterDeletion` after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_deletions: Option<String>,
     /// Bytes reclaimed by every prune so far.
     #[serde(default)]
     pub bytes_reclaimed_total: u64,

@@ -182,9 +182,11 @@ async fn maintain(
     }
     let now = Timestamp::now();
     let created = r.creation_timestamp().map_or(now, |t| t.0);
-    let deleted = r
-        .annotations()
-        .get(DATA_DELETED)
+    // A deletion no prune has covered yet (times in status are whole seconds, so the
+    // annotation's exact value is compared, not times).
+    let mark = r.annotations().get(DATA_DELETED);
+    let deleted = mark
+        .filter(|m| st.pruned_deletions.as_ref() != Some(*m))
         .and_then(|t| t.parse::<Timestamp>().ok());
     let m = &r.spec.maintenance;
     let due = plan::due(m, st, created, deleted);
@@ -231,7 +233,7 @@ async fn maintain(
         what: "owner reference",
         message: "the BackupRepository has no uid".into(),
     })?;
-    let pod = mover_pod::maintenance_pod(
+    let mut pod = mover_pod::maintenance_pod(
         ctx,
         bsl,
         &name,
@@ -240,6 +242,10 @@ async fn maintain(
         labels,
         owner,
     );
+    if let Some(m) = mark {
+        // The deletions this prune covers.
+        pod.metadata.annotations = Some(BTreeMap::from([(DATA_DELETED.to_string(), m.clone())]));
+    }
     create_or_adopt(&pods, &pod, "create maintenance Pod").await?;
     info!(repository = %r.name_any(), op = op.label(), "maintenance started");
     st.phase = Some(phase_of(op));
@@ -281,7 +287,15 @@ async fn follow(
     let Some(op) = Op::from_label(p.labels().get(OPERATION_LABEL).map(String::as_str)) else {
         return Ok(Action::requeue(POLL));
     };
-    let outcome = mover_pod::outcome(p);
+    if p.metadata.deletion_timestamp.is_some() {
+        // Its result is recorded; the next run waits until the pod is gone.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let mut outcome = mover_pod::outcome(p);
+    if mover_pod::exit_code(p) == Some(i32::from(protocol::exit::NOTHING_TO_DO)) {
+        // A prune with nothing to mark or delete did its job.
+        outcome = Outcome::Succeeded;
+    }
     if outcome == Outcome::Running {
         st.phase = Some(phase_of(op));
         return Ok(Action::requeue(POLL));
@@ -301,6 +315,9 @@ async fn follow(
     match (&outcome, recorded) {
         (Outcome::Succeeded | Outcome::Partial, Ok(())) => {
             st.failed_time = None;
+            if op == Op::Prune {
+                st.pruned_deletions = p.annotations().get(DATA_DELETED).cloned();
+            }
             st.reason = None;
             st.message = None;
             report(r, ctx, op, st).await;

@@ -60,7 +60,7 @@ pub struct Due {
 }
 
 /// Next prune: `pruneEvery` after the last (or after creation), sooner `pruneAfterDeletion`
-/// after data was deleted, and again once packs marked by the last prune have waited out the
+/// after data was deleted (`deleted`: a deletion no prune covered yet), and again once packs marked by the last prune have waited out the
 /// grace period. Next check: `checkEvery` after the last. After a failure, not before
 /// [`RETRY`].
 pub fn due(
@@ -71,14 +71,10 @@ pub fn due(
 ) -> Due {
     let last_prune = st.last_prune.as_ref().map_or(created, |p| p.time.0);
     let mut prune = last_prune + dur(m.prune_every, DAY);
-    if let Some(d) = deleted.filter(|d| *d > last_prune) {
+    if let Some(d) = deleted {
         prune = prune.min(d + dur(m.prune_after_deletion, AFTER_DELETION));
     }
-    if st
-        .last_prune
-        .as_ref()
-        .is_some_and(|p| p.packs_waiting + p.packs_marked > 0)
-    {
+    if st.last_prune.as_ref().is_some_and(|p| p.packs_waiting > 0) {
         prune = prune.min(last_prune + grace(m) + SETTLE);
     }
     let last_check = st.last_check.as_ref().map_or(created, |c| c.time.0);
@@ -196,6 +192,7 @@ mod tests {
         let mut st = BackupRepositoryStatus::default();
         let events = [MaintenanceEvent::Prune(PruneReport {
             packs_newly_marked: 3,
+            packs_waiting: 3,
             snapshots: 2,
             ..Default::default()
         })];
@@ -220,10 +217,7 @@ mod tests {
         let t1 = ts("2026-12-06T10:01:15Z");
         record(&mut st, Op::Prune, &freed, t1, t1, 5).expect("recorded");
         assert_eq!(st.bytes_reclaimed_total, 4096);
-        assert_eq!(
-            due(&mm, &st, t0, Some(t0)).prune,
-            ts("2026-12-07T10:01:15Z")
-        );
+        assert_eq!(due(&mm, &st, t0, None).prune, ts("2026-12-07T10:01:15Z"));
     }
 
     #[test]

@@ -280,6 +280,21 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The exit code of the mover container, once it ended. Pure.
+pub fn exit_code(p: &Pod) -> Option<i32> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "mover")?
+        .state
+        .as_ref()?
+        .terminated
+        .as_ref()
+        .map(|t| t.exit_code)
+}
+
 /// The outcome of a mover pod from its status. Pure.
 pub fn outcome(p: &Pod) -> Outcome {
     let status = p.status.clone().unwrap_or_default();
