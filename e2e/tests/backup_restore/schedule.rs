@@ -299,7 +299,8 @@ async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
 
 /// A per-minute cron schedule: pause stops runs; runs due while the operator was down start
 /// once when it is back (the others count as missed); the brake holds a mass deletion until
-/// released; `onDelete: Delete` removes every backup with the schedule.
+/// released; an on-demand run starts once per annotation value; `onDelete: Delete` removes
+/// every backup with the schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_schedule_pauses_catches_up_brakes_and_destroys() {
     let mut s = setup("cron", 4, &[], Share::Together).await;
@@ -439,6 +440,33 @@ async fn cron_schedule_pauses_catches_up_brakes_and_destroys() {
         .status
         .expect("status");
     assert!(st.retention_held.is_none(), "{st:#?}");
+
+    // On demand, GitOps style: a new run-now value starts one run (even while paused); the
+    // same value never runs twice.
+    let annotate = |kv: &str| {
+        e.kubectl_ok(["annotate", "schedule", "c", "-n", &opns, kv, "--overwrite"]);
+    };
+    annotate("holdfast.dev/run-now=2026-12-06T23:00:00Z");
+    let now_runs = || async {
+        let all = runs(&s.client, &opns, "c").await;
+        all.into_values()
+            .filter(|b| b.name_any().starts_with("c-now-"))
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the on-demand run",
+        Duration::from_secs(120),
+        Some(&opns),
+        || async {
+            let st = schedule(&s.client, &opns, "c").await.status?;
+            let started = now_runs().await.iter().any(finished);
+            (started && st.last_run_now.as_deref() == Some("2026-12-06T23:00:00Z")).then_some(())
+        },
+    )
+    .await;
+    annotate("touched=1");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(now_runs().await.len(), 1, "the same run-now value ran once");
 
     // Destroy: onDelete Delete removes every backup and its snapshots with the schedule.
     let last: Vec<Backup> = runs(&s.client, &opns, "c").await.into_values().collect();

@@ -65,7 +65,7 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("has(self.policy) != has(self.schedule)").message("a Schedule needs exactly one of policy (an SLAPolicy name) or schedule (a cron expression)"))]
+#[x_kube(validation = Rule::new("[has(self.policy), has(self.inlinePolicy), has(self.schedule)].filter(x, x).size() == 1").message("a Schedule needs exactly one of policy (an SLAPolicy name), inlinePolicy (an SLA policy written into the schedule) or schedule (a cron expression)"))]
 #[x_kube(validation = Rule::new("!has(self.keep) || has(self.schedule)").message("keep is only used with schedule; with policy, retention comes from the SLAPolicy").field_path(".keep"))]
 #[x_kube(validation = Rule::new("!has(self.schedule) || has(self.keep)").message("a Schedule with a cron schedule needs keep (for example keep: {daily: 7}) so old backups are removed").field_path(".keep"))]
 #[serde(rename_all = "camelCase")]
@@ -74,6 +74,10 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub policy: Option<String>,
+    /// An SLA policy written into the schedule instead of naming one: snapshot and copy
+    /// cadences and retentions, as in an SLAPolicy's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_policy: Option<crate::policy::SLAPolicySpec>,
     /// Cron expression (five fields or a macro like `@daily`), evaluated in `timeZone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = crate::common::cron_rule("schedule must be a cron expression with five fields (minute hour day-of-month month day-of-week), such as '0 1 * * *', or a macro such as @daily"))]

@@ -122,33 +122,41 @@ pub fn resolve(s: &Schedule, policy: Option<&SLAPolicy>) -> Result<Plan, Refusal
             location: None,
         });
     }
-    let name = s.spec.policy.as_deref().unwrap_or_default();
-    let Some(p) = policy else {
-        return Err(Refusal::new(
-            ScheduleReason::PolicyNotFound,
+    let (name, p) = match (&s.spec.inline_policy, policy) {
+        (Some(inline), _) => ("spec.inlinePolicy".to_string(), inline),
+        (None, Some(p)) => (
             format!(
-                "SLAPolicy {name:?} (spec.policy) does not exist; create it or name one of `kubectl get slapolicies`"
+                "SLAPolicy {}",
+                p.metadata.name.as_deref().unwrap_or_default()
             ),
-        ));
+            &p.spec,
+        ),
+        (None, None) => {
+            let name = s.spec.policy.as_deref().unwrap_or_default();
+            return Err(Refusal::new(
+                ScheduleReason::PolicyNotFound,
+                format!(
+                    "SLAPolicy {name:?} (spec.policy) does not exist; create it or name one of `kubectl get slapolicies`"
+                ),
+            ));
+        }
     };
     let mut lines = Vec::new();
     for (track, c, field) in [
-        (Track::Snapshot, &p.spec.snapshots, "snapshots"),
-        (Track::Copy, &p.spec.copies, "copies"),
+        (Track::Snapshot, &p.snapshots, "snapshots"),
+        (Track::Copy, &p.copies, "copies"),
     ] {
         if let Some(c) = c {
-            lines.push(line(track, c, &format!("SLAPolicy {name} spec.{field}"))?);
+            lines.push(line(track, c, &format!("{name} {field}"))?);
         }
     }
     if lines.is_empty() {
-        return Err(invalid(format!(
-            "SLAPolicy {name} has neither snapshots nor copies"
-        )));
+        return Err(invalid(format!("{name} has neither snapshots nor copies")));
     }
     Ok(Plan {
         tz,
         lines,
-        location: p.spec.location.clone(),
+        location: p.location.clone(),
     })
 }
 
@@ -239,6 +247,30 @@ mod tests {
         let s = schedule(serde_json::json!({"policy": "gold", "template": {}}));
         let e = resolve(&s, None).expect_err("no policy");
         assert_eq!(e.reason, "PolicyNotFound");
+    }
+
+    #[test]
+    fn an_inline_policy_is_used_like_a_named_one() {
+        let s = schedule(serde_json::json!({
+            "inlinePolicy": {
+                "snapshots": {"every": "1h", "keep": {"last": 3}},
+                "copies": {"schedule": "0 2 * * *", "keep": {"daily": 7}}
+            },
+            "template": {}
+        }));
+        let p = resolve(&s, None).expect("plan");
+        assert_eq!(p.lines.len(), 2);
+        assert_eq!(p.line(Track::Copy).map(|l| l.keep.daily), Some(Some(7)));
+        let bad = schedule(serde_json::json!({
+            "inlinePolicy": {"copies": {"schedule": "0 25 * * *", "keep": {"daily": 7}}},
+            "template": {}
+        }));
+        let e = resolve(&bad, None).expect_err("bad hour");
+        assert!(
+            e.message.starts_with("spec.inlinePolicy copies.schedule"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -194,7 +194,7 @@ fn prefix(s: &Schedule) -> String {
 /// an SLA policy's runs, whose two cadences may share a time.
 fn name(s: &Schedule, plan: &Plan, track: Track, slot: Timestamp) -> String {
     let t = slot.strftime("%Y%m%d%H%M%S");
-    if s.spec.policy.is_some() && plan.lines.len() > 1 {
+    if plan.lines.len() > 1 {
         format!("{}-{}-{t}", prefix(s), track.label())
     } else {
         format!("{}-{t}", prefix(s))
