@@ -1,11 +1,15 @@
 //! Backup and restore of a namespace end to end on the testbed: real CSI snapshots, mover pods
 //! writing a restic-format repository into MinIO, the namespace deleted and brought back.
 //! One test binary, so every scenario shares one testbed and `Together` scenarios run
-//! concurrently; `schedule.rs` holds the Schedule and retention scenarios, `maintenance.rs`
+//! concurrently; `cadence.rs` holds the Schedule and retention scenarios, `maintenance.rs`
 //! repository maintenance.
+//!
+//! libtest starts tests in name order. The two scenarios that need the testbed alone are named
+//! `alone_*` so they run first, and the long Schedule scenarios (`cadence::*`, minutes of real
+//! cadence each) come next, so every other scenario overlaps with them instead of waiting.
 
+mod cadence;
 mod maintenance;
-mod schedule;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -992,7 +996,7 @@ async fn tenant_backup_refuses_live_copy_and_host_path_and_warns_of_group_snapsh
 /// `--max-movers-per-node 1`, the three mover pods of the backup use both nodes, never two on
 /// one, and the third waits for a free node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_copy_and_per_node_mover_limit() {
+async fn alone_live_copy_and_per_node_mover_limit() {
     let s = setup("live", 16, &["--max-movers-per-node", "1"], Share::Alone).await;
     let e = env();
     // The application runs on the first node; a second one takes mover pods.
@@ -1325,7 +1329,7 @@ async fn read_write_once_pod_claim_in_use_is_not_copied_live() {
 /// Two operators on one cluster: neither touches the other's namespace, `--watch-namespaces`
 /// keeps one away from tenants, and a tenant Backup both may take is taken by exactly one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_operators_share_a_cluster() {
+async fn alone_two_operators_share_a_cluster() {
     let mut s = setup("pair", 8, &[], Share::Alone).await;
     let e = env();
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
