@@ -27,6 +27,9 @@ use crate::runtime::{Context, Error};
 
 /// Condition type shown while the brake holds a retention pass.
 pub const RETENTION_HELD: &str = "RetentionHeld";
+/// Failed runs kept at most (the newest; a schedule failing for weeks does not pile up
+/// Backups).
+const FAILED_KEPT: usize = 5;
 /// Default `maxDeletionsPerPass`.
 const MAX_DELETIONS: u32 = 10;
 
@@ -217,9 +220,16 @@ pub fn choose(plan: &Plan, runs: &[Run], now: Timestamp) -> Verdict {
             .then_with(|| a.point.name.cmp(&b.point.name))
     });
     let mut v = Verdict::default();
+    let mut failed_kept = 0;
     for r in sorted {
         let n = &r.point.name;
-        if !by(true, n) && !by(false, n) {
+        let mut keep = by(true, n) || by(false, n);
+        if keep && r.point.outcome == Outcome::Failed {
+            // Failed runs are kept only to show what goes wrong: the newest few.
+            failed_kept += 1;
+            keep = failed_kept <= FAILED_KEPT;
+        }
+        if !keep {
             v.expire.push(n.clone());
         } else if plan.lines.len() > 1 && r.track == Track::Both && !by(true, n) {
             v.drop.push(n.clone());
@@ -386,6 +396,30 @@ mod tests {
             "4 of 5 is more than 50%"
         );
         assert!(brake(&s, &runs, &expire[..2]).is_none(), "2 of 5 is not");
+    }
+
+    #[test]
+    fn a_schedule_that_always_fails_keeps_only_its_newest_failures() {
+        let s = schedule(serde_json::json!({
+            "schedule": "@hourly", "keep": {"last": 3}, "template": {}
+        }));
+        let runs: Vec<Run> = (0..9)
+            .map(|i| {
+                run(
+                    &format!("f{i}"),
+                    Track::Both,
+                    &format!("2026-12-06T0{i}:00:00Z"),
+                    Outcome::Failed,
+                )
+            })
+            .collect();
+        let plan = super::super::plan::resolve(&s, None).expect("plan");
+        let v = choose(&plan, &runs, ts("2026-12-06T10:00:00Z"));
+        assert_eq!(v.expire, ["f3", "f2", "f1", "f0"]);
+        assert!(
+            brake(&s, &runs, &v.expire).is_none(),
+            "failed runs are not restore points"
+        );
     }
 
     #[test]
