@@ -49,7 +49,14 @@ enum Turn {
 
 async fn turn(share: Share) -> Turn {
     match share {
-        Share::Together => Turn::Together(TURNS.read().await),
+        Share::Together => {
+            // The lock is fair: whoever asks first goes first. The `alone_*` scenarios start
+            // at the same moment as the first `Together` ones (name order); letting them ask
+            // first keeps the long Schedule scenarios from holding them, and every scenario
+            // queued behind them, for minutes.
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            Turn::Together(TURNS.read().await)
+        }
         Share::Alone => Turn::Alone(TURNS.write().await),
     }
 }
