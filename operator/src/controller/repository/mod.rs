@@ -262,17 +262,24 @@ fn phase_of(op: Op) -> RepositoryPhase {
 /// Whether an upload into, or a download out of, this repository is running (from the
 /// caches).
 fn copying(ctx: &Context, r: &BackupRepository) -> bool {
-    let running = |p: Option<TransferPhase>| !p.is_some_and(TransferPhase::is_terminal);
-    let ups = ctx.caches.uploads.state();
-    let downs = ctx.caches.downloads.state();
-    ups.iter().any(|u| {
-        u.spec.repository == r.spec.source_namespace
-            && u.spec.storage_location == r.spec.location
-            && running(u.status.as_ref().map(|s| s.phase))
-    }) || downs.iter().any(|d| {
-        d.spec.repository == r.spec.source_namespace
-            && d.spec.storage_location == r.spec.location
-            && running(d.status.as_ref().map(|s| s.phase))
+    let busy = |repository: &str, location: &str, phase: Option<TransferPhase>| {
+        repository == r.spec.source_namespace
+            && location == r.spec.location
+            && !phase.is_some_and(TransferPhase::is_terminal)
+    };
+    let phase = |s: Option<&holdfast_api::TransferStatus>| s.map(|s| s.phase);
+    ctx.caches.uploads.state().iter().any(|u| {
+        busy(
+            &u.spec.repository,
+            &u.spec.storage_location,
+            phase(u.status.as_ref()),
+        )
+    }) || ctx.caches.downloads.state().iter().any(|d| {
+        busy(
+            &d.spec.repository,
+            &d.spec.storage_location,
+            phase(d.status.as_ref()),
+        )
     })
 }
 

@@ -38,7 +38,7 @@ impl Cadence {
         }
     }
 
-    /// The interval for `every`, `None` for cron.
+    /// An `every` cadence; at least a minute.
     pub fn every(d: Duration) -> Result<Self, String> {
         if d.as_secs() < 60 {
             return Err(format!("every must be at least 1m (got {}s)", d.as_secs()));

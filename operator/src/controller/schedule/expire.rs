@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use holdfast_api::backup::{Backup, BackupPhase};
 use holdfast_api::reasons::ScheduleReason;
 use holdfast_api::schedule::{
-    CADENCE_LABEL, HeldDeletion, RELEASE_DELETIONS, SCHEDULE_LABEL, SCHEDULED_TIME,
-    SNAPSHOTS_DROPPED, Schedule, ScheduleStatus,
+    CADENCE_LABEL, HeldDeletion, RELEASE_DELETIONS, SCHEDULED_TIME, SNAPSHOTS_DROPPED, Schedule,
+    ScheduleStatus,
 };
 use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::events::EventType;
 use tracing::info;
 
@@ -264,12 +264,7 @@ pub fn brake(s: &Schedule, runs: &[Run], expire: &[String]) -> Option<HeldDeleti
 /// `onDelete: Delete`: deletes every Backup of the schedule; true once none is left.
 pub(super) async fn destroy(s: &Schedule, ctx: &Context) -> Result<bool, Error> {
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
-    let lp = ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", s.name_any()));
-    let all = api
-        .list(&lp)
-        .await
-        .map_err(Error::kube("list the schedule's Backups"))?
-        .items;
+    let all = super::all_backups(s, ctx).await?;
     for b in all
         .iter()
         .filter(|b| b.metadata.deletion_timestamp.is_none())

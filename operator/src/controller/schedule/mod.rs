@@ -202,18 +202,22 @@ async fn read_policy(s: &Schedule, ctx: &Context) -> Result<Option<SLAPolicy>, E
         .map_err(Error::kube("get SLAPolicy"))
 }
 
-/// The Backups this schedule made (by label), those being deleted left out.
-async fn list(s: &Schedule, ctx: &Context) -> Result<Vec<Backup>, Error> {
+/// Every Backup this schedule made (by label), those being deleted too.
+pub(super) async fn all_backups(s: &Schedule, ctx: &Context) -> Result<Vec<Backup>, Error> {
     let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
     let lp = ListParams::default().labels(&format!("{SCHEDULE_LABEL}={}", s.name_any()));
     Ok(api
         .list(&lp)
         .await
         .map_err(Error::kube("list the schedule's Backups"))?
-        .items
-        .into_iter()
-        .filter(|b| b.metadata.deletion_timestamp.is_none())
-        .collect())
+        .items)
+}
+
+/// The Backups this schedule made, those being deleted left out.
+async fn list(s: &Schedule, ctx: &Context) -> Result<Vec<Backup>, Error> {
+    let mut all = all_backups(s, ctx).await?;
+    all.retain(|b| b.metadata.deletion_timestamp.is_none());
+    Ok(all)
 }
 
 fn invalid(st: &mut ScheduleStatus, r: Refusal) -> Action {
