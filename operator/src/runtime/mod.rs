@@ -146,6 +146,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         () = shutdown.cancelled() => return Ok(()),
     }
     health.set_ready(true);
+    metrics.set_ready(true);
 
     let identity = args
         .identity

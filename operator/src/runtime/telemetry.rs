@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -34,7 +35,15 @@ pub fn init_tracing() {
 /// Operator metrics. Labels are bounded: controller, result, location, and per Schedule its
 /// namespace and name (one series per Schedule object, like kube-state-metrics).
 pub struct Metrics {
+    started: IntCounterVec,
+    op_duration: HistogramVec,
+    bytes_read: IntCounterVec,
+    bytes_uploaded: IntCounterVec,
+    bytes_restored: IntCounterVec,
+    throughput: HistogramVec,
+    ready: IntGauge,
     schedule_success: IntGaugeVec,
+    schedule_interval: IntGaugeVec,
     schedule_missed: IntCounterVec,
     retention_deleted: IntCounterVec,
     reclaimed: IntCounterVec,
@@ -104,6 +113,14 @@ impl Metrics {
             &["namespace", "schedule"],
         )
         .expect("metric");
+        let schedule_interval = IntGaugeVec::new(
+            Opts::new(
+                "schedule_max_interval_seconds",
+                "The longest gap between a Schedule's coming runs (of its most frequent cadence)",
+            ),
+            &["namespace", "schedule"],
+        )
+        .expect("metric");
         let schedule_missed = IntCounterVec::new(
             Opts::new(
                 "schedule_missed_runs_total",
@@ -128,9 +145,75 @@ impl Metrics {
             &["location"],
         )
         .expect("metric");
+        let started = IntCounterVec::new(
+            Opts::new(
+                "operations_started_total",
+                "Backups and restores that started work (attempts), by kind",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+        let op_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "operation_duration_seconds",
+                "Time from start to terminal phase of backups, restores and transfers, by kind and phase",
+            )
+            .buckets(vec![
+                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                43200.0, 86400.0,
+            ]),
+            &["kind", "phase"],
+        )
+        .expect("metric");
+        let bytes = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["location"]).expect("metric")
+        };
+        let bytes_read = bytes(
+            "bytes_read_total",
+            "Bytes read from volumes by completed copies (DataUploads), by location",
+        );
+        let bytes_uploaded = bytes(
+            "bytes_uploaded_total",
+            "New bytes stored in locations by completed copies, after deduplication and compression",
+        );
+        let bytes_restored = bytes(
+            "bytes_restored_total",
+            "Bytes written into volumes by completed restores from copies (DataDownloads)",
+        );
+        let throughput = HistogramVec::new(
+            HistogramOpts::new(
+                "mover_throughput_bytes_per_second",
+                "Bytes per second of each completed mover transfer (volume bytes over the mover's run time), by direction",
+            )
+            .buckets(prometheus::exponential_buckets(1_048_576.0, 2.0, 13).expect("buckets")),
+            &["direction"],
+        )
+        .expect("metric");
+        let ready = IntGauge::new(
+            "ready",
+            "1 once every Holdfast CRD is established and the controllers run",
+        )
+        .expect("metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; the operator's version as a label"),
+            &["version"],
+        )
+        .expect("metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
-            Box::new(reclaimed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(started.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(op_duration.clone()),
+            Box::new(bytes_read.clone()),
+            Box::new(bytes_uploaded.clone()),
+            Box::new(bytes_restored.clone()),
+            Box::new(throughput.clone()),
+            Box::new(ready.clone()),
+            Box::new(build_info),
+            Box::new(reclaimed.clone()),
             Box::new(schedule_success.clone()),
+            Box::new(schedule_interval.clone()),
             Box::new(schedule_missed.clone()),
             Box::new(retention_deleted.clone()),
             Box::new(reconciles.clone()),
@@ -142,8 +225,16 @@ impl Metrics {
         ] {
             registry.register(c).expect("unique metric");
         }
-        Self {
+        let m = Self {
+            started,
+            op_duration,
+            bytes_read,
+            bytes_uploaded,
+            bytes_restored,
+            throughput,
+            ready,
             schedule_success,
+            schedule_interval,
             schedule_missed,
             retention_deleted,
             reclaimed,
@@ -154,6 +245,30 @@ impl Metrics {
             location_available,
             leader,
             finished,
+        };
+        m.initialise();
+        m
+    }
+
+    /// Creates every series whose labels are known at start-up at zero, so that dashboards
+    /// and alerts (`rate`, `absent`) see them before the first backup.
+    fn initialise(&self) {
+        for (kind, phases) in OPERATION_PHASES {
+            if matches!(*kind, "backup" | "restore") {
+                self.started.with_label_values(&[kind]);
+            }
+            for phase in *phases {
+                self.finished.with_label_values(&[kind, phase]);
+                self.op_duration.with_label_values(&[kind, phase]);
+            }
+        }
+        for d in ["upload", "download"] {
+            self.throughput.with_label_values(&[d]);
+        }
+        for c in CONTROLLERS {
+            self.reconciles.with_label_values(&[c]);
+            self.errors.with_label_values(&[c]);
+            self.duration.with_label_values(&[c]);
         }
     }
 
@@ -173,9 +288,58 @@ impl Metrics {
             .set(i64::from(available));
     }
 
-    /// Counts an operation that reached terminal phase `phase`.
-    pub fn finished(&self, kind: &str, phase: &str) {
+    /// Counts a backup or restore that started work.
+    pub fn started(&self, kind: &str) {
+        self.started.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts an operation that reached terminal phase `phase` and records how long it took
+    /// since `start` (when it started work; `None` when it failed before starting).
+    pub fn finished(&self, kind: &str, phase: &str, start: Option<jiff::Timestamp>) {
         self.finished.with_label_values(&[kind, phase]).inc();
+        if let Some(start) = start {
+            let secs = jiff::Timestamp::now().duration_since(start).as_secs_f64();
+            self.op_duration
+                .with_label_values(&[kind, phase])
+                .observe(secs.max(0.0));
+        }
+    }
+
+    /// Creates the per-location series at zero (called when a location is first seen).
+    pub fn init_location(&self, location: &str) {
+        for c in [&self.bytes_read, &self.bytes_uploaded, &self.bytes_restored] {
+            c.with_label_values(&[location]);
+        }
+    }
+
+    /// Counts a completed copy into `location`: bytes read from the volume, new bytes stored,
+    /// and the mover's throughput over `seconds`.
+    pub fn upload_done(&self, location: &str, read: u64, uploaded: u64, seconds: f64) {
+        self.bytes_read.with_label_values(&[location]).inc_by(read);
+        self.bytes_uploaded
+            .with_label_values(&[location])
+            .inc_by(uploaded);
+        if seconds > 0.0 {
+            self.throughput
+                .with_label_values(&["upload"])
+                .observe(read as f64 / seconds);
+        }
+    }
+
+    /// Counts a completed restore of `bytes` from `location` over `seconds`.
+    pub fn download_done(&self, location: &str, bytes: u64, seconds: f64) {
+        self.bytes_restored
+            .with_label_values(&[location])
+            .inc_by(bytes);
+        if seconds > 0.0 {
+            self.throughput
+                .with_label_values(&["download"])
+                .observe(bytes as f64 / seconds);
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     /// Records the completion time of a Schedule's newest successful backup.
@@ -183,6 +347,13 @@ impl Metrics {
         self.schedule_success
             .with_label_values(&[namespace, schedule])
             .set(unix);
+    }
+
+    /// Records the longest gap between a Schedule's coming runs.
+    pub fn schedule_interval(&self, namespace: &str, schedule: &str, gap: Duration) {
+        self.schedule_interval
+            .with_label_values(&[namespace, schedule])
+            .set(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX));
     }
 
     /// Counts runs of a Schedule that were missed.
@@ -208,6 +379,7 @@ impl Metrics {
     pub fn forget_schedule(&self, namespace: &str, schedule: &str) {
         let l = [namespace, schedule];
         let _ = self.schedule_success.remove_label_values(&l);
+        let _ = self.schedule_interval.remove_label_values(&l);
         let _ = self.schedule_missed.remove_label_values(&l);
         let _ = self.retention_deleted.remove_label_values(&l);
     }
@@ -225,6 +397,28 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// Terminal phases per kind, for start-up initialisation.
+const OPERATION_PHASES: &[(&str, &[&str])] = &[
+    (
+        "backup",
+        &["Completed", "PartiallyFailed", "Failed", "Cancelled"],
+    ),
+    ("restore", &["Completed", "PartiallyFailed", "Failed"]),
+    ("dataupload", &["Completed", "Failed"]),
+    ("datadownload", &["Completed", "Failed"]),
+];
+
+/// The controllers' metric names (`Reconciler::METRIC`), for start-up initialisation.
+pub const CONTROLLERS: &[&str] = &[
+    "location",
+    "backup",
+    "restore",
+    "dataupload",
+    "datadownload",
+    "schedule",
+    "repository",
+];
 
 /// Readiness shared with the HTTP endpoints.
 #[derive(Clone, Default)]
@@ -305,6 +499,76 @@ pub async fn termination_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every `holdfast_*` metric named in an alert rule or a dashboard query (histogram
+    /// series by their base name).
+    pub fn metrics_used_by_rules_and_dashboard() -> std::collections::BTreeSet<String> {
+        let texts = [
+            include_str!("../../../config/monitoring/holdfast.rules.yaml"),
+            include_str!("../../../config/monitoring/grafana-dashboard.json"),
+        ];
+        let mut names = std::collections::BTreeSet::new();
+        for text in texts {
+            let mut rest = text;
+            while let Some(i) = rest.find("holdfast_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                names.insert(base.to_string());
+                rest = &tail[end..];
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_metric_of_the_rules_and_dashboard_is_exposed() {
+        let m = Metrics::new();
+        // Series whose labels come from objects exist once those objects are seen.
+        m.init_location("primary");
+        m.set_location_available("primary", true);
+        m.schedule_success("ns", "s", 1);
+        m.schedule_interval("ns", "s", Duration::from_secs(60));
+        m.schedule_missed("ns", "s", 0);
+        m.retention_deleted("ns", "s", 0);
+        m.repository_reclaimed("primary", 0);
+        let text = m.render();
+        let used = metrics_used_by_rules_and_dashboard();
+        assert!(used.len() > 15, "{used:?}");
+        for name in &used {
+            assert!(
+                [
+                    format!("\n{name}{{"),
+                    format!("\n{name} "),
+                    format!("\n{name}_bucket{{")
+                ]
+                .iter()
+                .any(|l| text.contains(l.as_str())),
+                "{name} is used by an alert or the dashboard but not exposed:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn series_known_at_start_up_exist_at_zero() {
+        let text = Metrics::new().render();
+        for line in [
+            "holdfast_operations_started_total{kind=\"backup\"} 0",
+            "holdfast_operations_finished_total{kind=\"backup\",phase=\"Failed\"} 0",
+            "holdfast_operations_finished_total{kind=\"datadownload\",phase=\"Completed\"} 0",
+            "holdfast_reconcile_errors_total{controller=\"schedule\"} 0",
+            "holdfast_ready 0",
+        ] {
+            assert!(text.contains(line), "missing {line}:\n{text}");
+        }
+        assert!(text.contains("holdfast_build_info{version=\""), "{text}");
+    }
 
     #[test]
     fn metrics_render_with_prefix_and_bounded_labels() {

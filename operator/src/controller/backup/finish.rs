@@ -86,7 +86,11 @@ pub(super) async fn complete(
         phase_name(phase)
     };
     publish(ctx, b, type_, reason, note).await;
-    ctx.metrics.finished("backup", phase_name(phase));
+    ctx.metrics.finished(
+        "backup",
+        phase_name(phase),
+        st.start_time.as_ref().map(|t| t.0),
+    );
     Ok(Action::requeue(Duration::ZERO))
 }
 

@@ -202,6 +202,7 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
     if st.start_time.is_none() {
         st.phase = Some(BackupPhase::InProgress);
         st.start_time = Some(Time(Timestamp::now()));
+        ctx.metrics.started("backup");
         st.reason = None;
         st.message = None;
         return Ok(Action::requeue(Duration::ZERO));

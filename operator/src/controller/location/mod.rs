@@ -139,6 +139,7 @@ impl Reconciler for Locations {
             conflict.then_some(winner.as_deref().unwrap_or("")),
             Timestamp::now(),
         );
+        ctx.metrics.init_location(&name);
         ctx.metrics.set_location_available(&name, outcome.is_ok());
         if before != (st.phase, st.reason.clone()) {
             let (type_, reason, note) = match &outcome {

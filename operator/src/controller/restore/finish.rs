@@ -101,7 +101,11 @@ pub(super) async fn restore_objects(
     st.message = message;
     st.completion_time = Some(Time(Timestamp::now()));
     info!(restore = %r.name_any(), phase = ?phase, items = report.restored, "restore finished");
-    ctx.metrics.finished("restore", &format!("{phase:?}"));
+    ctx.metrics.finished(
+        "restore",
+        &format!("{phase:?}"),
+        st.start_time.as_ref().map(|t| t.0),
+    );
     let note = st.message.clone().unwrap_or_else(|| {
         format!(
             "{} volumes and {} objects restored",

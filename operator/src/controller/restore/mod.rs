@@ -213,6 +213,7 @@ async fn step(
     if st.start_time.is_none() {
         st.phase = Some(RestorePhase::InProgress);
         st.start_time = Some(Time(Timestamp::now()));
+        ctx.metrics.started("restore");
         st.volumes = src.volumes_to_restore(r);
         st.reason = None;
         st.message = None;

@@ -174,6 +174,10 @@ async fn step(
         Ok(p) => p,
         Err(r) => return Ok(invalid(st, r)),
     };
+    if let Some(gap) = plan.max_interval(jiff::Timestamp::now()) {
+        ctx.metrics
+            .schedule_interval(&s.namespace().unwrap_or_default(), &s.name_any(), gap);
+    }
     let backups = list(s, ctx).await.map_err(ScheduleError::Observe)?;
     let wake = run::start_due(s, ctx, &plan, &backups, st)
         .await

@@ -92,6 +92,26 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The longest gap between two of the next `SLOTS` runs after `now`, of the line that
+    /// runs most often: how old the newest backup may become on a good day (metric
+    /// `holdfast_schedule_max_interval_seconds`, used by the alert on late schedules).
+    pub fn max_interval(&self, now: jiff::Timestamp) -> Option<std::time::Duration> {
+        const SLOTS: usize = 8;
+        self.lines
+            .iter()
+            .filter_map(|l| {
+                let mut t = l.cadence.next_after(now, &self.tz)?;
+                let mut widest = std::time::Duration::ZERO;
+                for _ in 0..SLOTS {
+                    let n = l.cadence.next_after(t, &self.tz)?;
+                    widest = widest.max(n.duration_since(t).unsigned_abs());
+                    t = n;
+                }
+                Some(widest)
+            })
+            .min()
+    }
+
     /// The line of `track`, if the plan has one.
     #[cfg(test)]
     pub fn line(&self, track: Track) -> Option<&Line> {

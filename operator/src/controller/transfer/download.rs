@@ -204,7 +204,11 @@ async fn follow(
             Some(TransferReason::MoverFailed),
             Some(detail),
         );
-        ctx.metrics.finished("datadownload", "Failed");
+        ctx.metrics.finished(
+            "datadownload",
+            "Failed",
+            st.start_time.as_ref().map(|t| t.0),
+        );
         cleanup(ctx, &name, true).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }
@@ -355,7 +359,13 @@ async fn hand_over(
     st.completion_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ));
-    ctx.metrics.finished("datadownload", "Completed");
+    let start = st.start_time.as_ref().map(|t| t.0);
+    ctx.metrics.finished("datadownload", "Completed", start);
+    ctx.metrics.download_done(
+        &dd.spec.storage_location,
+        st.bytes_done.max(st.bytes_total),
+        super::seconds_since(start),
+    );
     info!(download = %name, volume = %pv, target = %target, "download completed; volume reserved for the target claim");
     Ok(Action::requeue(Duration::ZERO))
 }

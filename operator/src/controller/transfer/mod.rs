@@ -117,6 +117,13 @@ pub async fn run<R: Reconciler>(
     kernel::run(ctx, reconciler, controller, shutdown).await;
 }
 
+/// Seconds from `start` to now (0 when unknown), for throughput metrics.
+fn seconds_since(start: Option<Timestamp>) -> f64 {
+    start.map_or(0.0, |s| {
+        Timestamp::now().duration_since(s).as_secs_f64().max(0.0)
+    })
+}
+
 fn owner<K: Resource<DynamicType = ()>>(o: &K) -> OwnerReference {
     o.controller_owner_ref(&()).unwrap_or_default()
 }

@@ -221,14 +221,18 @@ async fn follow(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Resu
     if !st.phase.is_terminal() {
         return Ok(Action::requeue(POLL));
     }
-    ctx.metrics.finished(
-        "dataupload",
-        if st.phase == TransferPhase::Completed {
-            "Completed"
-        } else {
-            "Failed"
-        },
-    );
+    let start = st.start_time.as_ref().map(|t| t.0);
+    if st.phase == TransferPhase::Completed {
+        ctx.metrics.finished("dataupload", "Completed", start);
+        ctx.metrics.upload_done(
+            &du.spec.storage_location,
+            st.bytes_done.max(st.bytes_total),
+            st.bytes_uploaded,
+            super::seconds_since(start),
+        );
+    } else {
+        ctx.metrics.finished("dataupload", "Failed", start);
+    }
     info!(upload = %name, phase = ?st.phase, snapshot = ?st.snapshot_id, bytes = st.bytes_total, uploaded = st.bytes_uploaded, "upload ended");
     cleanup(ctx, du).await?;
     Ok(Action::requeue(Duration::ZERO))
