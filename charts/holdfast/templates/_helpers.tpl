@@ -9,3 +9,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: holdfast
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* The port of httpAddr; 0 lets each replica pick a free one (testbeds whose pods share
+the host network), and then there are no probes and no metrics Service. */}}
+{{- define "holdfast.httpPort" -}}
+{{ splitList ":" .Values.httpAddr | last | int }}
+{{- end -}}

@@ -114,6 +114,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "HOLDFAST_WATCH_NAMESPACES", default_value = "")]
     pub watch_namespaces: String,
     /// This replica's identity in the Lease (default: the pod name or host name).
+    /// Pod Security level mover pods need in the operator namespace: set as the label
+    /// `pod-security.kubernetes.io/enforce` on the namespace when it has none (a label already
+    /// there is left alone). Empty: leave the namespace alone.
+    #[arg(long, env = "HOLDFAST_POD_SECURITY_LEVEL", default_value = "baseline")]
+    pub pod_security_level: String,
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 }
@@ -157,6 +162,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     scope::mark_namespace(client.clone(), &args.namespace, &identity)
         .await
         .context("marking the operator namespace")?;
+    scope::label_pod_security(client.clone(), &args.namespace, &args.pod_security_level).await;
     let lease = if args.leader_elect {
         let elected = elect(&client, &args, &identity, &shutdown).await?;
         let Some(l) = elected else {

@@ -15,12 +15,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Context, Error};
 
@@ -82,6 +83,60 @@ pub async fn mark_namespace(client: kube::Client, ns: &str, identity: &str) -> R
         Err(e) => return Err(Error::kube("create operator marker Lease")(e)),
     }
     Ok(())
+}
+
+/// The Pod Security label that decides whether mover pods are admitted.
+pub const ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// What to do about the operator namespace's Pod Security label. Pure.
+pub fn pod_security_decision(current: Option<&str>, wanted: &str) -> PodSecurity {
+    match (current, wanted) {
+        (_, "") => PodSecurity::Leave,
+        (None, w) => PodSecurity::Set(w.to_string()),
+        (Some("restricted"), _) => PodSecurity::Warn,
+        (Some(_), _) => PodSecurity::Leave,
+    }
+}
+
+/// See [`pod_security_decision`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum PodSecurity {
+    /// Label the namespace with this level.
+    Set(String),
+    /// The namespace is labelled `restricted`: mover pods will be rejected.
+    Warn,
+    Leave,
+}
+
+/// Labels the operator namespace with the Pod Security level mover pods need, when it has no
+/// such label (`helm install --create-namespace` makes one without). Never fails start-up:
+/// without the permission it logs what to do instead.
+pub async fn label_pod_security(client: kube::Client, ns: &str, level: &str) {
+    if level.is_empty() {
+        return;
+    }
+    let api: Api<Namespace> = Api::all(client);
+    let current = match api.get(ns).await {
+        Ok(n) => n.labels().get(ENFORCE).cloned(),
+        Err(e) => {
+            warn!(namespace = %ns, error = %e, "cannot read the operator namespace to check its Pod Security label; label it yourself: kubectl label namespace {ns} {ENFORCE}={level}");
+            return;
+        }
+    };
+    match pod_security_decision(current.as_deref(), level) {
+        PodSecurity::Set(l) => {
+            let patch = serde_json::json!({"metadata": {"labels": {ENFORCE: l}}});
+            match api
+                .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => info!(namespace = %ns, level = %l, "labelled the operator namespace for the Pod Security level of mover pods"),
+                Err(e) => warn!(namespace = %ns, error = %e, "cannot label the operator namespace; mover pods need Pod Security {l}: kubectl label namespace {ns} {ENFORCE}={l}"),
+            }
+        }
+        PodSecurity::Warn => warn!(namespace = %ns, "the operator namespace enforces Pod Security restricted: mover pods (root, with DAC_OVERRIDE) will be rejected; label it {ENFORCE}={level}"),
+        PodSecurity::Leave => {}
+    }
 }
 
 async fn has_operator(ctx: &Context, ns: &str) -> Result<bool, Error> {
@@ -159,6 +214,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_security_label_is_set_only_when_absent() {
+        assert_eq!(
+            pod_security_decision(None, "baseline"),
+            PodSecurity::Set("baseline".into())
+        );
+        assert_eq!(
+            pod_security_decision(Some("privileged"), "baseline"),
+            PodSecurity::Leave
+        );
+        assert_eq!(
+            pod_security_decision(Some("baseline"), "baseline"),
+            PodSecurity::Leave
+        );
+        assert_eq!(
+            pod_security_decision(Some("restricted"), "baseline"),
+            PodSecurity::Warn
+        );
+        assert_eq!(pod_security_decision(None, ""), PodSecurity::Leave);
+    }
 
     #[test]
     fn own_namespace_is_always_watched() {
