@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod operator;
+pub mod ops;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -104,6 +104,24 @@ async fn every_sample_applies() {
     );
 }
 
+/// Enum values that YAML 1.1 reads as booleans (`off`, `on`, `yes`, `no`) reach the API
+/// server as strings: `compression: "off"` is accepted.
+#[test]
+fn yaml_boolean_like_enum_values_survive_kubectl() {
+    ensure_crds();
+    let e = env();
+    let _ = e.kubectl(["create", "namespace", "holdfast-system"]);
+    let file = std::env::temp_dir().join(format!("off-{}.yaml", holdfast_e2e::random_suffix()));
+    std::fs::write(&file, "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {name: uncompressed, namespace: holdfast-system}\nspec:\n  s3: {bucket: cluster-backups}\n  repository: {compression: \"off\"}\n").expect("write");
+    e.kubectl_ok([
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &file.display().to_string(),
+    ]);
+    let _ = std::fs::remove_file(file);
+}
+
 #[tokio::test]
 async fn backup_selection_is_immutable_but_cancel_ttl_and_policy_are_not() {
     ensure_crds();

@@ -1,11 +1,18 @@
-//! The Helm chart: lints, renders, installs on the real API server, and the operator it
-//! deploys reconciles a location in its namespace.
+//! The Helm chart: lints, renders (its CRDs equal crds/), installs on the real API server, and
+//! the operator it deploys reconciles a location in its namespace; an upgrade from the
+//! previous chart version takes over the CRDs and keeps backups and restores working.
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
+use holdfast_api::backup::BackupPhase;
 use holdfast_api::location::LocationPhase;
+use holdfast_api::restore::RestorePhase;
+use holdfast_e2e::app::{self, WORKLOADS};
+use holdfast_e2e::ops::{wait_backup, wait_restore};
 use holdfast_e2e::{TestNamespace, ensure_crds, env};
+use serde::Deserialize as _;
 
 /// helm from HOLDFAST_HELM or the tool cache (`e2e/tools/build helm`).
 fn helm() -> PathBuf {
@@ -96,12 +103,15 @@ async fn chart_installs_an_operator_that_reconciles() {
     let port = holdfast_store::testing::free_port().expect("port");
     let chart = e.repo.join("charts/holdfast");
     let release = format!("hf{}", holdfast_e2e::random_suffix());
+    // The CRDs are the cluster's (ensure_crds); the upgrade test has the chart own them.
     run_helm(&[
         "install",
         &release,
         chart.to_str().expect("utf-8"),
         "--namespace",
         &ns.name,
+        "--set",
+        "crds.install=false",
         "--set",
         "replicas=1",
         "--set",
@@ -113,6 +123,17 @@ async fn chart_installs_an_operator_that_reconciles() {
     let manifest = "apiVersion: holdfast.dev/v1alpha1\nkind: BackupStorageLocation\nmetadata: {name: probe}\nspec:\n  s3: {bucket: unused, endpoint: \"http://127.0.0.1:9\"}\n";
     e.apply_yaml(&ns.name, manifest);
     holdfast_e2e::wait_location(&client, &ns.name, "probe", LocationPhase::Unavailable, None).await;
+    // The operator labelled its namespace (made without the label, as by --create-namespace)
+    // for the Pod Security level of its movers; the metrics Service is there.
+    let label = e.kubectl_ok([
+        "get",
+        "namespace",
+        &ns.name,
+        "-o",
+        "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}",
+    ]);
+    assert_eq!(label.trim(), "baseline", "namespace {} label", ns.name);
+    e.kubectl_ok(["get", "service", "holdfast-metrics", "-n", &ns.name]);
     // The SLA policy presets come with the release.
     let presets = e.kubectl_ok([
         "get",
@@ -146,4 +167,235 @@ async fn chart_installs_an_operator_that_reconciles() {
         !out.status.success(),
         "the release's ClusterRole should be removed by uninstall"
     );
+}
+
+/// Renders the chart with `args`; the documents of kind `kind`.
+fn rendered(kind: &str, args: &[&str]) -> Vec<serde_yaml::Value> {
+    let chart = env().repo.join("charts/holdfast");
+    let out = Command::new(helm())
+        .args([
+            "template",
+            "x",
+            chart.to_str().expect("utf-8"),
+            "--kube-version",
+            "1.36.0",
+        ])
+        .args(args)
+        .output()
+        .expect("helm template");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .collect()
+}
+
+#[test]
+fn chart_crds_equal_crds_dir_and_are_kept_on_uninstall() {
+    let crds = rendered("CustomResourceDefinition", &[]);
+    let dir = env().repo.join("crds");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("crds/") {
+        let path = entry.expect("entry").path();
+        let want: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).expect("read")).expect("yaml");
+        let name = &want["metadata"]["name"];
+        let got = crds
+            .iter()
+            .find(|c| &c["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the chart does not render {name:?}"));
+        assert_eq!(got["spec"], want["spec"], "{name:?} differs from crds/");
+        assert_eq!(
+            got["metadata"]["annotations"]["helm.sh/resource-policy"].as_str(),
+            Some("keep"),
+            "{name:?}"
+        );
+        files += 1;
+    }
+    assert_eq!(
+        crds.len(),
+        files,
+        "the chart renders exactly the CRDs of crds/"
+    );
+    assert!(rendered("CustomResourceDefinition", &["--set", "crds.install=false"]).is_empty());
+    // The optional monitoring objects: the PrometheusRule carries the rules file's groups.
+    let rules = rendered("PrometheusRule", &["--set", "prometheusRule.enabled=true"]);
+    let file: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(env().repo.join("config/monitoring/holdfast.rules.yaml"))
+            .expect("rules file"),
+    )
+    .expect("yaml");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["spec"]["groups"], file["groups"]);
+    assert_eq!(
+        rendered("ServiceMonitor", &["--set", "serviceMonitor.enabled=true"]).len(),
+        1
+    );
+    assert!(rendered("ServiceMonitor", &[]).is_empty());
+    let dash = rendered("ConfigMap", &["--set", "grafanaDashboard.enabled=true"]);
+    let json: serde_json::Value = serde_json::from_str(
+        dash[0]["data"]["holdfast.json"]
+            .as_str()
+            .expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    assert_eq!(json["uid"], "holdfast-overview");
+    // No fixed user: OpenShift assigns one from the namespace's range.
+    let deploy = rendered("Deployment", &[]);
+    let sc = &deploy[0]["spec"]["template"]["spec"]["securityContext"];
+    assert!(sc.get("runAsUser").is_none(), "{sc:?}");
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+}
+
+/// The release as installed by the previous chart version (0.1.0, whose CRDs came from the
+/// chart's crds/ folder and were never upgraded), upgraded to this chart: the CRDs pass to the
+/// release (`--take-ownership`, once), and backups taken before and after restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
+    ensure_crds();
+    let e = env();
+    let client = e.client().await;
+    let opns = TestNamespace::new(&client, "upgrade").await;
+    let app_ns = TestNamespace::new(&client, "upgrade-app").await;
+    let bucket = format!("hf-upgrade-{}", holdfast_e2e::random_suffix());
+    app::make_bucket(&bucket).await;
+    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(4));
+    for w in WORKLOADS {
+        app::wait_seeded(&app_ns.name, w).await;
+    }
+    let port = holdfast_store::testing::free_port().expect("port");
+    let release = format!("hf{}", holdfast_e2e::random_suffix());
+    let previous = e.repo.join("e2e/fixtures/holdfast-0.1.0.tgz");
+    let common = [
+        "--namespace".to_string(),
+        opns.name.clone(),
+        "--set".into(),
+        "replicas=1".into(),
+        "--set".into(),
+        format!("httpAddr=127.0.0.1:{port}"),
+        "--set".into(),
+        format!("watchNamespaces={{{}}}", app_ns.name),
+        // The presets are cluster-scoped and belong to the other chart test's release.
+        "--set".into(),
+        "slaPolicyPresets=false".into(),
+        "--wait".into(),
+        "--timeout".into(),
+        "120s".into(),
+    ];
+    let helm_with = |verb: &[&str]| {
+        let mut args: Vec<&str> = verb.to_vec();
+        args.extend(common.iter().map(String::as_str));
+        run_helm(&args)
+    };
+    helm_with(&["install", &release, previous.to_str().expect("utf-8")]);
+    e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
+    holdfast_e2e::wait_location(
+        &client,
+        &opns.name,
+        "primary",
+        LocationPhase::Available,
+        None,
+    )
+    .await;
+    let backup = |name: &str| {
+        format!(
+            "apiVersion: holdfast.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n  includedNamespaces: [{}]\n",
+            app_ns.name
+        )
+    };
+    e.apply_yaml(&opns.name, &backup("before"));
+    let b = wait_backup(&client, &opns.name, "before", Duration::from_secs(300)).await;
+    assert_eq!(
+        b.status.as_ref().and_then(|s| s.phase),
+        Some(BackupPhase::Completed),
+        "{:#?}",
+        b.status
+    );
+    let at_before: Vec<String> = WORKLOADS
+        .iter()
+        .map(|w| app::volume_checksums(&app_ns.name, w))
+        .collect();
+
+    let chart = e.repo.join("charts/holdfast");
+    helm_with(&[
+        "upgrade",
+        &release,
+        chart.to_str().expect("utf-8"),
+        "--take-ownership",
+    ]);
+    // The release now owns the CRDs (an upgrade updates them) and keeps them on uninstall.
+    let crd = e.kubectl_ok([
+        "get",
+        "crd",
+        "backups.holdfast.dev",
+        "-o",
+        "jsonpath={.metadata.annotations.meta\\.helm\\.sh/release-name} {.metadata.annotations.helm\\.sh/resource-policy}",
+    ]);
+    assert_eq!(crd.trim(), format!("{release} keep"));
+    e.kubectl_ok(["get", "service", "holdfast-metrics", "-n", &opns.name]);
+
+    // Data changes, a backup after the upgrade; both restore into their own namespaces.
+    app::sh(
+        &app_ns.name,
+        WORKLOADS[0],
+        "echo changed > /data/after-upgrade && sync",
+    );
+    let at_after: Vec<String> = WORKLOADS
+        .iter()
+        .map(|w| app::volume_checksums(&app_ns.name, w))
+        .collect();
+    assert_ne!(at_before, at_after);
+    e.apply_yaml(&opns.name, &backup("after"));
+    let b = wait_backup(&client, &opns.name, "after", Duration::from_secs(300)).await;
+    assert_eq!(
+        b.status.as_ref().and_then(|s| s.phase),
+        Some(BackupPhase::Completed),
+        "{:#?}",
+        b.status
+    );
+    for (name, want) in [("before", &at_before), ("after", &at_after)] {
+        let target = TestNamespace {
+            name: format!("{}-{name}", app_ns.name),
+        };
+        e.apply_yaml(&opns.name, &format!(
+            "apiVersion: holdfast.dev/v1alpha1\nkind: Restore\nmetadata: {{name: {name}}}\nspec:\n  source: {{backup: {name}}}\n  namespaceMapping: {{{}: {}}}\n",
+            app_ns.name, target.name
+        ));
+        let r = wait_restore(&client, &opns.name, name).await;
+        assert_eq!(
+            r.status.as_ref().and_then(|s| s.phase),
+            Some(RestorePhase::Completed),
+            "{:#?}",
+            r.status
+        );
+        for (w, sum) in WORKLOADS.iter().zip(want) {
+            app::wait_seeded(&target.name, w).await;
+            assert_eq!(
+                &app::volume_checksums(&target.name, w),
+                sum,
+                "{w} restored from {name}"
+            );
+        }
+    }
+    e.kubectl_ok([
+        "delete",
+        "restores,backups",
+        "--all",
+        "-n",
+        &opns.name,
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    run_helm(&["uninstall", &release, "--namespace", &opns.name, "--wait"]);
+    e.kubectl_ok([
+        "get",
+        "crd",
+        "backups.holdfast.dev",
+        "schedules.holdfast.dev",
+    ]);
 }

@@ -21,6 +21,7 @@ use holdfast_api::backup::{Backup, BackupPhase, VolumePhase};
 use holdfast_api::restore::{Restore, RestorePhase};
 use holdfast_e2e::app::{self, WORKLOADS};
 use holdfast_e2e::operator::Operator;
+use holdfast_e2e::ops::{wait_backup, wait_restore};
 use holdfast_e2e::{TestNamespace, ensure_crds, env, wait_until};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::{Api, ListParams};
@@ -59,49 +60,6 @@ async fn turn(share: Share) -> Turn {
         }
         Share::Alone => Turn::Alone(TURNS.write().await),
     }
-}
-
-async fn wait_backup(client: &Client, ns: &str, name: &str, timeout: Duration) -> Backup {
-    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
-    wait_until(
-        &format!("backup {name} to finish"),
-        timeout,
-        Some(ns),
-        || {
-            let api = api.clone();
-            async move {
-                let b = api.get(name).await.ok()?;
-                b.status.as_ref()?.phase.filter(|p| p.is_terminal())?;
-                Some(b)
-            }
-        },
-    )
-    .await
-}
-
-async fn wait_restore(client: &Client, ns: &str, name: &str) -> Restore {
-    let api: Api<Restore> = Api::namespaced(client.clone(), ns);
-    wait_until(
-        &format!("restore {name} to finish"),
-        Duration::from_secs(300),
-        Some(ns),
-        || {
-            let api = api.clone();
-            async move {
-                let r = api.get(name).await.ok()?;
-                let p = r.status.as_ref()?.phase?;
-                matches!(
-                    p,
-                    RestorePhase::Completed
-                        | RestorePhase::PartiallyFailed
-                        | RestorePhase::Failed
-                        | RestorePhase::Cancelled
-                )
-                .then_some(r)
-            }
-        },
-    )
-    .await
 }
 
 /// Nothing temporary of this operator's transfers is left in its namespace or the cluster.

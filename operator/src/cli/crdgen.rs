@@ -43,9 +43,38 @@ pub fn render_crds() -> Result<Vec<(String, String)>> {
         .map(|crd| {
             let name = crd.metadata.name.clone().context("CRD without a name")?;
             let body = serde_yaml::to_string(&crd).context("serialising CRD")?;
-            Ok((format!("{name}.yaml"), format!("{HEADER}{body}")))
+            Ok((
+                format!("{name}.yaml"),
+                format!("{HEADER}{}", quote_yaml11_booleans(&body)),
+            ))
         })
         .collect()
+}
+
+/// Quotes plain scalars that YAML 1.1 (kubectl, Helm) reads as booleans but serde_yaml
+/// (YAML 1.2) writes bare: `- off` in an enum would reach the API server as `false`.
+fn quote_yaml11_booleans(text: &str) -> String {
+    const WORDS: [&str; 16] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let word = body
+            .rsplit_once(": ")
+            .map(|(_, w)| w)
+            .or_else(|| body.trim_start().strip_prefix("- "));
+        match word {
+            Some(w) if WORDS.contains(&w) => {
+                out.push_str(&body[..body.len() - w.len()]);
+                out.push_str(&format!("'{w}'"));
+                out.push_str(&line[body.len()..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 /// The `rules:` of the operator's ClusterRole, for the chart.
@@ -161,4 +190,24 @@ pub fn drift(root: &Path, files: &[(PathBuf, String)]) -> Vec<String> {
             .map(|f| format!("{f} (stale)")),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml11_booleans_are_quoted_and_nothing_else() {
+        let text = "enum:\n- auto\n- off\n- max\nkey: on\nother: offline\n- 'no'\nname: n\n";
+        assert_eq!(
+            quote_yaml11_booleans(text),
+            "enum:\n- auto\n- 'off'\n- max\nkey: 'on'\nother: offline\n- 'no'\nname: 'n'\n"
+        );
+        let crds = render_crds().expect("crds");
+        for (name, body) in crds {
+            let parsed: serde_yaml::Value = serde_yaml::from_str(&body).expect("yaml");
+            assert!(body.contains("- 'off'") || !name.starts_with("backupstoragelocations"));
+            assert!(parsed.get("spec").is_some(), "{name}");
+        }
+    }
 }

@@ -130,11 +130,17 @@ pub async fn label_pod_security(client: kube::Client, ns: &str, level: &str) {
                 .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => info!(namespace = %ns, level = %l, "labelled the operator namespace for the Pod Security level of mover pods"),
-                Err(e) => warn!(namespace = %ns, error = %e, "cannot label the operator namespace; mover pods need Pod Security {l}: kubectl label namespace {ns} {ENFORCE}={l}"),
+                Ok(_) => {
+                    info!(namespace = %ns, level = %l, "labelled the operator namespace for the Pod Security level of mover pods")
+                }
+                Err(e) => {
+                    warn!(namespace = %ns, error = %e, "cannot label the operator namespace; mover pods need Pod Security {l}: kubectl label namespace {ns} {ENFORCE}={l}")
+                }
             }
         }
-        PodSecurity::Warn => warn!(namespace = %ns, "the operator namespace enforces Pod Security restricted: mover pods (root, with DAC_OVERRIDE) will be rejected; label it {ENFORCE}={level}"),
+        PodSecurity::Warn => {
+            warn!(namespace = %ns, "the operator namespace enforces Pod Security restricted: mover pods (root, with DAC_OVERRIDE) will be rejected; label it {ENFORCE}={level}")
+        }
         PodSecurity::Leave => {}
     }
 }
