@@ -307,7 +307,12 @@ impl Metrics {
 
     /// Creates the per-location series at zero (called when a location is first seen).
     pub fn init_location(&self, location: &str) {
-        for c in [&self.bytes_read, &self.bytes_uploaded, &self.bytes_restored] {
+        for c in [
+            &self.bytes_read,
+            &self.bytes_uploaded,
+            &self.bytes_restored,
+            &self.reclaimed,
+        ] {
             c.with_label_values(&[location]);
         }
     }
@@ -349,8 +354,13 @@ impl Metrics {
             .set(unix);
     }
 
-    /// Records the longest gap between a Schedule's coming runs.
+    /// Records the longest gap between a Schedule's coming runs, and creates the Schedule's
+    /// counters at zero.
     pub fn schedule_interval(&self, namespace: &str, schedule: &str, gap: Duration) {
+        self.schedule_missed
+            .with_label_values(&[namespace, schedule]);
+        self.retention_deleted
+            .with_label_values(&[namespace, schedule]);
         self.schedule_interval
             .with_label_values(&[namespace, schedule])
             .set(i64::try_from(gap.as_secs()).unwrap_or(i64::MAX));
@@ -396,6 +406,33 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The alert rules and the Grafana dashboard shipped in `config/monitoring/`.
+pub const ALERT_RULES: &str = include_str!("../../../config/monitoring/holdfast.rules.yaml");
+pub const DASHBOARD: &str = include_str!("../../../config/monitoring/grafana-dashboard.json");
+
+/// Every `holdfast_*` metric named in the alert rules or a dashboard query (histogram series
+/// by their base name), for the tests that check each one is exposed.
+pub fn metrics_used_by_rules_and_dashboard() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for text in [ALERT_RULES, DASHBOARD] {
+        let mut rest = text;
+        while let Some(i) = rest.find("holdfast_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            names.insert(base.to_string());
+            rest = &tail[end..];
+        }
+    }
+    names
 }
 
 /// Terminal phases per kind, for start-up initialisation.
@@ -499,33 +536,6 @@ pub async fn termination_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every `holdfast_*` metric named in an alert rule or a dashboard query (histogram
-    /// series by their base name).
-    pub fn metrics_used_by_rules_and_dashboard() -> std::collections::BTreeSet<String> {
-        let texts = [
-            include_str!("../../../config/monitoring/holdfast.rules.yaml"),
-            include_str!("../../../config/monitoring/grafana-dashboard.json"),
-        ];
-        let mut names = std::collections::BTreeSet::new();
-        for text in texts {
-            let mut rest = text;
-            while let Some(i) = rest.find("holdfast_") {
-                let tail = &rest[i..];
-                let end = tail
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(tail.len());
-                let name = &tail[..end];
-                let base = ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| name.strip_suffix(s))
-                    .unwrap_or(name);
-                names.insert(base.to_string());
-                rest = &tail[end..];
-            }
-        }
-        names
-    }
 
     #[test]
     fn every_metric_of_the_rules_and_dashboard_is_exposed() {
