@@ -317,29 +317,26 @@ fn internal_kind(kind: &str) -> bool {
     matches!(kind, "DataUpload" | "DataDownload")
 }
 
+/// A kind the operator creates: kind, plural, version.
+type Resource = (&'static str, &'static str, &'static str);
+
 /// Display name and the kinds an object of each kind makes the operator create.
-fn kind_info(
-    kind: &str,
-) -> Result<(
-    &'static str,
-    Vec<(&'static str, &'static str, &'static str)>,
-)> {
-    // (kind, plural, version) of each resource.
-    const VS: (&str, &str, &str) = ("VolumeSnapshot", "volumesnapshots", "v1");
-    const VSC: (&str, &str, &str) = ("VolumeSnapshotContent", "volumesnapshotcontents", "v1");
-    const POD: (&str, &str, &str) = ("Pod", "pods", "v1");
-    const PVC: (&str, &str, &str) = ("PersistentVolumeClaim", "persistentvolumeclaims", "v1");
-    const PV: (&str, &str, &str) = ("PersistentVolume", "persistentvolumes", "v1");
-    const SECRET: (&str, &str, &str) = ("Secret", "secrets", "v1");
-    const NS: (&str, &str, &str) = ("Namespace", "namespaces", "v1");
-    const DU: (&str, &str, &str) = ("DataUpload", "datauploads", "v1alpha1");
-    const DD: (&str, &str, &str) = ("DataDownload", "datadownloads", "v1alpha1");
-    const BR: (&str, &str, &str) = ("BackupRepository", "backuprepositories", "v1alpha1");
-    const BACKUP: (&str, &str, &str) = ("Backup", "backups", "v1alpha1");
+fn kind_info(kind: &str) -> Result<(&'static str, Vec<Resource>)> {
+    const VS: Resource = ("VolumeSnapshot", "volumesnapshots", "v1");
+    const VSC: Resource = ("VolumeSnapshotContent", "volumesnapshotcontents", "v1");
+    const POD: Resource = ("Pod", "pods", "v1");
+    const PVC: Resource = ("PersistentVolumeClaim", "persistentvolumeclaims", "v1");
+    const PV: Resource = ("PersistentVolume", "persistentvolumes", "v1");
+    const SECRET: Resource = ("Secret", "secrets", "v1");
+    const NS: Resource = ("Namespace", "namespaces", "v1");
+    const DU: Resource = ("DataUpload", "datauploads", "v1alpha1");
+    const DD: Resource = ("DataDownload", "datadownloads", "v1alpha1");
+    const BR: Resource = ("BackupRepository", "backuprepositories", "v1alpha1");
+    const BACKUP: Resource = ("Backup", "backups", "v1alpha1");
     Ok(match kind {
         "Backup" => ("Backup", vec![VS, DU, BR, SECRET]),
         "Restore" => ("Restore", vec![NS, PVC, DD]),
-        "Schedule" => ("Schedule", vec![BACKUP, VS]),
+        "Schedule" => ("Schedule", vec![BACKUP]),
         "SLAPolicy" => ("SLA Policy", vec![]),
         "BackupStorageLocation" => ("Backup Storage Location", vec![]),
         "BackupRepository" => ("Backup Repository", vec![POD]),
