@@ -29,9 +29,8 @@ pub const IMAGE_REPOSITORY: &str = "ghcr.io/holdfast-dev/holdfast";
 /// operator and its CRDs; upgrades are not claimed (no previous bundle and no tested upgrade
 /// path yet), nor backup of the operator's own state, metrics-driven insights or autopilot.
 pub const CAPABILITY: &str = "Basic Install";
-/// The lowest Kubernetes version whose API server accepts every field the CRDs use (CEL
-/// rules with `reason` and `fieldPath`, GA in 1.29) and that the Helm chart allows
-/// (`kubeVersion: >=1.30.0-0`). Only 1.36 is tested.
+/// The Helm chart's floor (`kubeVersion: >=1.30.0-0`); the CRDs need 1.29 (CEL rules are GA
+/// there; their `reason` and `fieldPath` exist since 1.28). Only 1.36 is tested.
 pub const MIN_KUBE_VERSION: &str = "1.30.0";
 /// `createdAt` of this release's CSV: a constant so that the drift check is deterministic.
 /// Set it when the crate version changes.
@@ -241,7 +240,9 @@ pub fn openshift_features() -> [(&'static str, bool); 10] {
         ("proxy-aware", false),
         // Serves plain HTTP metrics; does not read the cluster's TLS security profile.
         ("tls-profiles", false),
-        // S3 access uses keys from a Secret; no short-lived cloud tokens (STS, workload identity).
+        // No OpenShift short-lived token flow (CredentialsRequest from the subscription's role),
+        // and mover pods run without a service-account token, so workload identity cannot
+        // reach them: S3 keys come from a Secret.
         ("token-auth-aws", false),
         ("token-auth-azure", false),
         ("token-auth-gcp", false),

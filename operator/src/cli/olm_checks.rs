@@ -501,7 +501,7 @@ fn check_owned(
         if !owned.iter().any(|o| o["kind"] == kind) {
             say("csv", format!("alm-example of {kind} names no owned kind"));
         }
-        if e["spec"].is_null() && kind != "SLAPolicy" {
+        if e["spec"].is_null() {
             say("csv", format!("alm-example of {kind} has no spec"));
         }
     }
