@@ -1,7 +1,8 @@
 //! The OLM bundle (`bundle/`, written by `holdfast crdgen`): operator-framework/api's
 //! `operator-verify` v0.9.1 reports nothing on it, the checks of today's validators that
-//! version lacks pass (`holdfast::cli::olm_checks`), its CRDs equal `crds/`, and every
-//! `alm-examples` object is accepted by the real API server. Design record 0009.
+//! version lacks pass (`holdfast::cli::olm_checks`), its CRDs equal `crds/`, and the real API
+//! server accepts the CSV (against OLM's own CSV CRD, strictly) and every `alm-examples`
+//! object. Design record 0009.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,22 +13,27 @@ use serde_json::Value;
 
 const CSV: &str = "manifests/holdfast.clusterserviceversion.yaml";
 
-/// operator-verify from HOLDFAST_OPERATOR_VERIFY or the tool cache.
-fn operator_verify() -> PathBuf {
-    if let Some(p) = std::env::var_os("HOLDFAST_OPERATOR_VERIFY") {
-        return p.into();
-    }
+/// An output of `e2e/tools/build operator-verify` in the tool cache.
+fn tool(output: &str) -> PathBuf {
     let out = Command::new(repo_root().join("e2e/tools/build"))
-        .args(["--path", "operator-verify"])
+        .args(["--path", output])
         .output()
-        .expect("e2e/tools/build --path operator-verify");
+        .expect("e2e/tools/build --path");
     let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     assert!(
         p.exists(),
-        "operator-verify is not built: run `e2e/tools/build operator-verify` (expected at {})",
+        "{output} is not built: run `e2e/tools/build operator-verify` (expected at {})",
         p.display()
     );
     p
+}
+
+/// operator-verify from HOLDFAST_OPERATOR_VERIFY or the tool cache.
+fn operator_verify() -> PathBuf {
+    match std::env::var_os("HOLDFAST_OPERATOR_VERIFY") {
+        Some(p) => p.into(),
+        None => tool("operator-verify"),
+    }
 }
 
 /// Everything `operator-verify manifests --operatorhub_validate --object_validate DIR`
@@ -180,4 +186,39 @@ async fn alm_examples_are_accepted_by_the_api_server() {
             serde_json::to_string_pretty(&example).unwrap_or_default()
         );
     }
+}
+
+/// The CSV, created with a strict server-side dry run against OLM's ClusterServiceVersion CRD
+/// (operator-framework/api v0.9.1, installed on the testbed): unknown fields and wrong types
+/// anywhere in it fail, which operator-verify (Go structs that ignore unknown fields) misses.
+#[tokio::test]
+async fn csv_is_accepted_by_olms_csv_schema() {
+    let e = env();
+    let crd = tool("olm-crds").join("operators.coreos.com_clusterserviceversions.yaml");
+    let crd = crd.display().to_string();
+    e.kubectl_ok(["apply", "--server-side", "--force-conflicts", "-f", &crd]);
+    e.kubectl_ok([
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "-f",
+        &crd,
+    ]);
+    let client = e.client().await;
+    let ns = TestNamespace::new(&client, "bundle-csv").await;
+    let csv = bundle_dir().join(CSV).display().to_string();
+    let out = e.kubectl([
+        "create",
+        "--dry-run=server",
+        "--validate=strict",
+        "-n",
+        &ns.name,
+        "-f",
+        &csv,
+    ]);
+    assert!(
+        out.status.success(),
+        "the API server rejected the CSV:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
