@@ -1,5 +1,5 @@
-//! Fails when a generated file (crds/, the chart's CRD copies and RBAC rules) no longer
-//! matches its source.
+//! Fails when a generated file (crds/, the chart's CRD copies and RBAC rules, the OLM bundle
+//! in bundle/) no longer matches its source.
 
 use std::path::Path;
 use std::process::Command;
