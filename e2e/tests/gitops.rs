@@ -828,19 +828,34 @@ async fn kstatus_and_argo_follow_a_backup_from_in_progress_to_completed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kstatus_and_argo_report_a_failed_backup_with_its_reason() {
-    let client = env().client().await;
-    let app_ns = TestNamespace::new(&client, "gitops-fail").await;
-    let s = setup("gitopsf", &app_ns.name).await;
+/// A local PersistentVolume and its host directory, removed when dropped (test passed or not).
+struct LocalVolume {
+    pv: String,
+    dir: PathBuf,
+}
+
+impl Drop for LocalVolume {
+    fn drop(&mut self) {
+        let _ = env().kubectl([
+            "delete",
+            "pv",
+            &self.pv,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A claim `local-data` in `ns` on a local PersistentVolume: no CSI driver, so no snapshot
+/// class, and with the default `withoutSnapshot: Fail` its volume fails in a backup.
+fn local_claim(ns: &str) -> LocalVolume {
     let e = env();
-    // A claim on a local volume: no CSI driver, so no snapshot class; with the default
-    // `withoutSnapshot: Fail` the volume fails, and with it the whole backup.
-    let pv = format!("{}-local", app_ns.name);
+    let pv = format!("{ns}-local");
     let dir = std::env::temp_dir().join(&pv);
     std::fs::create_dir_all(&dir).expect("local volume directory");
     e.apply_yaml(
-        &app_ns.name,
+        ns,
         &format!(
             "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {pv}, labels: {{holdfast.dev/e2e: \"true\"}}}}\nspec:\n  capacity: {{storage: 64Mi}}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: manual\n  local: {{path: {}}}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{}]}}]\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: local-data}}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: manual\n  volumeName: {pv}\n  resources: {{requests: {{storage: 64Mi}}}}\n",
             dir.display(),
@@ -852,9 +867,37 @@ async fn kstatus_and_argo_report_a_failed_backup_with_its_reason() {
         "--for=jsonpath={.status.phase}=Bound",
         "pvc/local-data",
         "-n",
-        &app_ns.name,
+        ns,
         "--timeout=60s",
     ]);
+    LocalVolume { pv, dir }
+}
+
+/// Waits until Backup `name` reaches a terminal phase.
+async fn wait_terminal(client: &Client, ns: &str, name: &str) {
+    let api: Api<Backup> = Api::namespaced(client.clone(), ns);
+    wait_until(
+        &format!("backup {name} to end"),
+        Duration::from_secs(120),
+        Some(ns),
+        || {
+            let api = api.clone();
+            async move {
+                let b = api.get(name).await.ok()?;
+                b.status?.phase.filter(|p| p.is_terminal()).map(|_| ())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_and_argo_report_a_failed_backup_with_its_reason() {
+    let client = env().client().await;
+    let app_ns = TestNamespace::new(&client, "gitops-fail").await;
+    let s = setup("gitopsf", &app_ns.name).await;
+    let e = env();
+    let _volume = local_claim(&app_ns.name);
     let ns = &s.opns.name;
     e.apply_yaml(
         ns,
@@ -863,20 +906,7 @@ async fn kstatus_and_argo_report_a_failed_backup_with_its_reason() {
             app_ns.name
         ),
     );
-    let api: Api<Backup> = Api::namespaced(s.client.clone(), ns);
-    wait_until(
-        "backup doomed to fail",
-        Duration::from_secs(120),
-        Some(ns),
-        || {
-            let api = api.clone();
-            async move {
-                let b = api.get("doomed").await.ok()?;
-                b.status?.phase.filter(|p| p.is_terminal()).map(|_| ())
-            }
-        },
-    )
-    .await;
+    wait_terminal(&s.client, ns, "doomed").await;
     let seen = look(ns, "Backup", "doomed");
     assert_eq!(
         phase(&seen.obj),
@@ -903,8 +933,6 @@ async fn kstatus_and_argo_report_a_failed_backup_with_its_reason() {
     );
     drop(s);
     app_ns.delete_and_wait(&client).await;
-    e.kubectl_ok(["delete", "pv", &pv, "--ignore-not-found"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -944,4 +972,61 @@ async fn kstatus_and_argo_report_an_available_and_an_unavailable_location() {
         "{:?}",
         bad.argo
     );
+}
+
+/// A backup that ended PartiallyFailed or Cancelled will never change again: kstatus must not
+/// read it as InProgress (a `kapply status --poll-until current` or a Flux health check would
+/// wait on it until its timeout), and Argo CD calls it Degraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_and_argo_report_partly_failed_and_cancelled_backups_as_failed() {
+    let client = env().client().await;
+    let app_ns = TestNamespace::new(&client, "gitops-ended").await;
+    let s = setup("gitopse", &app_ns.name).await;
+    let e = env();
+    let _volume = local_claim(&app_ns.name);
+    // A CSI claim next to it: its snapshot succeeds, the local one fails.
+    e.apply_yaml(
+        &app_ns.name,
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: csi-data}\nspec:\n  accessModes: [ReadWriteOnce]\n  storageClassName: standard\n  resources: {requests: {storage: 64Mi}}\n",
+    );
+    e.kubectl_ok([
+        "wait",
+        "--for=jsonpath={.status.phase}=Bound",
+        "pvc/csi-data",
+        "-n",
+        &app_ns.name,
+        "--timeout=60s",
+    ]);
+    let ns = &s.opns.name;
+    e.apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: holdfast.dev/v1alpha1\nkind: Backup\nmetadata: {{name: partial}}\nspec:\n  includedNamespaces: [{0}]\n  volumes: {{mode: Snapshot}}\n---\napiVersion: holdfast.dev/v1alpha1\nkind: Backup\nmetadata: {{name: stopped}}\nspec:\n  includedNamespaces: [{0}]\n  cancel: true\n",
+            app_ns.name
+        ),
+    );
+    for (name, want, reason) in [
+        ("partial", BackupPhase::PartiallyFailed, "VolumesFailed"),
+        ("stopped", BackupPhase::Cancelled, "Cancelled"),
+    ] {
+        wait_terminal(&s.client, ns, name).await;
+        let seen = look(ns, "Backup", name);
+        eprintln!("{name}: kstatus {:?}, argo {:?}", seen.kstatus, seen.argo);
+        assert_eq!(
+            phase(&seen.obj),
+            Some(want),
+            "{:#}\n{}",
+            seen.obj["status"],
+            s.op.logs()
+        );
+        assert_eq!(
+            seen.kstatus.0, "Failed",
+            "kstatus of a {want:?} backup: {:?}\n{:#}",
+            seen.kstatus, seen.obj["status"]
+        );
+        assert_eq!(seen.argo.0, "Degraded", "Argo CD: {:?}", seen.argo);
+        assert!(seen.argo.1.starts_with(reason), "{:?}", seen.argo);
+    }
+    drop(s);
+    app_ns.delete_and_wait(&client).await;
 }
