@@ -574,6 +574,8 @@ fn kapply() -> PathBuf {
 /// the inventory here lists just this object.
 fn kstatus(ns: &str, kind: &str, name: &str) -> (String, String) {
     let e = env();
+    // SLAPolicy is cluster-scoped; the inventory itself lives in `ns`.
+    let obj_ns = if kind == "SLAPolicy" { "" } else { ns };
     let dir = std::env::temp_dir().join(format!("hf-{ns}-kstatus-{kind}-{name}"));
     if !dir.join("inventory.yaml").exists() {
         // Label values have at most 63 characters: a random inventory id.
@@ -583,7 +585,7 @@ fn kstatus(ns: &str, kind: &str, name: &str) -> (String, String) {
         );
         e.apply_yaml(
             ns,
-            &format!("{template}data: {{\"{ns}_{name}_holdfast.dev_{kind}\": \"\"}}\n"),
+            &format!("{template}data: {{\"{obj_ns}_{name}_holdfast.dev_{kind}\": \"\"}}\n"),
         );
         std::fs::create_dir_all(&dir).expect("inventory dir");
         std::fs::write(dir.join("inventory.yaml"), &template).expect("inventory template");
@@ -1029,4 +1031,105 @@ async fn kstatus_and_argo_report_partly_failed_and_cancelled_backups_as_failed()
     }
     drop(s);
     app_ns.delete_and_wait(&client).await;
+}
+
+/// Waits until `kind/name` in `ns` shows a `status.phase` and returns it.
+async fn wait_phase(ns: &str, kind: &str, name: &str) -> String {
+    let what = format!("{kind} {name} to have a phase");
+    wait_until(&what, Duration::from_secs(90), Some(ns), || async move {
+        let p = get_json(ns, kind, name)["status"]["phase"]
+            .as_str()?
+            .to_string();
+        Some(p)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kstatus_and_argo_on_schedules_policies_and_restores() {
+    let s = setup("gitopss", "").await;
+    let e = env();
+    let ns = &s.opns.name;
+    let policy = format!("hf-gitops-{}", random_suffix());
+    e.apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: holdfast.dev/v1alpha1\nkind: SLAPolicy\nmetadata: {{name: {policy}, labels: {{holdfast.dev/e2e: \"true\"}}}}\nspec:\n  snapshots: {{every: 24h, keep: {{last: 1}}}}\n"
+        ),
+    );
+    struct Policy(String);
+    impl Drop for Policy {
+        fn drop(&mut self) {
+            let _ = env().kubectl(["delete", "slapolicy", &self.0, "--ignore-not-found"]);
+        }
+    }
+    let _policy = Policy(policy.clone());
+    let template = format!("  template:\n    spec: {{includedNamespaces: [{ns}]}}\n");
+    e.apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: holdfast.dev/v1alpha1\nkind: Schedule\nmetadata: {{name: yearly}}\nspec:\n  schedule: \"0 0 1 1 *\"\n  keep: {{last: 1}}\n{template}---\napiVersion: holdfast.dev/v1alpha1\nkind: Schedule\nmetadata: {{name: held}}\nspec:\n  policy: {policy}\n  paused: true\n{template}---\napiVersion: holdfast.dev/v1alpha1\nkind: Schedule\nmetadata: {{name: orphan}}\nspec:\n  policy: hf-gitops-missing\n{template}---\napiVersion: holdfast.dev/v1alpha1\nkind: Restore\nmetadata: {{name: lost}}\nspec:\n  source: {{backup: never-made}}\n"
+        ),
+    );
+    for (kind, name, phase, kstatus, argo, says) in [
+        (
+            "Schedule", "yearly", "Active", "Current", "Healthy", "Active",
+        ),
+        (
+            "Schedule",
+            "held",
+            "Paused",
+            "Current",
+            "Suspended",
+            "Paused",
+        ),
+        (
+            "Schedule",
+            "orphan",
+            "Invalid",
+            "Failed",
+            "Degraded",
+            "PolicyNotFound",
+        ),
+        (
+            "Restore",
+            "lost",
+            "Failed",
+            "Failed",
+            "Degraded",
+            "BackupNotFound",
+        ),
+    ] {
+        let p = wait_phase(ns, kind, name).await;
+        let seen = look(ns, kind, name);
+        eprintln!(
+            "{kind}/{name} {p}: kstatus {:?}, argo {:?}",
+            seen.kstatus, seen.argo
+        );
+        assert_eq!(
+            p,
+            phase,
+            "{kind}/{name}: {:#}\n{}",
+            seen.obj["status"],
+            s.op.logs()
+        );
+        assert_eq!(seen.kstatus.0, kstatus, "{kind}/{name}: {:?}", seen.kstatus);
+        assert_eq!(seen.argo.0, argo, "{kind}/{name}: {:?}", seen.argo);
+        assert!(seen.argo.1.contains(says), "{kind}/{name}: {:?}", seen.argo);
+    }
+    let seen = look(ns, "SLAPolicy", &policy);
+    eprintln!(
+        "SLAPolicy/{policy}: kstatus {:?}, argo {:?}",
+        seen.kstatus, seen.argo
+    );
+    assert_eq!(seen.kstatus.0, "Current", "{:?}", seen.kstatus);
+    assert_eq!(seen.argo.0, "Healthy", "{:?}", seen.argo);
+    e.kubectl_ok([
+        "delete",
+        "restores,schedules",
+        "--all",
+        "-n",
+        ns,
+        "--timeout=120s",
+    ]);
 }
