@@ -668,6 +668,17 @@ impl Drop for Setup {
             &self.opns.name,
             "--timeout=120s",
         ]);
+        // The kstatus inventories of this namespace (see `kstatus`).
+        let prefix = format!("hf-{}-kstatus-", self.opns.name);
+        for d in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if d.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
     }
 }
 
