@@ -43,7 +43,8 @@ pub enum State {
     Ready,
     /// Failed, or unusable until someone fixes it: `Stalled`.
     Failed,
-    /// Finished but not good (cancelled, partly failed): no condition besides `Ready=False`.
+    /// Finished but not good (cancelled, partly failed): `Stalled` too, since it will never
+    /// become Ready (kstatus reads a lone `Ready=False` as InProgress, forever).
     Ended,
 }
 
@@ -371,7 +372,9 @@ pub fn finalize<S: Status>(
     }
     match (stall, state) {
         (Some(s), _) => conditions::set(c, STALLED, true, s.reason, &s.message, g, now),
-        (None, State::Failed) => conditions::set(c, STALLED, true, &reason, &message, g, now),
+        (None, State::Failed | State::Ended) => {
+            conditions::set(c, STALLED, true, &reason, &message, g, now)
+        }
         (None, _) => conditions::remove(c, STALLED),
     }
 }
@@ -470,7 +473,13 @@ mod tests {
         );
         s.state = Some("cancelled");
         finalize(&mut s, Some(3), None, t(4));
-        assert_eq!(types(&s), [("Ready".into(), "False".into())]);
+        assert_eq!(
+            types(&s),
+            [
+                ("Ready".into(), "False".into()),
+                ("Stalled".into(), "True".into())
+            ]
+        );
     }
 
     #[test]
