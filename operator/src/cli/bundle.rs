@@ -174,9 +174,18 @@ pub fn csv(root: &Path, crds: &[CustomResourceDefinition]) -> Result<Value> {
     );
     put("repository", REPOSITORY_URL.into());
     put("support", "Holdfast project (GitHub issues)".into());
+    // The namespace the console offers to create, labelled for the Pod Security level of the
+    // mover pods that run in it (a template replaces the plain suggested-namespace annotation).
     put(
-        "operatorframework.io/suggested-namespace",
-        SUGGESTED_NAMESPACE.into(),
+        "operatorframework.io/suggested-namespace-template",
+        serde_json::to_string(&json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": SUGGESTED_NAMESPACE,
+                "labels": {crate::runtime::scope::ENFORCE: "baseline"},
+            },
+        }))?,
     );
     put(
         "operators.operatorframework.io/internal-objects",
