@@ -3,7 +3,7 @@
 use holdfast::runtime::{self, telemetry};
 use holdfast::{cli, mover};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -24,13 +24,29 @@ enum Command {
     Crdgen(cli::crdgen::CrdgenArgs),
     /// Data mover: back up, restore and check restic-format repositories.
     Mover(mover::MoverCommand),
-    /// List the restore points of a claim, newest first (installed as `kubectl-holdfast`:
-    /// `kubectl holdfast restore-points pvc/NAME -n NS`).
-    RestorePoints(cli::points::PointsArgs),
+    /// The kubectl plugin's commands (installed as `kubectl-holdfast`: `kubectl holdfast …`).
+    #[command(flatten)]
+    Plugin(cli::plugin::PluginCommand),
+}
+
+/// The command line; called as `kubectl-holdfast` (a kubectl plugin), usage says
+/// `kubectl holdfast`.
+fn command() -> clap::Command {
+    let called = std::env::args_os().next().and_then(|a| {
+        std::path::Path::new(&a)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+    });
+    let cmd = Cli::command();
+    if called.as_deref() == Some("kubectl-holdfast") {
+        cmd.bin_name("kubectl holdfast")
+    } else {
+        cmd
+    }
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let tokio_runtime = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -45,8 +61,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Mover(cmd) => tokio_runtime()?.block_on(mover::run(cmd)),
-        Command::RestorePoints(args) => tokio_runtime()?
-            .block_on(cli::points::run(&args))
-            .map(|()| std::process::ExitCode::SUCCESS),
+        Command::Plugin(cmd) => Ok(cli::plugin::main(cmd, command())?),
     }
 }

@@ -2,4 +2,4 @@
 //! kubectl plugin's commands.
 
 pub mod crdgen;
-pub mod points;
+pub mod plugin;
