@@ -61,6 +61,6 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map(|()| std::process::ExitCode::SUCCESS)
         }
         Command::Mover(cmd) => tokio_runtime()?.block_on(mover::run(cmd)),
-        Command::Plugin(cmd) => Ok(cli::plugin::main(cmd, command())?),
+        Command::Plugin(cmd) => Ok(cli::plugin::main(cmd, command())),
     }
 }

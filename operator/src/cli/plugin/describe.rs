@@ -99,10 +99,12 @@ fn conditions(out: &mut String, conds: &[Condition]) {
     }
     out.push_str("Conditions:\n");
     for c in conds {
-        out.push_str(&format!(
-            "  {:<12} {:<6} {:<16} {}\n",
+        let line = format!(
+            "  {:<12} {:<6} {:<16} {}",
             c.type_, c.status, c.reason, c.message
-        ));
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
 }
 

@@ -87,8 +87,16 @@ impl Error {
     }
 }
 
-/// Runs a plugin command; `root` is the binary's command (for completion scripts).
-pub fn main(cmd: PluginCommand, root: clap::Command) -> Result<ExitCode, Error> {
+/// Runs a plugin command; `root` is the binary's command (for completion scripts). Errors
+/// are printed as kubectl prints them (`error: …`) and exit with 1.
+pub fn main(cmd: PluginCommand, root: clap::Command) -> ExitCode {
+    run(cmd, root).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn run(cmd: PluginCommand, root: clap::Command) -> Result<ExitCode, Error> {
     if let PluginCommand::Completion(args) = &cmd {
         return completion::run(args, root).map(|()| ExitCode::SUCCESS);
     }

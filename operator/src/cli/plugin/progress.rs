@@ -347,11 +347,11 @@ pub fn changed_lines(printed: &mut Vec<Line>, next: &[Line]) -> Vec<String> {
             Some(p) if p.text == l.text => {}
             Some(p) => {
                 p.text = l.text.clone();
-                out.push(l.text.trim_start().to_string());
+                out.push(l.text.clone());
             }
             None => {
                 printed.push(l.clone());
-                out.push(l.text.trim_start().to_string());
+                out.push(l.text.clone());
             }
         }
     }
@@ -477,7 +477,7 @@ mod tests {
         ));
         let out = changed_lines(&mut printed, &b);
         assert_eq!(out.len(), 2, "{out:?}");
-        assert!(out[1].starts_with("shop/a  Copying"), "{out:?}");
+        assert!(out[1].starts_with("  shop/a  Copying"), "{out:?}");
         assert!(out.iter().all(|l| !l.contains('\x1b') && !l.contains('\r')));
     }
 

@@ -133,7 +133,7 @@ fn width() -> usize {
 pub async fn follow(s: &Session, t: &Target, timeout: Option<Duration>) -> Result<View, Error> {
     let tty = std::io::stdout().is_terminal();
     let start = Instant::now();
-    let mut drawn = 0usize;
+    let mut drawn_lines = Vec::new();
     let mut printed = Vec::new();
     let mut last: Option<View> = None;
     loop {
@@ -148,9 +148,13 @@ pub async fn follow(s: &Session, t: &Target, timeout: Option<Duration>) -> Resul
         let lines = progress::frame(&view);
         let mut out = std::io::stdout().lock();
         let text = if tty {
-            let t = progress::redraw(drawn, &lines, width());
-            drawn = lines.len();
-            t
+            if lines == drawn_lines {
+                String::new()
+            } else {
+                let t = progress::redraw(drawn_lines.len(), &lines, width());
+                drawn_lines = lines;
+                t
+            }
         } else {
             progress::changed_lines(&mut printed, &lines)
                 .into_iter()
