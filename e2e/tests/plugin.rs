@@ -288,6 +288,24 @@ fn completion_scripts_and_help_say_kubectl_holdfast() {
         let o = run(&["completion", shell]);
         assert!(o.status.success() && !o.stdout.is_empty(), "{}", text(&o));
     }
+    // kubectl finds it on the PATH and runs it as `kubectl holdfast`.
+    let path = std::env::join_paths(
+        std::iter::once(plugin().parent().expect("dir").to_path_buf()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ),
+    )
+    .expect("PATH");
+    let via = Command::new(&env().kubectl)
+        .args(["holdfast", "backup", "create", "--help"])
+        .env("PATH", path)
+        .env("KUBECONFIG", &env().kubeconfig)
+        .output()
+        .expect("kubectl holdfast");
+    assert!(
+        String::from_utf8_lossy(&via.stdout).contains("Usage: kubectl holdfast backup create"),
+        "{}",
+        text(&via)
+    );
     let help = run(&["backup", "create", "--help"]);
     let h = String::from_utf8_lossy(&help.stdout);
     assert!(
