@@ -328,6 +328,7 @@ async fn a_failing_backup_with_wait_exits_non_zero_with_the_reason() {
         "does-not-exist",
         "--wait",
     ]);
+    eprintln!("a failing backup with --wait printed:\n{}", text(&o));
     assert_eq!(o.status.code(), Some(3), "{}\n{}", text(&o), s.op.logs());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -338,6 +339,54 @@ async fn a_failing_backup_with_wait_exits_non_zero_with_the_reason() {
         text(&o)
     );
     delete_all(&s.opns.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_failed_backup_with_wait_exits_4_and_names_the_volume() {
+    let s = setup("plug-part", Some(1)).await;
+    let e = env();
+    let app_ns = s.app_ns.as_ref().expect("app").name.clone();
+    // A hostPath volume beside the app's two: Holdfast refuses it (nothing records which
+    // node holds its data), the others are snapshotted.
+    let pv = format!("{app_ns}-host");
+    let dir = std::env::temp_dir().join(format!("hf-plugin-{app_ns}-host"));
+    e.apply_yaml(
+        &app_ns,
+        &app::host_path_claim_yaml(&pv, &dir.display().to_string()),
+    );
+    let o = run(&[
+        "backup",
+        "create",
+        "part",
+        "-n",
+        &s.opns.name,
+        "--include-namespaces",
+        &app_ns,
+        "--volume-mode",
+        "Snapshot",
+        "--wait",
+    ]);
+    eprintln!("a partly failed backup with --wait printed:\n{}", text(&o));
+    assert_eq!(o.status.code(), Some(4), "{}\n{}", text(&o), s.op.logs());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("PartiallyFailed")
+            && err.contains(&format!(
+                "volume {app_ns}/host-data Failed: HostPathNotSupported"
+            )),
+        "{}",
+        text(&o)
+    );
+    delete_all(&s.opns.name);
+    e.kubectl_ok([
+        "delete",
+        "namespace",
+        &app_ns,
+        "--wait=true",
+        "--timeout=120s",
+    ]);
+    e.kubectl_ok(["delete", "pv", &pv, "--wait=true", "--ignore-not-found"]);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,6 +493,25 @@ async fn backup_and_restore_with_wait_progress_logs_and_describe() {
     }
     let w = run(&["backup", "describe", "full", "-n", &opns, "--watch"]);
     assert_eq!(w.status.code(), Some(0), "{}", text(&w));
+
+    // get: a table, and the object by name.
+    let g = run(&["backup", "get", "-n", &opns]);
+    let gt = String::from_utf8_lossy(&g.stdout).into_owned();
+    assert!(
+        gt.lines().any(|l| l.contains("full")
+            && l.contains("Completed")
+            && l.contains("2/2")
+            && l.contains("100%")),
+        "{}",
+        text(&g)
+    );
+    let g = run(&["backup", "get", "full", "-n", &opns, "-o", "name"]);
+    assert_eq!(
+        String::from_utf8_lossy(&g.stdout),
+        "backup.holdfast.dev/full\n",
+        "{}",
+        text(&g)
+    );
 
     // The claim's restore points list the backup.
     let p = run(&["restore-points", "pvc/writer-data", "-n", &app_ns]);
