@@ -75,6 +75,11 @@ fn movers(snap: &Snapshot) -> Vec<Mover> {
     }
 }
 
+/// Whether the transfer has ended (its pod is then deleted).
+fn finished(m: &Mover) -> bool {
+    ["Completed", "Failed", "Cancelled"].contains(&m.phase.as_str())
+}
+
 /// `line` of pod `pod`'s log as printed.
 pub fn prefixed(pod: &str, line: &str) -> String {
     format!("[{pod}] {line}")
@@ -147,7 +152,11 @@ async fn once(s: &Session, t: &Target, tail: Option<i64>) -> Result<ExitCode, Er
                     println!("{}", prefixed(&m.pod, line));
                 }
             }
-            Err(kube::Error::Api(e)) if e.code == 404 => eprintln!("{}", gone(t, m)),
+            Err(kube::Error::Api(e)) if e.code == 404 && finished(m) => eprintln!("{}", gone(t, m)),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 400 => eprintln!(
+                "pod {}/{} of {} ({}) has not started yet; `-f` waits for it",
+                m.namespace, m.pod, m.transfer, m.phase
+            ),
             Err(e) => eprintln!(
                 "pod {}/{} of {}: {}",
                 m.namespace,
@@ -216,13 +225,12 @@ async fn follow(s: &Session, t: &Target, tail: Option<i64>) -> Result<ExitCode, 
                 .get_opt(&m.pod)
                 .await
                 .map_err(Error::kube(format!("get pod {}/{}", m.namespace, m.pod)))?;
-            let finished = ["Completed", "Failed", "Cancelled"].contains(&m.phase.as_str());
             match pod {
                 Some(p) if started(&p) => {
                     handled.insert(m.pod.clone());
                     tasks.push(tokio::spawn(stream(s.client.clone(), m, tail)));
                 }
-                None if finished => {
+                None if finished(&m) => {
                     handled.insert(m.pod.clone());
                     eprintln!("{}", gone(t, &m));
                 }

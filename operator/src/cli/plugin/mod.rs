@@ -60,6 +60,9 @@ pub enum Error {
     /// Something asked for does not exist, or cannot be shown.
     #[error("{0}")]
     Missing(String),
+    /// `--timeout` passed before the object ended.
+    #[error("{0}")]
+    Timeout(String),
     #[error("writing the output: {0}")]
     Output(String),
     #[error("could not start the async runtime: {0}")]

@@ -171,7 +171,7 @@ pub async fn follow(s: &Session, t: &Target, timeout: Option<Duration>) -> Resul
         if let Some(limit) = timeout
             && start.elapsed() > limit
         {
-            return Err(Error::Missing(format!(
+            return Err(Error::Timeout(format!(
                 "timed out after {} waiting for {} {}/{} (still {}); it goes on running: `kubectl holdfast describe {} {} -n {} --watch` follows it",
                 progress::human_secs(limit.as_secs()),
                 t.kind(),
