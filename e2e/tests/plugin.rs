@@ -389,6 +389,50 @@ async fn a_partly_failed_backup_with_wait_exits_4_and_names_the_volume() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An application team's Backup in its own namespace (the operator watches it): `-l` selects
+/// the app, `--wait` follows it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_backup_in_its_own_namespace_with_wait() {
+    let s = setup("plug-tnt", Some(1)).await;
+    let e = env();
+    let app_ns = s.app_ns.as_ref().expect("app").name.clone();
+    let o = run(&[
+        "backup",
+        "create",
+        "mine",
+        "-n",
+        &app_ns,
+        "-l",
+        "app.kubernetes.io/part-of=shop",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    eprintln!("a tenant backup with --wait printed:\n{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), s.op.logs());
+    let d = run(&["describe", "backup/mine", "-n", &app_ns]);
+    let dt = String::from_utf8_lossy(&d.stdout).into_owned();
+    for want in [
+        "Phase:       Completed".to_string(),
+        format!("Operator:    {}", s.opns.name),
+        format!("  {app_ns}/writer-data  Completed  [############] 100%"),
+        format!("  {app_ns}/data-web-0  Completed  [############] 100%"),
+    ] {
+        assert!(dt.contains(&want), "missing {want:?} in\n{}", text(&d));
+    }
+    // Its finalizer needs the operator: delete it while the operator runs.
+    e.kubectl_ok([
+        "delete",
+        "backups",
+        "--all",
+        "-n",
+        &app_ns,
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+    delete_all(&s.opns.name);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_restore_with_wait_progress_logs_and_describe() {
     let s = setup("plug", Some(4)).await;

@@ -198,9 +198,14 @@ impl View {
         let total = self.volumes.iter().map(|v| v.total).sum();
         let volumes_done = self.volumes.iter().filter(|v| is_final(&v.phase)).count();
         let volumes_total = self.volumes.len();
+        // Bytes say how far it is only when every volume still running knows its total.
+        let bytes_known = self
+            .volumes
+            .iter()
+            .all(|v| v.total > 0 || is_final(&v.phase));
         let percent = if self.outcome == Some(Outcome::Completed) {
             100
-        } else if total > 0 {
+        } else if total > 0 && bytes_known {
             percent(done, total)
         } else if volumes_total > 0 {
             percent(volumes_done as u64, volumes_total as u64)
@@ -444,6 +449,21 @@ mod tests {
             "  shop/a  Copying  [#########---]  75%  3.0 MiB / 4.0 MiB"
         );
         assert_eq!(v.outcome, None);
+    }
+
+    #[test]
+    fn a_volume_without_a_total_yet_keeps_the_percentage_by_volumes() {
+        let b = backup(serde_json::json!({
+            "phase": "InProgress",
+            "volumes": [
+                {"pvc": {"namespace": "shop", "name": "a"}, "phase": "Copying",
+                 "copy": {"dataUpload": "up-a"}},
+                {"pvc": {"namespace": "shop", "name": "b"}, "phase": "Completed",
+                 "copy": {"dataUpload": "up-b", "bytesDone": 4194304, "bytesTotal": 4194304}}
+            ]
+        }));
+        let t = backup_view(&b, &[]).totals();
+        assert_eq!((t.done, t.total, t.percent), (4 << 20, 4 << 20, 50));
     }
 
     #[test]
