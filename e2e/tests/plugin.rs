@@ -16,15 +16,18 @@ use holdfast_e2e::{TestNamespace, ensure_crds, env, wait_until};
 use kube::Client;
 use kube::api::{Api, ListParams};
 
-/// A directory with `kubectl-holdfast` → the freshly built `holdfast`, as a user installs it.
+/// A directory with `kubectl-holdfast` (and `kubectl_complete-holdfast`, kubectl's completion
+/// hook) → the freshly built `holdfast`, as a user installs it.
 fn plugin() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("hf-plugin-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("plugin dir");
-        let link = dir.join("kubectl-holdfast");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(holdfast_bin(), &link).expect("symlink kubectl-holdfast");
+        for name in ["kubectl-holdfast", "kubectl_complete-holdfast"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(holdfast_bin(), &link).expect("symlink");
+        }
         dir
     })
     .join("kubectl-holdfast")
@@ -295,16 +298,40 @@ fn completion_scripts_and_help_say_kubectl_holdfast() {
         ),
     )
     .expect("PATH");
-    let via = Command::new(&env().kubectl)
-        .args(["holdfast", "backup", "create", "--help"])
-        .env("PATH", path)
-        .env("KUBECONFIG", &env().kubeconfig)
-        .output()
-        .expect("kubectl holdfast");
+    let kubectl = |args: &[&str]| {
+        Command::new(&env().kubectl)
+            .args(args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", &env().kubeconfig)
+            .output()
+            .expect("kubectl holdfast")
+    };
+    let via = kubectl(&["holdfast", "backup", "create", "--help"]);
     assert!(
         String::from_utf8_lossy(&via.stdout).contains("Usage: kubectl holdfast backup create"),
         "{}",
         text(&via)
+    );
+    // kubectl's own completion of `kubectl holdfast …` asks kubectl_complete-holdfast.
+    let comp = kubectl(&["__complete", "holdfast", "backup", "cr"]);
+    let ct = String::from_utf8_lossy(&comp.stdout).into_owned();
+    assert!(
+        ct.lines().any(|l| l.starts_with("create\t")),
+        "{}",
+        text(&comp)
+    );
+    let comp = kubectl(&["__complete", "holdfast", "backup", "create", "x", "-o", ""]);
+    let values: Vec<String> = String::from_utf8_lossy(&comp.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(values, ["yaml", "json", "name", ":4"], "{}", text(&comp));
+    let comp = kubectl(&["__complete", "holdfast", ""]);
+    let top = String::from_utf8_lossy(&comp.stdout).into_owned();
+    assert!(
+        top.contains("restore-points\t") && !top.contains("controller"),
+        "{}",
+        text(&comp)
     );
     let help = run(&["backup", "create", "--help"]);
     let h = String::from_utf8_lossy(&help.stdout);

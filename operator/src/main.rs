@@ -29,16 +29,20 @@ enum Command {
     Plugin(cli::plugin::PluginCommand),
 }
 
-/// The command line; called as `kubectl-holdfast` (a kubectl plugin), usage says
-/// `kubectl holdfast`.
-fn command() -> clap::Command {
-    let called = std::env::args_os().next().and_then(|a| {
+/// The file name the binary was called by.
+fn invoked_as() -> Option<String> {
+    std::env::args_os().next().and_then(|a| {
         std::path::Path::new(&a)
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
-    });
+    })
+}
+
+/// The command line; called as `kubectl-holdfast` (a kubectl plugin), usage says
+/// `kubectl holdfast`.
+fn command() -> clap::Command {
     let cmd = Cli::command();
-    if called.as_deref() == Some("kubectl-holdfast") {
+    if invoked_as().as_deref() == Some("kubectl-holdfast") {
         cmd.bin_name("kubectl holdfast")
     } else {
         cmd
@@ -46,6 +50,18 @@ fn command() -> clap::Command {
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
+    // Installed as `kubectl_complete-holdfast`, kubectl asks it to complete `kubectl holdfast …`.
+    if invoked_as().as_deref() == Some("kubectl_complete-holdfast") {
+        let words: Vec<String> = std::env::args().skip(1).collect();
+        // Only the plugin's commands: the operator's own are not typed after `kubectl holdfast`.
+        let plugin_only = ["controller", "crdgen", "mover"]
+            .into_iter()
+            .fold(Cli::command(), |c, name| {
+                c.mut_subcommand(name, |s| s.hide(true))
+            });
+        cli::plugin::completion::kubectl_complete(plugin_only, &words)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let tokio_runtime = || {
         tokio::runtime::Builder::new_multi_thread()
