@@ -5,6 +5,7 @@
 use holdfast_api::backup::{Backup, BackupPhase, VolumePhase};
 use holdfast_api::restore::{Restore, RestorePhase};
 use holdfast_api::{DataDownload, DataUpload, TransferStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
 /// How a Backup or Restore ended, for `--wait`.
@@ -99,6 +100,20 @@ fn note(reason: &Option<String>, message: &Option<String>) -> Option<String> {
     }
 }
 
+/// The condition that says why the object cannot go on (`Stalled`, else a false `Ready`),
+/// for a status without a reason of its own.
+fn stalled(conds: &[Condition]) -> Option<&Condition> {
+    conds
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .or_else(|| {
+            conds
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+        })
+        .filter(|c| !c.reason.is_empty())
+}
+
 /// The view of backup `b`; `uploads` are its DataUploads (their status is fresher than the
 /// Backup's copy of it).
 pub fn backup_view(b: &Backup, uploads: &[DataUpload]) -> View {
@@ -135,8 +150,12 @@ pub fn backup_view(b: &Backup, uploads: &[DataUpload]) -> View {
             .phase
             .map_or_else(|| "Pending".to_string(), |p| format!("{p:?}")),
         outcome: st.phase.and_then(Outcome::of_backup),
-        reason: st.reason,
-        message: st.message,
+        reason: st
+            .reason
+            .or_else(|| stalled(&st.conditions).map(|c| c.reason.clone())),
+        message: st
+            .message
+            .or_else(|| stalled(&st.conditions).map(|c| c.message.clone())),
         volumes,
     }
 }
@@ -176,8 +195,12 @@ pub fn restore_view(r: &Restore, downloads: &[DataDownload]) -> View {
             .phase
             .map_or_else(|| "Pending".to_string(), |p| format!("{p:?}")),
         outcome: st.phase.and_then(Outcome::of_restore),
-        reason: st.reason,
-        message: st.message,
+        reason: st
+            .reason
+            .or_else(|| stalled(&st.conditions).map(|c| c.reason.clone())),
+        message: st
+            .message
+            .or_else(|| stalled(&st.conditions).map(|c| c.message.clone())),
         volumes,
     }
 }
@@ -549,6 +572,19 @@ mod tests {
             frame(&backup_view(&pending, &[]))[0]
                 .text
                 .contains("Pending (LocationUnavailable)")
+        );
+    }
+
+    #[test]
+    fn without_a_reason_the_stalled_condition_says_why() {
+        let b = backup(serde_json::json!({"phase": "Failed", "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Failed", "message": "m1",
+             "lastTransitionTime": "2026-12-07T01:00:00Z"},
+            {"type": "Stalled", "status": "True", "reason": "AccessDenied", "message": "fix the policy",
+             "lastTransitionTime": "2026-12-07T01:00:00Z"}]}));
+        assert_eq!(
+            verdict(&backup_view(&b, &[])),
+            "backup ops/full Failed: AccessDenied: fix the policy"
         );
     }
 
