@@ -4,4 +4,4 @@
 pub mod bundle;
 pub mod crdgen;
 pub mod olm_checks;
-pub mod points;
+pub mod plugin;

@@ -3,21 +3,23 @@
 //! from the Backups the caller can read: its in-cluster snapshot and its copy, with time and
 //! size.
 
-use anyhow::{Context as _, Result, bail};
 use holdfast_api::backup::{Backup, BackupPhase, VolumePhase};
 use holdfast_api::schedule::SCHEDULE_LABEL;
 use jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
-use kube::{Client, ResourceExt};
+
+use super::Error;
+use super::conn::Conn;
+use super::progress::human;
 
 /// Arguments of `holdfast restore-points`.
 #[derive(clap::Args, Debug)]
 pub struct PointsArgs {
     /// The claim: `pvc/NAME` or `NAME`.
     pub claim: String,
-    /// Namespace of the claim (default: the kubeconfig's).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 /// One restore point of a claim.
@@ -76,21 +78,16 @@ fn point(b: &Backup, ns: &str, name: &str) -> Option<Point> {
 }
 
 /// Lists the points as a table on stdout.
-pub async fn run(args: &PointsArgs) -> Result<()> {
+pub async fn run(args: &PointsArgs) -> Result<(), Error> {
     let name = args.claim.strip_prefix("pvc/").unwrap_or(&args.claim);
     if name.is_empty() || name.contains('/') {
-        bail!(
+        return Err(Error::Missing(format!(
             "restore-points takes one claim, as pvc/NAME or NAME (got {:?})",
             args.claim
-        );
+        )));
     }
-    let client = Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
-    let ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
+    let session = args.conn.connect().await?;
+    let (client, ns) = (session.client, session.namespace);
     // Administrators' Backups may live in the operator namespace: read every namespace when
     // allowed, else the claim's own.
     let backups = match Api::<Backup>::all(client.clone())
@@ -102,10 +99,10 @@ pub async fn run(args: &PointsArgs) -> Result<()> {
             Api::<Backup>::namespaced(client, &ns)
                 .list(&ListParams::default())
                 .await
-                .context("listing Backups")?
+                .map_err(Error::kube(format!("list backups in namespace {ns}")))?
                 .items
         }
-        Err(e) => return Err(e).context("listing Backups"),
+        Err(e) => return Err(Error::kube("list backups")(e)),
     };
     let pts = points(&backups, &ns, name);
     if pts.is_empty() {
@@ -125,21 +122,6 @@ pub async fn run(args: &PointsArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]
@@ -177,6 +159,5 @@ mod tests {
         );
         assert_eq!((p[1].kind, p[1].size), ("snapshot", Some(1 << 20)));
         assert_eq!(p[1].schedule, "nightly");
-        assert_eq!(human(1 << 20), "1.0 MiB");
     }
 }
