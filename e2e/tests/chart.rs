@@ -134,29 +134,28 @@ async fn chart_installs_an_operator_that_reconciles() {
     ]);
     assert_eq!(label.trim(), "baseline", "namespace {} label", ns.name);
     e.kubectl_ok(["get", "service", "holdfast-metrics", "-n", &ns.name]);
-    // The SLA policy presets come with the release.
-    let presets = e.kubectl_ok([
-        "get",
-        "slapolicies",
-        "-l",
-        "holdfast.dev/preset=true",
-        "-o",
-        "name",
-    ]);
-    assert_eq!(presets.lines().count(), 7, "{presets}");
-    run_helm(&["uninstall", &release, "--namespace", &ns.name, "--wait"]);
-    let presets = e.kubectl_ok([
-        "get",
-        "slapolicies",
-        "-l",
-        "holdfast.dev/preset=true",
-        "-o",
-        "name",
-    ]);
+    // The SLA policy presets come with the release (post-install hooks, after the CRDs), and
+    // stay when it is uninstalled, like the CRDs.
+    let presets = || {
+        e.kubectl_ok([
+            "get",
+            "slapolicies",
+            "-l",
+            "holdfast.dev/preset=true",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.metadata.annotations.helm\\.sh/hook}{\"\\n\"}{end}",
+        ])
+    };
+    let installed = presets();
+    assert_eq!(installed.lines().count(), 7, "{installed}");
     assert!(
-        presets.trim().is_empty(),
-        "uninstall removes the presets: {presets}"
+        installed
+            .lines()
+            .all(|l| l.ends_with(" post-install,post-upgrade")),
+        "{installed}"
     );
+    run_helm(&["uninstall", &release, "--namespace", &ns.name, "--wait"]);
+    assert_eq!(presets(), installed, "uninstall keeps the presets");
     // Cluster-scoped RBAC of the release is gone with it.
     let out = e.kubectl([
         "get",
@@ -223,6 +222,18 @@ fn chart_crds_equal_crds_dir_and_are_kept_on_uninstall() {
         "the chart renders exactly the CRDs of crds/"
     );
     assert!(rendered("CustomResourceDefinition", &["--set", "crds.install=false"]).is_empty());
+    // Objects of Holdfast's own kinds are hooks: Helm maps every ordinary object of a release
+    // before it creates any, so on a new cluster (no CRDs yet) a plain SLAPolicy fails the
+    // install ("no matches for kind SLAPolicy").
+    let presets = rendered("SLAPolicy", &[]);
+    assert_eq!(presets.len(), 7);
+    for p in &presets {
+        assert_eq!(
+            p["metadata"]["annotations"]["helm.sh/hook"].as_str(),
+            Some("post-install,post-upgrade"),
+            "{p:?}"
+        );
+    }
     // The optional monitoring objects: the PrometheusRule carries the rules file's groups.
     let rules = rendered("PrometheusRule", &["--set", "prometheusRule.enabled=true"]);
     let file: serde_yaml::Value = serde_yaml::from_str(
@@ -280,7 +291,7 @@ async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
         format!("httpAddr=127.0.0.1:{port}"),
         "--set".into(),
         format!("watchNamespaces={{{}}}", app_ns.name),
-        // The presets are cluster-scoped and belong to the other chart test's release.
+        // The presets are cluster-scoped hooks; the other chart test checks them.
         "--set".into(),
         "slaPolicyPresets=false".into(),
         "--wait".into(),
