@@ -298,3 +298,26 @@ pub fn restic(
         .output()
         .expect("run restic")
 }
+
+/// Deploys the sample application into `ns` (`mib` MiB in each claim) and waits until both
+/// workloads wrote their data.
+pub async fn deploy_seeded(ns: &str, mib: u32) {
+    crate::env().apply_yaml(ns, &sample_app_yaml(mib));
+    for w in WORKLOADS {
+        wait_seeded(ns, w).await;
+    }
+}
+
+/// Creates the BackupStorageLocation `primary` on `bucket` in `ns` (an operator namespace)
+/// and waits until it is Available.
+pub async fn primary_location(client: &kube::Client, ns: &str, bucket: &str) {
+    crate::env().apply_yaml(ns, &location_yaml("primary", bucket));
+    crate::wait_location(
+        client,
+        ns,
+        "primary",
+        holdfast_api::location::LocationPhase::Available,
+        None,
+    )
+    .await;
+}

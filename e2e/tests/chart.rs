@@ -275,10 +275,7 @@ async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
     let app_ns = TestNamespace::new(&client, "upgrade-app").await;
     let bucket = format!("hf-upgrade-{}", holdfast_e2e::random_suffix());
     app::make_bucket(&bucket).await;
-    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(4));
-    for w in WORKLOADS {
-        app::wait_seeded(&app_ns.name, w).await;
-    }
+    app::deploy_seeded(&app_ns.name, 4).await;
     let port = holdfast_store::testing::free_port().expect("port");
     let release = format!("hf{}", holdfast_e2e::random_suffix());
     let previous = e.repo.join("e2e/fixtures/holdfast-0.1.0.tgz");
@@ -304,15 +301,7 @@ async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
         run_helm(&args)
     };
     helm_with(&["install", &release, previous.to_str().expect("utf-8")]);
-    e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
-    holdfast_e2e::wait_location(
-        &client,
-        &opns.name,
-        "primary",
-        LocationPhase::Available,
-        None,
-    )
-    .await;
+    app::primary_location(&client, &opns.name, &bucket).await;
     let backup = |name: &str| {
         format!(
             "apiVersion: holdfast.dev/v1alpha1\nkind: Backup\nmetadata: {{name: {name}}}\nspec:\n  includedNamespaces: [{}]\n",

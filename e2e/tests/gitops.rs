@@ -699,15 +699,7 @@ async fn setup(prefix: &str, watch: &str) -> Setup {
         ],
     );
     op.wait_ready().await;
-    e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
-    holdfast_e2e::wait_location(
-        &client,
-        &opns.name,
-        "primary",
-        holdfast_api::location::LocationPhase::Available,
-        None,
-    )
-    .await;
+    app::primary_location(&client, &opns.name, &bucket).await;
     Setup { client, opns, op }
 }
 
@@ -736,10 +728,7 @@ async fn kstatus_and_argo_follow_a_backup_from_in_progress_to_completed() {
     let app_ns = TestNamespace::new(&client, "gitops-app").await;
     let s = setup("gitops", &app_ns.name).await;
     let e = env();
-    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(32));
-    for w in app::WORKLOADS {
-        app::wait_seeded(&app_ns.name, w).await;
-    }
+    app::deploy_seeded(&app_ns.name, 32).await;
     let ns = &s.opns.name;
     e.apply_yaml(
         ns,

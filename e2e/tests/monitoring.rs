@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use holdfast::runtime::telemetry::metrics_used_by_rules_and_dashboard;
 use holdfast_api::backup::{Backup, BackupPhase};
-use holdfast_api::location::LocationPhase;
 use holdfast_api::schedule::SCHEDULE_LABEL;
-use holdfast_e2e::app::{self, WORKLOADS};
+use holdfast_e2e::app;
 use holdfast_e2e::operator::{Operator, http_get};
 use holdfast_e2e::ops::wait_backup;
 use holdfast_e2e::{TestNamespace, ensure_crds, env, wait_until};
@@ -155,19 +154,8 @@ async fn prometheus_scrapes_the_operator_during_a_scheduled_backup() {
     );
     op.wait_ready().await;
     let prom = Prometheus::start(op.http_port);
-    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(4));
-    for w in WORKLOADS {
-        app::wait_seeded(&app_ns.name, w).await;
-    }
-    e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
-    holdfast_e2e::wait_location(
-        &client,
-        &opns.name,
-        "primary",
-        LocationPhase::Available,
-        None,
-    )
-    .await;
+    app::deploy_seeded(&app_ns.name, 4).await;
+    app::primary_location(&client, &opns.name, &bucket).await;
 
     // Series known at start-up are scraped before anything happened.
     wait_until(

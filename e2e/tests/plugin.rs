@@ -114,10 +114,7 @@ async fn setup(prefix: &str, app_mib: Option<u32>) -> Setup {
     op.wait_ready().await;
     e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
     if let (Some(ns), Some(mib)) = (&app_ns, app_mib) {
-        e.apply_yaml(&ns.name, &app::sample_app_yaml(mib));
-        for w in WORKLOADS {
-            app::wait_seeded(&ns.name, w).await;
-        }
+        app::deploy_seeded(&ns.name, mib).await;
     }
     holdfast_e2e::wait_location(
         &client,

@@ -312,10 +312,7 @@ async fn setup(prefix: &str, mib: u32, operator_args: &[&str], share: Share) -> 
     let op = Operator::start(&opns.name, &format!("{prefix}-0"), &refs);
     op.wait_ready().await;
     e.apply_yaml(&opns.name, &app::location_yaml("primary", &bucket));
-    e.apply_yaml(&app_ns.name, &app::sample_app_yaml(mib));
-    for w in WORKLOADS {
-        app::wait_seeded(&app_ns.name, w).await;
-    }
+    app::deploy_seeded(&app_ns.name, mib).await;
     holdfast_e2e::wait_location(
         &client,
         &opns.name,
