@@ -302,6 +302,21 @@ pub fn dump_namespace(ns: &str) -> String {
             String::from_utf8_lossy(&o.stderr)
         ));
     }
+    // Cluster-scoped leftovers named after the namespace's objects (exposed snapshot contents
+    // are named after their DataUpload, which starts with the operator namespace).
+    let o = e.kubectl([
+        "get",
+        "volumesnapshotcontents",
+        "-o",
+        "custom-columns=NAME:.metadata.name,READY:.status.readyToUse,DELETING:.metadata.deletionTimestamp,FINALIZERS:.metadata.finalizers,SNAPSHOT:.spec.volumeSnapshotRef.name",
+    ]);
+    out.push_str("---- volumesnapshotcontents of this namespace\n");
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        if line.starts_with("NAME") || line.contains(ns) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     out
 }
 
