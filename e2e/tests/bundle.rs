@@ -197,13 +197,24 @@ async fn csv_is_accepted_by_olms_csv_schema() {
     let crd = tool("olm-crds").join("operators.coreos.com_clusterserviceversions.yaml");
     let crd = crd.display().to_string();
     e.kubectl_ok(["apply", "--server-side", "--force-conflicts", "-f", &crd]);
-    e.kubectl_ok([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "-f",
-        &crd,
-    ]);
+    // Polled rather than `kubectl wait`: on a CRD created a moment ago that has no
+    // conditions yet, kubectl wait fails (".status.conditions accessor error") instead of waiting.
+    holdfast_e2e::wait_until(
+        "OLM's ClusterServiceVersion CRD to be Established",
+        std::time::Duration::from_secs(60),
+        None,
+        || async {
+            let out = e.kubectl([
+                "get",
+                "crd",
+                "clusterserviceversions.operators.coreos.com",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            (String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(())
+        },
+    )
+    .await;
     let client = e.client().await;
     let ns = TestNamespace::new(&client, "bundle-csv").await;
     let csv = bundle_dir().join(CSV).display().to_string();

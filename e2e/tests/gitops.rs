@@ -742,7 +742,7 @@ async fn kstatus_and_argo_follow_a_backup_from_in_progress_to_completed() {
     // Phases only move forward: when the JSON read after kstatus is not terminal, kstatus saw
     // a running backup too, and must have said InProgress.
     let mut running = Vec::new();
-    let done = wait_until(
+    wait_until(
         "backup full to finish while kstatus and the Argo CD check watch it",
         Duration::from_secs(300),
         Some(ns),
@@ -752,10 +752,13 @@ async fn kstatus_and_argo_follow_a_backup_from_in_progress_to_completed() {
             if !finished {
                 running.push((seen.kstatus.clone(), seen.argo.clone()));
             }
-            std::future::ready(finished.then_some(seen))
+            std::future::ready(finished.then_some(()))
         },
     )
     .await;
+    // kstatus ran before the JSON read that found the backup finished, so it may have seen
+    // the last running moment: look again now that the phase can no longer change.
+    let done = look(ns, "Backup", "full");
     assert!(
         !running.is_empty(),
         "the backup finished before kstatus saw it running\n{}",
