@@ -18,7 +18,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta};
 
 use super::{labels_for, owner};
 use crate::runtime::error::{Refusable, Refusal};
-use crate::runtime::kube_ext::{create_or_adopt, delete_if_present};
+use crate::runtime::kube_ext::{create_or_adopt, delete_if_present, remove_finalizer};
 use crate::runtime::names::parse_quantity;
 use crate::runtime::{Context, Error};
 use crate::snapshot::{
@@ -245,12 +245,100 @@ pub async fn remove(ctx: &Context, name: &str) -> Result<bool, Error> {
     let vscs: Api<VolumeSnapshotContent> = Api::all(ctx.client.clone());
     let claim = delete_if_present(&pvcs, name, &dp, "delete temporary claim").await?;
     let snapshot = delete_if_present(&vss, name, &dp, "delete exposed VolumeSnapshot").await?;
-    let content = delete_if_present(
+    let mut content = delete_if_present(
         &vscs,
         &content_name(name),
         &dp,
         "delete exposed VolumeSnapshotContent",
     )
     .await?;
+    if content && !snapshot {
+        content = !release_orphan(&vscs, &content_name(name)).await?;
+    }
     Ok(!(claim || snapshot || content))
+}
+
+/// The snapshot controller's finalizer that keeps a content while its VolumeSnapshot exists.
+const BOUND_PROTECTION: &str =
+    "snapshot.storage.kubernetes.io/volumesnapshotcontent-bound-protection";
+
+/// Our exposed content, being deleted after its VolumeSnapshot is gone, can keep the snapshot
+/// controller's bound-protection finalizer: when the VolumeSnapshot is deleted while the
+/// controller is still binding the two (a transfer cancelled within a second of starting),
+/// the controller only notices at its next resync, minutes later, and the transfer's cleanup
+/// waits that long. The content is ours and `Retain` (removing it never touches the snapshot
+/// data), so the finalizer is removed here. True when nothing holds the content any more.
+async fn release_orphan(vscs: &Api<VolumeSnapshotContent>, name: &str) -> Result<bool, Error> {
+    let Some(c) = vscs
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("get exposed VolumeSnapshotContent"))?
+    else {
+        return Ok(true);
+    };
+    if !orphaned_by_its_snapshot(&c) {
+        return Ok(false);
+    }
+    tracing::info!(content = %name, "its VolumeSnapshot is gone: removing the snapshot controller's bound-protection finalizer");
+    remove_finalizer(vscs, &c, BOUND_PROTECTION).await?;
+    Ok(true)
+}
+
+/// Whether content `c` is being deleted and only the bound-protection finalizer (left behind
+/// for a VolumeSnapshot that no longer exists) holds it. Pure.
+fn orphaned_by_its_snapshot(c: &VolumeSnapshotContent) -> bool {
+    let fins = c.metadata.finalizers.as_deref().unwrap_or_default();
+    c.metadata.deletion_timestamp.is_some()
+        && c.spec.deletion_policy == "Retain"
+        && fins.iter().all(|f| f == BOUND_PROTECTION)
+        && fins.iter().any(|f| f == BOUND_PROTECTION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(deleting: bool, policy: &str, finalizers: &[&str]) -> VolumeSnapshotContent {
+        let mut v = serde_json::json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshotContent",
+            "metadata": {"name": "holdfast-x", "finalizers": finalizers},
+            "spec": {
+                "deletionPolicy": policy,
+                "driver": "hostpath.csi.k8s.io",
+                "source": {"snapshotHandle": "h"},
+                "volumeSnapshotRef": {"name": "x", "namespace": "ns"}
+            }
+        });
+        if deleting {
+            v["metadata"]["deletionTimestamp"] = "2026-12-07T02:20:13Z".into();
+        }
+        serde_json::from_value(v).expect("content")
+    }
+
+    #[test]
+    fn only_a_retained_content_held_by_nothing_but_bound_protection_is_released() {
+        assert!(orphaned_by_its_snapshot(&content(
+            true,
+            "Retain",
+            &[BOUND_PROTECTION]
+        )));
+        // Not being deleted, not ours to keep, or held by something else: left alone.
+        assert!(!orphaned_by_its_snapshot(&content(
+            false,
+            "Retain",
+            &[BOUND_PROTECTION]
+        )));
+        assert!(!orphaned_by_its_snapshot(&content(
+            true,
+            "Delete",
+            &[BOUND_PROTECTION]
+        )));
+        assert!(!orphaned_by_its_snapshot(&content(
+            true,
+            "Retain",
+            &[BOUND_PROTECTION, "example.com/other"]
+        )));
+        assert!(!orphaned_by_its_snapshot(&content(true, "Retain", &[])));
+    }
 }
