@@ -64,187 +64,112 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("holdfast".into()), None).expect("valid registry prefix");
-        let reconciles = IntCounterVec::new(
-            Opts::new("reconciles_total", "Reconciles run, by controller"),
-            &["controller"],
-        )
-        .expect("metric");
-        let errors = IntCounterVec::new(
-            Opts::new(
-                "reconcile_errors_total",
-                "Reconciles that failed, by controller",
-            ),
-            &["controller"],
-        )
-        .expect("metric");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "reconcile_duration_seconds",
-                "Time spent in one reconcile, by controller",
-            )
-            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0]),
-            &["controller"],
-        )
-        .expect("metric");
-        let location_available = IntGaugeVec::new(
-            Opts::new(
-                "location_available",
-                "1 when a BackupStorageLocation is Available",
-            ),
-            &["location"],
-        )
-        .expect("metric");
-        let leader = IntGauge::new("leader", "1 when this replica is the leader").expect("metric");
-        let finished = IntCounterVec::new(
-            Opts::new(
-                "operations_finished_total",
-                "Backups, restores and transfers that reached a terminal phase, by kind and phase",
-            ),
-            &["kind", "phase"],
-        )
-        .expect("metric");
-        let schedule_success = IntGaugeVec::new(
-            Opts::new(
-                "schedule_last_success_timestamp_seconds",
-                "When the newest successful backup of a Schedule completed (Unix seconds)",
-            ),
-            &["namespace", "schedule"],
-        )
-        .expect("metric");
-        let schedule_interval = IntGaugeVec::new(
-            Opts::new(
-                "schedule_max_interval_seconds",
-                "The longest gap between a Schedule's coming runs (of its most frequent cadence)",
-            ),
-            &["namespace", "schedule"],
-        )
-        .expect("metric");
-        let schedule_missed = IntCounterVec::new(
-            Opts::new(
-                "schedule_missed_runs_total",
-                "Runs of a Schedule that were due but did not start",
-            ),
-            &["namespace", "schedule"],
-        )
-        .expect("metric");
-        let retention_deleted = IntCounterVec::new(
-            Opts::new(
-                "retention_deletions_total",
-                "Backups a Schedule's retention deleted",
-            ),
-            &["namespace", "schedule"],
-        )
-        .expect("metric");
-        let reclaimed = IntCounterVec::new(
-            Opts::new(
-                "repository_bytes_reclaimed_total",
-                "Bytes repository maintenance (prune) deleted, by location",
-            ),
-            &["location"],
-        )
-        .expect("metric");
-        let started = IntCounterVec::new(
-            Opts::new(
-                "operations_started_total",
-                "Backups and restores that started work (attempts), by kind",
-            ),
-            &["kind"],
-        )
-        .expect("metric");
-        let op_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "operation_duration_seconds",
-                "Time from start to terminal phase of backups, restores and transfers, by kind and phase",
-            )
-            .buckets(vec![
-                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
-                43200.0, 86400.0,
-            ]),
-            &["kind", "phase"],
-        )
-        .expect("metric");
-        let bytes = |name: &str, help: &str| {
-            IntCounterVec::new(Opts::new(name, help), &["location"]).expect("metric")
-        };
-        let bytes_read = bytes(
-            "bytes_read_total",
-            "Bytes read from volumes by completed copies (DataUploads), by location",
+        let r = Builder(
+            Registry::new_custom(Some("holdfast".into()), None).expect("valid registry prefix"),
         );
-        let bytes_uploaded = bytes(
-            "bytes_uploaded_total",
-            "New bytes stored in locations by completed copies, after deduplication and compression",
-        );
-        let bytes_restored = bytes(
-            "bytes_restored_total",
-            "Bytes written into volumes by completed restores from copies (DataDownloads)",
-        );
-        let throughput = HistogramVec::new(
-            HistogramOpts::new(
-                "mover_throughput_bytes_per_second",
-                "Bytes per second of each completed mover transfer (volume bytes over the mover's run time), by direction",
-            )
-            .buckets(prometheus::exponential_buckets(1_048_576.0, 2.0, 13).expect("buckets")),
-            &["direction"],
-        )
-        .expect("metric");
-        let ready = IntGauge::new(
-            "ready",
-            "1 once every Holdfast CRD is established and the controllers run",
-        )
-        .expect("metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; the operator's version as a label"),
+        const SCHEDULE: &[&str] = &["namespace", "schedule"];
+        const LOCATION: &[&str] = &["location"];
+        let build_info = r.gauges(
+            "build_info",
+            "Always 1; the operator's version as a label",
             &["version"],
-        )
-        .expect("metric");
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for c in [
-            Box::new(started.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(op_duration.clone()),
-            Box::new(bytes_read.clone()),
-            Box::new(bytes_uploaded.clone()),
-            Box::new(bytes_restored.clone()),
-            Box::new(throughput.clone()),
-            Box::new(ready.clone()),
-            Box::new(build_info),
-            Box::new(reclaimed.clone()),
-            Box::new(schedule_success.clone()),
-            Box::new(schedule_interval.clone()),
-            Box::new(schedule_missed.clone()),
-            Box::new(retention_deleted.clone()),
-            Box::new(reconciles.clone()),
-            Box::new(errors.clone()),
-            Box::new(duration.clone()),
-            Box::new(location_available.clone()),
-            Box::new(leader.clone()),
-            Box::new(finished.clone()),
-        ] {
-            registry.register(c).expect("unique metric");
-        }
         let m = Self {
-            started,
-            op_duration,
-            bytes_read,
-            bytes_uploaded,
-            bytes_restored,
-            throughput,
-            ready,
-            schedule_success,
-            schedule_interval,
-            schedule_missed,
-            retention_deleted,
-            reclaimed,
-            registry,
-            reconciles,
-            errors,
-            duration,
-            location_available,
-            leader,
-            finished,
+            started: r.counters(
+                "operations_started_total",
+                "Backups and restores that started work (attempts), by kind",
+                &["kind"],
+            ),
+            op_duration: r.histograms(
+                "operation_duration_seconds",
+                "Time from start to terminal phase of backups, restores and transfers, by kind and phase",
+                &["kind", "phase"],
+                vec![
+                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                    43200.0, 86400.0,
+                ],
+            ),
+            bytes_read: r.counters(
+                "bytes_read_total",
+                "Bytes read from volumes by completed copies (DataUploads), by location",
+                LOCATION,
+            ),
+            bytes_uploaded: r.counters(
+                "bytes_uploaded_total",
+                "New bytes stored in locations by completed copies, after deduplication and compression",
+                LOCATION,
+            ),
+            bytes_restored: r.counters(
+                "bytes_restored_total",
+                "Bytes written into volumes by completed restores from copies (DataDownloads)",
+                LOCATION,
+            ),
+            throughput: r.histograms(
+                "mover_throughput_bytes_per_second",
+                "Bytes per second of each completed mover transfer (volume bytes over the mover's run time), by direction",
+                &["direction"],
+                prometheus::exponential_buckets(1_048_576.0, 2.0, 13).expect("buckets"),
+            ),
+            ready: r.gauge(
+                "ready",
+                "1 once every Holdfast CRD is established and the controllers run",
+            ),
+            schedule_success: r.gauges(
+                "schedule_last_success_timestamp_seconds",
+                "When the newest successful backup of a Schedule completed (Unix seconds)",
+                SCHEDULE,
+            ),
+            schedule_interval: r.gauges(
+                "schedule_max_interval_seconds",
+                "The longest gap between a Schedule's coming runs (of its most frequent cadence)",
+                SCHEDULE,
+            ),
+            schedule_missed: r.counters(
+                "schedule_missed_runs_total",
+                "Runs of a Schedule that were due but did not start",
+                SCHEDULE,
+            ),
+            retention_deleted: r.counters(
+                "retention_deletions_total",
+                "Backups a Schedule's retention deleted",
+                SCHEDULE,
+            ),
+            reclaimed: r.counters(
+                "repository_bytes_reclaimed_total",
+                "Bytes repository maintenance (prune) deleted, by location",
+                LOCATION,
+            ),
+            reconciles: r.counters(
+                "reconciles_total",
+                "Reconciles run, by controller",
+                &["controller"],
+            ),
+            errors: r.counters(
+                "reconcile_errors_total",
+                "Reconciles that failed, by controller",
+                &["controller"],
+            ),
+            duration: r.histograms(
+                "reconcile_duration_seconds",
+                "Time spent in one reconcile, by controller",
+                &["controller"],
+                vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 20.0, 60.0],
+            ),
+            location_available: r.gauges(
+                "location_available",
+                "1 when a BackupStorageLocation is Available",
+                LOCATION,
+            ),
+            leader: r.gauge("leader", "1 when this replica is the leader"),
+            finished: r.counters(
+                "operations_finished_total",
+                "Backups, restores and transfers that reached a terminal phase, by kind and phase",
+                &["kind", "phase"],
+            ),
+            registry: r.0,
         };
         m.initialise();
         m
@@ -433,6 +358,35 @@ pub fn metrics_used_by_rules_and_dashboard() -> std::collections::BTreeSet<Strin
         }
     }
     names
+}
+
+/// Creates metrics and registers each in the registry it wraps.
+struct Builder(Registry);
+
+impl Builder {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("metric"))
+    }
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.add(HistogramVec::new(opts, labels).expect("metric"))
+    }
 }
 
 /// Terminal phases per kind, for start-up initialisation.
