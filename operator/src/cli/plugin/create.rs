@@ -273,32 +273,36 @@ pub async fn restore(cmd: RestoreCommand) -> Result<ExitCode, Error> {
 }
 
 fn backup_row(b: &Backup) -> Vec<String> {
-    let v = progress::backup_view(b, &[]);
-    let t = v.totals();
     let st = b.status.clone().unwrap_or_default();
-    vec![
-        b.namespace().unwrap_or_default(),
-        b.name_any(),
-        v.phase,
-        format!("{}/{}", t.volumes_done, t.volumes_total),
-        format!("{}%", t.percent),
-        st.storage_location.unwrap_or_default(),
-        st.reason.unwrap_or_default(),
-    ]
+    row(
+        b,
+        progress::backup_view(b, &[]),
+        st.storage_location,
+        st.reason,
+    )
 }
 
 fn restore_row(r: &Restore) -> Vec<String> {
-    let v = progress::restore_view(r, &[]);
-    let t = v.totals();
     let st = r.status.clone().unwrap_or_default();
+    row(r, progress::restore_view(r, &[]), st.backup, st.reason)
+}
+
+/// One line of `get`: namespace, name, phase, volumes, percent, then the kind's own columns.
+fn row<K: ResourceExt>(
+    o: &K,
+    v: progress::View,
+    column: Option<String>,
+    reason: Option<String>,
+) -> Vec<String> {
+    let t = v.totals();
     vec![
-        r.namespace().unwrap_or_default(),
-        r.name_any(),
+        o.namespace().unwrap_or_default(),
+        o.name_any(),
         v.phase,
         format!("{}/{}", t.volumes_done, t.volumes_total),
         format!("{}%", t.percent),
-        st.backup.unwrap_or_default(),
-        st.reason.unwrap_or_default(),
+        column.unwrap_or_default(),
+        reason.unwrap_or_default(),
     ]
 }
 
