@@ -202,10 +202,19 @@ fn attach(file: &Path) -> Option<Loop> {
     let o = Command::new("losetup")
         .args(["-f", "--show"])
         .arg(file)
-        .output()
-        .ok()?;
+        .output();
+    let o = match o {
+        Ok(o) => o,
+        Err(e) => {
+            holdfast_store::testing::prerequisite_missing(&format!("running losetup: {e}"));
+            return None;
+        }
+    };
     if !o.status.success() {
-        eprintln!("SKIP: losetup: {}", String::from_utf8_lossy(&o.stderr));
+        holdfast_store::testing::prerequisite_missing(&format!(
+            "losetup: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
         return None;
     }
     Some(Loop(String::from_utf8_lossy(&o.stdout).trim().to_string()))

@@ -73,7 +73,7 @@ async fn sparse_gib_file_is_not_read_and_restores_sparse() {
     drop(f);
     let md = std::fs::metadata(&p).expect("md");
     if md.blocks() * 512 > 64 << 20 {
-        eprintln!("SKIP: the file system here does not keep holes");
+        holdfast_store::testing::prerequisite_missing("the file system here does not keep holes");
         return;
     }
     let repo_dir = tmp.path().join("repo");
@@ -159,7 +159,10 @@ fn set_xattr(p: &Path, name: &str, value: &[u8]) -> bool {
     match rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()) {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("SKIP: setting {name} on {}: {e}", p.display());
+            holdfast_store::testing::prerequisite_missing(&format!(
+                "setting {name} on {}: {e}",
+                p.display()
+            ));
             false
         }
     }

@@ -527,10 +527,10 @@ fn mover_bin() -> Option<PathBuf> {
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIP: {} not built (run cargo test without --test filters)",
+        holdfast_store::testing::prerequisite_missing(&format!(
+            "{} not built (run cargo test without --test filters)",
             p.display()
-        );
+        ));
         None
     }
 }

@@ -1,7 +1,7 @@
 //! The same oracle against a real MinIO (S3): our backup → `restic check --read-data`
 //! and `restic restore`; restic's backup → our restore; and a backup through a fault
 //! proxy injecting 503/500 responses and connection resets still completes and checks
-//! clean. Skipped with a message when no minio binary is found.
+//! clean. Without a minio binary these fail under `e2e/test` and skip elsewhere.
 
 mod common;
 
@@ -111,7 +111,8 @@ async fn s3_repository_roundtrips_with_restic() {
 }
 
 /// A TCP proxy in front of MinIO that answers some connections with 503 SlowDown or
-/// 500, cuts others after 64 KiB of request (a reset mid-upload), and passes the rest.
+/// 500, resets others after the first read of the request, and passes the rest for at most
+/// 250 ms each (so that the client keeps opening connections, and so meeting faults).
 async fn fault_proxy(upstream: u16, counter: Arc<AtomicU64>) -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -164,7 +165,14 @@ async fn fault_proxy(upstream: u16, counter: Arc<AtomicU64>) -> u16 {
                         else {
                             return;
                         };
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        // A client reuses a good connection for every later request, so
+                        // a connection that lived forever would end the faults; each one
+                        // is cut after a short life (a reset if a request is in flight).
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_millis(250),
+                            tokio::io::copy_bidirectional(&mut client, &mut server),
+                        )
+                        .await;
                     }
                 }
             });

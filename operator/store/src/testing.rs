@@ -7,6 +7,23 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Set by `e2e/test` (the command CI runs): a test whose prerequisite is missing fails
+/// instead of skipping.
+pub const REQUIRE_PREREQUISITES: &str = "HOLDFAST_REQUIRE_PREREQUISITES";
+
+/// A test's prerequisite is missing: fails the test under `e2e/test` (and so in CI), where
+/// every prerequisite is installed; elsewhere prints `SKIP: …` so that a partial developer
+/// machine can still run the rest.
+#[track_caller]
+pub fn prerequisite_missing(what: &str) {
+    if std::env::var_os(REQUIRE_PREREQUISITES).is_some() {
+        panic!(
+            "prerequisite missing ({REQUIRE_PREREQUISITES} is set, so this fails rather than skips): {what}"
+        );
+    }
+    eprintln!("SKIP: {what}");
+}
+
 /// Access key and secret of the test server.
 pub const MINIO_USER: &str = "holdfast-test";
 /// Secret key of the test server.
@@ -131,8 +148,8 @@ impl MinioServer {
     /// why) when no binary is found.
     pub fn start() -> Option<MinioServer> {
         let Some(bin) = find_minio() else {
-            eprintln!(
-                "SKIP: no minio binary found (set HOLDFAST_MINIO or build it into ~/.cache/holdfast/tools/minio-<version>)"
+            prerequisite_missing(
+                "no minio binary found (set HOLDFAST_MINIO or build it into ~/.cache/holdfast/tools/minio-<version>)",
             );
             return None;
         };

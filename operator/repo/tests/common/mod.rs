@@ -231,8 +231,8 @@ pub fn restic() -> Option<PathBuf> {
         .map(|d| d.join("restic"))
         .find(|p| p.is_file());
     if found.is_none() {
-        eprintln!(
-            "SKIP: restic is not installed (apt-get install restic); restic oracle checks skipped"
+        holdfast_store::testing::prerequisite_missing(
+            "restic is not installed (apt-get install restic); restic oracle checks skipped",
         );
     }
     found
