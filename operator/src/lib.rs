@@ -3,6 +3,7 @@
 //!
 //! - `runtime/`: the operator process and the reconcile kernel every controller runs on;
 //! - `controller/`: the controllers, one folder each, a file per phase;
+//! - `hooks/`: resolving and running exec hooks (backup pre/post, restore postExec);
 //! - `objects/`: capture and restore of Kubernetes objects (a library the e2e tests use too);
 //! - `storage/`: the bucket layout, repository passwords and stores of a location;
 //! - `snapshot`: the CSI snapshot API types;
@@ -10,6 +11,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod hooks;
 pub mod mover;
 pub mod objects;
 pub mod runtime;

@@ -40,6 +40,9 @@ pub struct VolumeSnapshotStatus {
     pub bound_volume_snapshot_content_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_to_use: Option<bool>,
+    /// When the driver cut the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -229,9 +229,19 @@ pub struct BackupStatus {
     /// Per-volume state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeStatus>,
-    /// Hooks that ran.
+    /// Hooks that ran (failures first when there are more than 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookStatus>,
+    /// Pods with hooks and how far their hooks are: a pod is `Frozen` from its pre hooks
+    /// until its post hooks ran, which the operator makes sure of also after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooked_pods: Vec<HookedPod>,
+    /// Hooks run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_attempted: Option<u32>,
+    /// Hooks that failed (with `onError: Fail` or `Continue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_failed: Option<u32>,
     /// Kubernetes objects captured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items_backed_up: Option<u32>,
@@ -386,6 +396,12 @@ pub struct SnapshotStatus {
     /// The driver's snapshot handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
+    /// When the driver cut the snapshot (post hooks run after this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<Time>,
+    /// The VolumeGroupSnapshot it is a member of, when the volumes were snapshotted together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Whether the snapshot can be restored from.
     #[serde(default)]
     pub ready_to_use: bool,
@@ -417,13 +433,43 @@ pub struct CopyStatus {
     pub bytes_uploaded: u64,
 }
 
+/// A pod whose hooks run around the snapshots of its claims.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookedPod {
+    /// The pod.
+    pub pod: NamespacedName,
+    /// Claims of the backup it mounts (in its namespace): their snapshots wait for its pre
+    /// hooks, and its post hooks wait for their snapshots to be cut.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<String>,
+    /// How far its hooks are.
+    #[serde(default)]
+    pub stage: HookStage,
+    /// A pre hook failed with `onError: Fail`: its claims were not snapshotted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pre_failed: bool,
+}
+
+/// How far a pod's hooks are.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HookStage {
+    /// Pre hooks not run yet.
+    #[default]
+    Pending,
+    /// Pre hooks ran; post hooks run once the claims' snapshots are cut.
+    Frozen,
+    /// Post hooks ran.
+    Done,
+}
+
 /// A hook that ran.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HookStatus {
-    /// Rule name.
+    /// Rule name (`annotations` for hooks from pod annotations).
     pub rule: String,
-    /// `pre` or `post`.
+    /// `pre`, `post` or (restores) `postRestore`.
     pub stage: String,
     /// Pod it ran in.
     pub pod: NamespacedName,
@@ -437,6 +483,12 @@ pub struct HookStatus {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What its failure does: `Fail` or `Continue`.
+    #[serde(default)]
+    pub on_error: crate::hooks::HookErrorMode,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
 }
 
 /// The lifecycle of a per-volume transfer (DataUpload or DataDownload).

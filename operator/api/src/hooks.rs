@@ -115,4 +115,8 @@ pub struct RestoreHookRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub post_exec: Vec<ExecHook>,
+    /// How long `postExec` waits for a restored pod to be Ready before the hook fails
+    /// (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_timeout: Option<Duration>,
 }

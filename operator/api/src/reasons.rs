@@ -70,8 +70,11 @@ reasons! {
         DeleteFailed,
         /// The location of a deleted backup is gone: its copies could not be removed.
         LocationGone,
+        /// No longer written (hooks run since 0.3).
         HooksNotRun,
         GroupSnapshotNotSupported,
+        /// A hook with `onError: Fail` failed (`status.hooks` says which).
+        HookFailed,
     }
 }
 
@@ -86,6 +89,12 @@ reasons! {
         LiveCopy,
         SnapshotTimeout,
         CopyFailed,
+        /// A pre hook of a pod mounting the claim failed with `onError: Fail`.
+        HookFailed,
+        /// `spec.volumes.groupSnapshot` asked for, but the cluster or the driver cannot.
+        GroupSnapshotNotSupported,
+        /// The VolumeGroupSnapshot failed or was not ready in time.
+        GroupSnapshotFailed,
     }
 }
 
@@ -132,7 +141,10 @@ reasons! {
         VolumeInUse,
         VolumeLost,
         NoData,
+        /// No longer written (restore hooks run since 0.3).
         HooksNotRun,
+        /// A restore hook with `onError: Fail` failed.
+        HookFailed,
     }
 }
 
@@ -147,7 +159,7 @@ mod tests {
             "HostPathNotSupported"
         );
         assert_eq!(String::from(TransferReason::MoverFailed), "MoverFailed");
-        assert_eq!(RestoreReason::ALL.len(), 19);
+        assert_eq!(RestoreReason::ALL.len(), 20);
     }
 }
 

@@ -176,6 +176,15 @@ pub struct RestoreStatus {
     /// Objects restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items_restored: Option<u32>,
+    /// Restore hooks that ran in restored pods (failures first when there are more than 100).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::backup::HookStatus>,
+    /// Restore hooks run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_attempted: Option<u32>,
+    /// Restore hooks that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_failed: Option<u32>,
     /// Warnings (for example objects that existed and were left alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<u32>,

@@ -28,6 +28,8 @@ pub(super) async fn cancel(
     ctx: &Context,
     st: &mut BackupStatus,
 ) -> Result<Action, Error> {
+    // A pod frozen by its pre hooks is thawed first.
+    super::hooks::run_post(b, ctx, st, true).await;
     cancel_children(b, ctx).await?;
     let snapshots_left = remove_snapshots(b, ctx).await?;
     if let Some(loc) = &st.storage_location
@@ -137,6 +139,10 @@ fn deletable(vs: &VolumeSnapshot, now: Timestamp) -> bool {
 /// Deletion: stop the children, then remove or keep the data per `deletionPolicy`; true when
 /// done.
 pub(super) async fn cleanup(b: &Backup, ctx: &Context) -> Result<bool, Error> {
+    // A backup deleted while pods are frozen by its pre hooks thaws them first (the status
+    // is not written any more, so this may run again on a later pass: at least once).
+    let mut st = b.status.clone().unwrap_or_default();
+    super::hooks::run_post(b, ctx, &mut st, true).await;
     cancel_children(b, ctx).await?;
     if children_left(b, ctx).await? {
         return Ok(false);

@@ -32,7 +32,7 @@ pub(super) async fn complete(
     if b.spec.volumes.mode == VolumeMode::Copy {
         delete::remove_snapshots(b, ctx).await?;
     }
-    let (phase, reason, message) = outcome(&st.volumes);
+    let (phase, reason, message) = outcome(&st.volumes, super::hooks::fatal_failure(st));
     let now = Timestamp::now();
     let md = BackupMetadata {
         format_version: FORMAT_VERSION,
@@ -104,16 +104,28 @@ fn phase_name(p: BackupPhase) -> &'static str {
     }
 }
 
-/// The result of a backup whose volumes are all final: phase, reason and message. Pure.
+/// The result of a backup whose volumes are all final, given the first hook failure with
+/// `onError: Fail` (a failed hook makes a backup PartiallyFailed at least): phase, reason and
+/// message. Pure.
 pub(super) fn outcome(
     volumes: &[VolumeStatus],
+    hook_failure: Option<String>,
 ) -> (BackupPhase, Option<BackupReason>, Option<String>) {
     let failed: Vec<&VolumeStatus> = volumes
         .iter()
         .filter(|v| v.phase == VolumePhase::Failed)
         .collect();
     if failed.is_empty() {
-        return (BackupPhase::Completed, None, None);
+        return match hook_failure {
+            None => (BackupPhase::Completed, None, None),
+            Some(why) => (
+                BackupPhase::PartiallyFailed,
+                Some(BackupReason::HookFailed),
+                Some(format!(
+                    "every volume was protected, but a hook failed: {why}"
+                )),
+            ),
+        };
     }
     let phase = if failed.len() == volumes.len() {
         BackupPhase::Failed
@@ -124,12 +136,15 @@ pub(super) fn outcome(
         .iter()
         .map(|v| format!("{} ({})", v.pvc, v.reason.as_deref().unwrap_or("unknown")))
         .collect();
-    let message = format!(
+    let mut message = format!(
         "{} of {} volumes failed: {}",
         failed.len(),
         volumes.len(),
         list.join(", ")
     );
+    if let Some(why) = hook_failure {
+        message.push_str(&format!("; a hook failed: {why}"));
+    }
     (phase, Some(BackupReason::VolumesFailed), Some(message))
 }
 
@@ -190,8 +205,11 @@ mod tests {
         let mut bad = vol(VolumePhase::Failed, 0, 0);
         bad.reason = Some("SnapshotTimeout".into());
         let skipped = vol(VolumePhase::Skipped, 0, 0);
-        assert_eq!(outcome(&[ok.clone(), skipped]).0, BackupPhase::Completed);
-        let (phase, reason, message) = outcome(&[ok, bad.clone()]);
+        assert_eq!(
+            outcome(&[ok.clone(), skipped], None).0,
+            BackupPhase::Completed
+        );
+        let (phase, reason, message) = outcome(&[ok.clone(), bad.clone()], None);
         assert_eq!(
             (phase, reason),
             (
@@ -200,6 +218,11 @@ mod tests {
             )
         );
         assert!(message.expect("message").contains("1 of 2 volumes failed"));
-        assert_eq!(outcome(&[bad]).0, BackupPhase::Failed);
+        assert_eq!(outcome(&[bad], None).0, BackupPhase::Failed);
+        let (phase, reason, _) = outcome(&[ok], Some("post hook x failed".into()));
+        assert_eq!(
+            (phase, reason),
+            (BackupPhase::PartiallyFailed, Some(BackupReason::HookFailed))
+        );
     }
 }

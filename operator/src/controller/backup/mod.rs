@@ -5,11 +5,13 @@
 //! The reconcile works from what it recorded in `status` (the volumes resolved at start), so it
 //! resumes after an operator restart at any point: every child has a deterministic name and
 //! carries the backup's labels. Phases: `start.rs` (location, selection, objects),
+//! `hooks.rs` (pre hooks before the snapshots, post hooks once they are cut),
 //! `volume.rs` (snapshot and copy of each volume), `finish.rs` (metadata, result),
 //! `delete.rs` (cancel, deletion, expiry).
 
 mod delete;
 mod finish;
+mod hooks;
 mod start;
 mod volume;
 
@@ -212,10 +214,13 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
             .await
             .map_err(BackupError::Capture);
     }
-    if let Some(wait) = volume::advance_all(b, ctx, &bsl, st)
+    hooks::run_pre(b, ctx, st).await;
+    let wait = volume::advance_all(b, ctx, &bsl, st)
         .await
-        .map_err(BackupError::Volumes)?
-    {
+        .map_err(BackupError::Volumes)?;
+    hooks::run_post(b, ctx, st, false).await;
+    hooks::mark_consistency(st);
+    if let Some(wait) = wait {
         return Ok(Action::requeue(wait));
     }
     finish::complete(b, ctx, &bsl, st)

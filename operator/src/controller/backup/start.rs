@@ -110,6 +110,7 @@ pub(super) async fn capture(
     st.namespaces = namespaces;
     st.warnings = Some(captured.warnings.len() as u32);
     st.volumes = captured.pvcs.iter().map(volume_status).collect();
+    super::hooks::plan(b, ctx, st).await?;
     warn_unimplemented(b, ctx, st).await;
     st.items_backed_up = Some(captured.items);
     st.reason = None;
@@ -130,12 +131,8 @@ fn volume_status(pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim) -> Vol
     }
 }
 
-/// Hooks and group snapshots are not implemented yet: say so rather than pretend.
+/// Group snapshots are not implemented yet: say so rather than pretend.
 async fn warn_unimplemented(b: &Backup, ctx: &Context, st: &mut BackupStatus) {
-    if b.spec.hooks.as_ref().is_some_and(|h| !h.rules.is_empty()) {
-        st.warnings = Some(st.warnings.unwrap_or(0) + 1);
-        publish(ctx, b, EventType::Warning, BackupReason::HooksNotRun, "spec.hooks is not implemented yet: no hook was run, the snapshots are crash-consistent only").await;
-    }
     if b.spec.volumes.group_snapshot {
         // Each claim is snapshotted on its own, which is not the mutual consistency asked for.
         st.warnings = Some(st.warnings.unwrap_or(0) + 1);

@@ -38,9 +38,16 @@ pub(super) async fn advance_all(
 ) -> Result<Option<Duration>, Error> {
     let mut classes: Option<Vec<VolumeSnapshotClass>> = None;
     let mut wait: Option<Duration> = None;
-    for v in &mut st.volumes {
+    // A claim of a pod whose pre hooks have not run is not snapshotted yet.
+    let gated: Vec<bool> = st
+        .volumes
+        .iter()
+        .map(|v| super::hooks::waits_for_pre(st, v))
+        .collect();
+    for (v, gated) in st.volumes.iter_mut().zip(gated) {
         let again = match v.phase {
             VolumePhase::Completed | VolumePhase::Failed | VolumePhase::Skipped => None,
+            VolumePhase::Pending if gated => Some(POLL),
             VolumePhase::Pending => snapshot_volume(b, ctx, v, &mut classes).await?,
             VolumePhase::Snapshotting => await_snapshot(b, ctx, v).await?,
             VolumePhase::Copying => copy_volume(b, ctx, bsl, v).await?,
@@ -175,6 +182,10 @@ async fn await_snapshot(
         return Ok(Some(Duration::ZERO));
     };
     let vst = vs.status.clone().unwrap_or_default();
+    if s.creation_time.is_none() && vst.creation_time.is_some() {
+        s.creation_time = vst.creation_time.clone();
+        v.snapshot = Some(s.clone());
+    }
     if vst.ready_to_use == Some(true) {
         s.ready_to_use = true;
         s.content_name = vst.bound_volume_snapshot_content_name.clone();
