@@ -144,6 +144,7 @@ async fn restore(
     objects::restore(
         client,
         RestoreRequest {
+            hooks: &[],
             archive,
             selection: &selection,
             namespace_mapping: mapping,
@@ -601,6 +602,7 @@ spec:
     let first = objects::restore(
         &client,
         RestoreRequest {
+            hooks: &[],
             archive: &captured.archive,
             selection: &selection,
             namespace_mapping: &BTreeMap::new(),

@@ -469,3 +469,83 @@ async fn operator_killed_between_pre_and_post_hooks_still_thaws() {
     assert_no_leftovers(&s.client, &opns).await;
     delete_all(&s.client, &opns).await;
 }
+
+/// Restore hooks: an init container added to a restored pod and to a restored Deployment's
+/// pods runs before them, `postExec` hooks run once the restored pods are Ready (from the
+/// Restore's rules and from a pod's annotations), and a failing one is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_hooks_prepare_and_check_restored_pods() {
+    let s = setup("rhk", 1, &[], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    e.apply_yaml(&app_ns, &counter_app("db", ""));
+    let annotated = r#""post.hook.restore.holdfast.dev/command": '["sh", "-c", "echo restored > /data/annotated"]', "post.hook.restore.holdfast.dev/wait-timeout": 2m"#;
+    e.apply_yaml(&app_ns, &counter_app("cache", annotated));
+    wait_running(&app_ns, "db").await;
+    wait_running(&app_ns, "cache").await;
+    e.apply_yaml(&opns, &backup_yaml("src", &app_ns, ""));
+    let b = wait_backup(&s.client, &opns, "src", Duration::from_secs(300)).await;
+    assert_eq!(
+        b.status.as_ref().and_then(|s| s.phase),
+        Some(BackupPhase::Completed)
+    );
+    let copy = TestNamespace {
+        name: format!("{app_ns}-copy"),
+    };
+    let init = |name: &str, app: &str| {
+        format!(
+            "    - name: {name}\n      labelSelector: {{matchLabels: {{app: {app}}}}}\n      initContainers:\n      - name: prepare\n        image: busybox\n        command: [sh, -c, \"echo init-ran > /data/init-marker\"]\n        volumeMounts: [{{name: data, mountPath: /data}}]\n      postExec:\n      - {{container: main, command: [sh, -c, \"cat /data/init-marker > /data/post-restore\"]}}\n"
+        )
+    };
+    let spec = format!(
+        "  source: {{backup: src}}\n  namespaceMapping: {{{app_ns}: {}}}\n  hooks:\n    rules:\n{}{}    - name: broken\n      labelSelector: {{matchLabels: {{app: db}}}}\n      postExec:\n      - {{command: [sh, -c, \"echo no-db >&2; exit 7\"], timeout: 10s}}\n",
+        copy.name,
+        init("db", "db"),
+        init("writer", "writer"),
+    );
+    e.apply_yaml(&opns, &restore_yaml("hooked", &spec));
+    let r = wait_restore(&s.client, &opns, "hooked").await;
+    let st = r.status.clone().expect("status");
+    assert_eq!(
+        (st.phase, st.reason.as_deref()),
+        (Some(RestorePhase::PartiallyFailed), Some("HookFailed")),
+        "{st:#?}\n{}",
+        s.op.logs()
+    );
+    assert_eq!(st.hook_pods_expected, Some(3), "{st:#?}");
+    let m = st.message.clone().unwrap_or_default();
+    assert!(
+        m.contains("exited with code 7") && m.contains("no-db"),
+        "{m}"
+    );
+    // The init containers ran before the pods, the post hooks after them.
+    for pod in ["db", "deploy/writer"] {
+        let o = env().kubectl_ok([
+            "exec",
+            "-n",
+            &copy.name,
+            pod,
+            "--",
+            "cat",
+            "/data/post-restore",
+        ]);
+        assert_eq!(o.trim(), "init-ran", "{pod}");
+    }
+    let o = pod_sh(&copy.name, "cache", "cat /data/annotated");
+    assert_eq!(o.trim(), "restored");
+    let ok: Vec<(String, String)> = st
+        .hooks
+        .iter()
+        .filter(|h| h.succeeded)
+        .map(|h| (h.rule.clone(), h.stage.clone()))
+        .collect();
+    assert_eq!(ok.len(), 3, "{:#?}", st.hooks);
+    assert!(
+        ok.contains(&("annotations".into(), "postRestore".into())),
+        "{ok:?}"
+    );
+    assert_eq!((st.hooks_attempted, st.hooks_failed), (Some(4), Some(1)));
+    assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
+    drop(copy);
+}

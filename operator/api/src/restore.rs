@@ -185,6 +185,18 @@ pub struct RestoreStatus {
     /// Restore hooks that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks_failed: Option<u32>,
+    /// Restored pods whose restore hooks ran (or that never became Ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooked_pods: Vec<crate::common::NamespacedName>,
+    /// How many restored pods get restore hooks (from the restored pods and workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_pods_expected: Option<u32>,
+    /// When the objects were restored and the restore hooks began to wait for pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_started: Option<Time>,
+    /// The result of the volumes and objects, kept while restore hooks run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects_result: Option<ObjectsResult>,
     /// Warnings (for example objects that existed and were left alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<u32>,
@@ -195,6 +207,17 @@ pub struct RestoreStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The result of a restore's volumes and objects, before its hooks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectsResult {
+    pub phase: RestorePhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The lifecycle of a Restore.

@@ -12,12 +12,16 @@ pub mod exec;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use holdfast_api::backup::HookStatus;
 use holdfast_api::hooks::{BackupHookRule, ExecHook, HookErrorMode, RestoreHookRule};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
 pub use self::exec::{Ended, Outcome};
+
+/// At most this many hook entries are kept in a status (failures first); counts are exact.
+pub const STATUS_LIMIT: usize = 100;
 
 /// Timeout of a hook that names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,6 +130,23 @@ impl Planned {
             self.command.join(" "),
             outcome.describe()
         )
+    }
+}
+
+/// Adds hook results to a status: counts exact, the list capped at [`STATUS_LIMIT`] with
+/// failures kept first.
+pub fn record(
+    hooks: &mut Vec<HookStatus>,
+    attempted: &mut Option<u32>,
+    failed: &mut Option<u32>,
+    ran: Vec<HookStatus>,
+) {
+    *attempted = Some(attempted.unwrap_or(0) + ran.len() as u32);
+    *failed = Some(failed.unwrap_or(0) + ran.iter().filter(|h| !h.succeeded).count() as u32);
+    hooks.extend(ran);
+    if hooks.len() > STATUS_LIMIT {
+        hooks.sort_by_key(|h| h.succeeded);
+        hooks.truncate(STATUS_LIMIT);
     }
 }
 
@@ -359,6 +380,98 @@ fn parse_command(raw: &str) -> Result<Vec<String>, String> {
     Ok(vec![t.to_string()])
 }
 
+/// Where the pod template of a restored object of kind `group/plural` is, and how many pods
+/// it makes now (a CronJob none until it runs). Pure.
+fn pod_template(group: &str, plural: &str, obj: &serde_json::Value) -> Option<(&'static str, u32)> {
+    let replicas = |p: &str| {
+        obj.pointer(p)
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as u32)
+            .unwrap_or(1)
+    };
+    Some(match (group, plural) {
+        ("", "pods") => ("", 1),
+        ("apps", "deployments" | "statefulsets" | "replicasets")
+        | ("", "replicationcontrollers") => ("/spec/template", replicas("/spec/replicas")),
+        ("apps", "daemonsets") => ("/spec/template", 1),
+        ("batch", "jobs") => ("/spec/template", replicas("/spec/parallelism")),
+        ("batch", "cronjobs") => ("/spec/jobTemplate/spec/template", 0),
+        _ => return None,
+    })
+}
+
+/// Prepares a restored object for the Restore's hooks: adds the init containers of matching
+/// rules (and of `init.hook.restore.holdfast.dev` annotations) in front of its pod
+/// template's own, and returns how many of the pods it makes will get `postExec` hooks.
+/// Objects without a pod template are left alone. Pure.
+pub fn prepare_restored(
+    obj: &mut serde_json::Value,
+    group: &str,
+    plural: &str,
+    rules: &[RestoreHookRule],
+) -> Result<u32, String> {
+    let Some((path, pods)) = pod_template(group, plural, obj) else {
+        return Ok(0);
+    };
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let Some(template) = obj.pointer_mut(path) else {
+        return Ok(0);
+    };
+    let meta = |k: &str| -> BTreeMap<String, String> {
+        template
+            .pointer(&format!("/metadata/{k}"))
+            .cloned()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    };
+    let (labels, annotations) = (meta("labels"), meta("annotations"));
+    let mut init = restore_init_containers(rules, &ns, &labels);
+    init.extend(init_container_from_annotations(&annotations)?);
+    let mut probe = Pod::default();
+    probe.metadata.namespace = Some(ns);
+    probe.metadata.labels = Some(labels);
+    probe.metadata.annotations = Some(annotations);
+    let hooked = if restore_hooks(rules, &probe).is_empty() {
+        0
+    } else {
+        pods
+    };
+    if init.is_empty() {
+        return Ok(hooked);
+    }
+    let spec = template
+        .get_mut("spec")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or("the pod template has no spec")?;
+    let existing = spec
+        .entry("initContainers")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    let list = existing
+        .as_array_mut()
+        .ok_or("spec.initContainers is not a list")?;
+    let names: Vec<String> = list
+        .iter()
+        .filter_map(|c| c.get("name").and_then(|n| n.as_str()).map(String::from))
+        .collect();
+    let mut added = Vec::new();
+    for c in init {
+        if names.contains(&c.name) {
+            return Err(format!(
+                "restore hook init container {} has the name of one the pod template already has; rename it",
+                c.name
+            ));
+        }
+        added.push(serde_json::to_value(c).map_err(|e| e.to_string())?);
+    }
+    added.append(list);
+    *list = added;
+    Ok(hooked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,5 +660,71 @@ mod tests {
         );
         let h = &restore_hooks(&[], &p)[0];
         assert_eq!((h.wait_timeout.as_secs(), h.timeout.as_secs()), (90, 5));
+    }
+
+    #[test]
+    fn restored_templates_get_init_containers_in_front_and_count_hooked_pods() {
+        let rule = RestoreHookRule {
+            name: "warm".into(),
+            included_namespaces: vec![],
+            label_selector: Some(holdfast_api::common::LabelSelector {
+                match_labels: Some(BTreeMap::from([("app".into(), "db".into())])),
+                ..Default::default()
+            }),
+            init_containers: vec![Container {
+                name: "prepare".into(),
+                image: Some("busybox".into()),
+                ..Default::default()
+            }],
+            post_exec: vec![ExecHook {
+                container: None,
+                command: vec!["check".into()],
+                on_error: HookErrorMode::Fail,
+                timeout: None,
+            }],
+            wait_timeout: None,
+        };
+        let mut deploy = serde_json::json!({
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"replicas": 2, "template": {
+                "metadata": {"labels": {"app": "db"}},
+                "spec": {"initContainers": [{"name": "own"}], "containers": [{"name": "main"}]}
+            }}
+        });
+        let n = prepare_restored(
+            &mut deploy,
+            "apps",
+            "deployments",
+            std::slice::from_ref(&rule),
+        )
+        .expect("ok");
+        assert_eq!(n, 2);
+        let names: Vec<&str> = deploy["spec"]["template"]["spec"]["initContainers"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|c| c["name"].as_str().expect("name"))
+            .collect();
+        assert_eq!(names, ["prepare", "own"]);
+        let mut other = serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "main"}]}
+        });
+        assert_eq!(
+            prepare_restored(&mut other, "", "pods", std::slice::from_ref(&rule)).expect("ok"),
+            0
+        );
+        assert!(other["spec"].get("initContainers").is_none());
+        let mut clash = serde_json::json!({
+            "metadata": {"name": "db", "namespace": "shop", "labels": {"app": "db"}},
+            "spec": {"initContainers": [{"name": "prepare"}], "containers": [{"name": "main"}]}
+        });
+        let e = prepare_restored(&mut clash, "", "pods", &[rule]).expect_err("clash");
+        assert!(e.contains("prepare"), "{e}");
+        let mut cm = serde_json::json!({"metadata": {"name": "x"}, "data": {}});
+        assert_eq!(
+            prepare_restored(&mut cm, "", "configmaps", &[]).expect("ok"),
+            0
+        );
     }
 }

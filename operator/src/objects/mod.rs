@@ -181,6 +181,8 @@ pub struct RestoreRequest<'a> {
     pub exclude_kinds: &'a [&'a str],
     /// Added to every restored object.
     pub labels: BTreeMap<String, String>,
+    /// Restore hook rules: their init containers go into restored pod templates.
+    pub hooks: &'a [holdfast_api::hooks::RestoreHookRule],
 }
 
 /// The result of a restore.
@@ -195,6 +197,8 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
     /// Objects that could not be restored, with the cause.
     pub failed: Vec<String>,
+    /// Pods the restored objects make that get `postExec` restore hooks.
+    pub hook_pods_expected: u32,
 }
 
 /// The items of an archive written by [`capture`], in capture order.
@@ -893,6 +897,13 @@ impl Restorer<'_> {
         if item.resource.is("", "persistentvolumeclaims") {
             unbind_claim(&mut obj, &self.volumes);
         }
+        let hooked = match self.add_restore_hooks(item, &mut obj) {
+            Ok(n) => n,
+            Err(e) => {
+                self.report.failed.push(format!("{}: {e}", item.describe()));
+                return;
+            }
+        };
         let target = match obj.metadata.namespace.as_deref() {
             Some(ns) => format!("{} {ns}/{}", item.resource.group_resource(), obj.name_any()),
             None => format!("{} {}", item.resource.group_resource(), obj.name_any()),
@@ -905,6 +916,7 @@ impl Restorer<'_> {
         match api.create(&pp, &obj).await {
             Ok(_) => {
                 self.report.restored += 1;
+                self.report.hook_pods_expected += hooked;
                 if item
                     .resource
                     .is("apiextensions.k8s.io", "customresourcedefinitions")
@@ -941,6 +953,20 @@ impl Restorer<'_> {
                 .failed
                 .push(format!("{target}: {}", kube_cause(&e))),
         }
+    }
+
+    /// Adds restore hook init containers to a pod or workload; returns how many of its pods
+    /// get `postExec` hooks.
+    fn add_restore_hooks(&self, item: &Item, obj: &mut DynamicObject) -> Result<u32, String> {
+        let mut value = serde_json::to_value(&*obj).map_err(|e| e.to_string())?;
+        let n = crate::hooks::prepare_restored(
+            &mut value,
+            &item.resource.group,
+            &item.resource.plural,
+            self.req.hooks,
+        )?;
+        *obj = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        Ok(n)
     }
 
     /// Waits while namespace `name` is terminating (a namespace deleted just before the

@@ -785,6 +785,7 @@ fn request<'a>(
     mapping: &'a BTreeMap<String, String>,
 ) -> RestoreRequest<'a> {
     RestoreRequest {
+        hooks: &[],
         archive: &[],
         selection,
         namespace_mapping: mapping,

@@ -29,9 +29,6 @@ use crate::hooks::{self, Planned, Stage};
 use crate::objects::select::LabelFilter;
 use crate::runtime::{Context, Error};
 
-/// At most this many hook entries are kept in status (failures first); counts are exact.
-const STATUS_LIMIT: usize = 100;
-
 /// Finds the running pods of the backup's namespaces that have hooks, with the backup's claims
 /// each mounts. Pods that mount none of the claims count when the backup's selection selects
 /// them (its label selector, or all pods).
@@ -317,24 +314,8 @@ async fn announce(b: &Backup, ctx: &Context, pod: &NamespacedName, p: &Planned, 
     publish(ctx, b, type_, reason, &note).await;
 }
 
-/// Adds hook results to the status: counts exact, the list capped with failures kept first.
-pub(crate) fn record_into(
-    hooks: &mut Vec<HookStatus>,
-    attempted: &mut Option<u32>,
-    failed: &mut Option<u32>,
-    ran: Vec<HookStatus>,
-) {
-    *attempted = Some(attempted.unwrap_or(0) + ran.len() as u32);
-    *failed = Some(failed.unwrap_or(0) + ran.iter().filter(|h| !h.succeeded).count() as u32);
-    hooks.extend(ran);
-    if hooks.len() > STATUS_LIMIT {
-        hooks.sort_by_key(|h| h.succeeded);
-        hooks.truncate(STATUS_LIMIT);
-    }
-}
-
 fn record(st: &mut BackupStatus, ran: Vec<HookStatus>) {
-    record_into(
+    hooks::record(
         &mut st.hooks,
         &mut st.hooks_attempted,
         &mut st.hooks_failed,
@@ -434,7 +415,7 @@ mod tests {
         let mut st = BackupStatus::default();
         record(&mut st, vec![ok.clone(); 150]);
         record(&mut st, vec![bad.clone()]);
-        assert_eq!(st.hooks.len(), STATUS_LIMIT);
+        assert_eq!(st.hooks.len(), hooks::STATUS_LIMIT);
         assert_eq!(st.hooks_attempted, Some(151));
         assert_eq!(st.hooks_failed, Some(1));
         assert!(!st.hooks[0].succeeded);

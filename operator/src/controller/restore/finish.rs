@@ -7,7 +7,7 @@ use std::time::Duration;
 use holdfast_api::backup::TransferPhase;
 use holdfast_api::reasons::RestoreReason;
 use holdfast_api::restore::{
-    ExistingResourcePolicy, Restore, RestorePhase, RestoreStatus, RestoredVolume,
+    ExistingResourcePolicy, ObjectsResult, Restore, RestorePhase, RestoreStatus, RestoredVolume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -45,6 +45,7 @@ pub(super) async fn restore_namespaces(
         include_kinds: Some(&["namespaces"]),
         exclude_kinds: &[],
         labels: labels(r, src),
+        hooks: &[],
     };
     objects::restore(&ctx.client, request)
         .await
@@ -55,52 +56,42 @@ pub(super) async fn restore_namespaces(
         })
 }
 
-/// Every other object, once the volumes are final; then the result.
+/// Every other object, once the volumes are final (once: the result is kept in status while
+/// restore hooks run); then the hooks; then the result.
 pub(super) async fn restore_objects(
     r: &Restore,
     ctx: &Context,
     src: &Source,
     st: &mut RestoreStatus,
 ) -> Result<Action, Error> {
-    let request = objects::RestoreRequest {
-        archive: &src.archive,
-        selection: &r.spec.selection,
-        namespace_mapping: &src.mapping,
-        existing: r.spec.existing_resource_policy,
-        include_kinds: None,
-        exclude_kinds: &["persistentvolumeclaims", "persistentvolumes"],
-        labels: labels(r, src),
-    };
-    let mut report = match objects::restore(&ctx.client, request).await {
-        Ok(rep) => rep,
-        Err(e) => {
-            st.reason = Some(RestoreReason::ObjectRestoreFailed.into());
-            st.message = Some(e.to_string());
-            return Ok(Action::requeue(Duration::from_secs(10)));
-        }
-    };
-    st.items_restored = Some(report.restored);
-    if r.spec.hooks.as_ref().is_some_and(|h| !h.rules.is_empty()) {
-        // Restore hooks are not implemented yet: say so rather than pretend they ran.
-        let note =
-            "spec.hooks is not implemented yet: no restore hook (init container or exec) was run";
-        report.warnings.insert(0, note.into());
-        ctx.event(
-            r,
-            EventType::Warning,
-            RestoreReason::HooksNotRun.as_str(),
-            "spec.hooks is not implemented yet: no restore hook was run",
-            "Restore",
-        )
-        .await;
+    if st.objects_result.is_none() {
+        return objects_once(r, ctx, src, st).await;
     }
-    st.warnings = Some(report.warnings.len() as u32);
-    let (phase, reason, message) = outcome(&st.volumes, &report);
+    if let Some(wait) = super::hooks::advance(r, ctx, src, st).await? {
+        return Ok(Action::requeue(wait));
+    }
+    let Some(mut result) = st.objects_result.take() else {
+        return Ok(Action::requeue(Duration::ZERO));
+    };
+    if let Some(why) = super::hooks::fatal_failure(st) {
+        if result.phase == RestorePhase::Completed {
+            result.phase = RestorePhase::PartiallyFailed;
+            result.reason = Some(RestoreReason::HookFailed.into());
+        }
+        let m = result
+            .message
+            .take()
+            .map(|m| format!("{m}. "))
+            .unwrap_or_default();
+        result.message = Some(format!("{m}a restore hook failed: {why}"));
+    }
+    let phase = result.phase;
     st.phase = Some(phase);
-    st.reason = reason.map(Into::into);
-    st.message = message;
+    st.reason = result.reason;
+    st.message = result.message;
     st.completion_time = Some(Time(Timestamp::now()));
-    info!(restore = %r.name_any(), phase = ?phase, items = report.restored, "restore finished");
+    let restored = st.items_restored.unwrap_or(0);
+    info!(restore = %r.name_any(), phase = ?phase, items = restored, "restore finished");
     ctx.metrics.finished(
         "restore",
         &format!("{phase:?}"),
@@ -108,9 +99,8 @@ pub(super) async fn restore_objects(
     );
     let note = st.message.clone().unwrap_or_else(|| {
         format!(
-            "{} volumes and {} objects restored",
-            st.volumes.len(),
-            report.restored
+            "{} volumes and {restored} objects restored",
+            st.volumes.len()
         )
     });
     let type_ = if phase == RestorePhase::Completed {
@@ -120,6 +110,57 @@ pub(super) async fn restore_objects(
     };
     ctx.event(r, type_, &format!("{phase:?}"), &note, "Restore")
         .await;
+    Ok(Action::requeue(Duration::ZERO))
+}
+
+/// Restores the objects and keeps their result in `status.objectsResult`.
+async fn objects_once(
+    r: &Restore,
+    ctx: &Context,
+    src: &Source,
+    st: &mut RestoreStatus,
+) -> Result<Action, Error> {
+    let rules = r
+        .spec
+        .hooks
+        .as_ref()
+        .map(|h| h.rules.as_slice())
+        .unwrap_or_default();
+    let request = objects::RestoreRequest {
+        archive: &src.archive,
+        selection: &r.spec.selection,
+        namespace_mapping: &src.mapping,
+        existing: r.spec.existing_resource_policy,
+        include_kinds: None,
+        exclude_kinds: &["persistentvolumeclaims", "persistentvolumes"],
+        labels: labels(r, src),
+        hooks: rules,
+    };
+    let report = match objects::restore(&ctx.client, request).await {
+        Ok(rep) => rep,
+        Err(e) => {
+            st.reason = Some(RestoreReason::ObjectRestoreFailed.into());
+            st.message = Some(e.to_string());
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+    };
+    st.items_restored = Some(report.restored);
+    st.warnings = Some(report.warnings.len() as u32);
+    st.hook_pods_expected = Some(report.hook_pods_expected);
+    st.hooks_started = Some(Time(Timestamp::now()));
+    let (phase, reason, message) = outcome(&st.volumes, &report);
+    st.objects_result = Some(ObjectsResult {
+        phase,
+        reason: reason.map(Into::into),
+        message,
+    });
+    if report.hook_pods_expected > 0 {
+        st.reason = Some("RunningHooks".into());
+        st.message = Some(format!(
+            "waiting for {} restored pods to be Ready to run their restore hooks",
+            report.hook_pods_expected
+        ));
+    }
     Ok(Action::requeue(Duration::ZERO))
 }
 

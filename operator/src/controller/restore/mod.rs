@@ -8,6 +8,7 @@
 //! (each volume), `finish.rs` (objects and the result).
 
 mod finish;
+mod hooks;
 mod source;
 mod volume;
 
