@@ -263,6 +263,36 @@ fn chart_crds_equal_crds_dir_and_are_kept_on_uninstall() {
     assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
 }
 
+/// Exec into pods is granted only with hooks enabled, and the operator is told either way.
+#[test]
+fn chart_grants_pods_exec_only_with_hooks_enabled() {
+    let grants_exec = |args: &[&str]| {
+        rendered("ClusterRole", args).iter().any(|r| {
+            serde_yaml::to_string(&r["rules"])
+                .expect("yaml")
+                .contains("pods/exec")
+        })
+    };
+    let hooks_env = |args: &[&str]| {
+        let deploy = rendered("Deployment", args);
+        let env = &deploy[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+        env.as_sequence()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "HOLDFAST_HOOKS")
+            .and_then(|e| e["value"].as_str().map(String::from))
+            .expect("HOLDFAST_HOOKS")
+    };
+    assert!(grants_exec(&[]));
+    assert_eq!(hooks_env(&[]), "true");
+    let off = ["--set", "hooks.enabled=false"];
+    assert!(
+        !grants_exec(&off),
+        "no role may grant pods/exec with hooks disabled"
+    );
+    assert_eq!(hooks_env(&off), "false");
+}
+
 /// The release as installed by the previous chart version (0.1.0, whose CRDs came from the
 /// chart's crds/ folder and were never upgraded), upgraded to this chart: the CRDs pass to the
 /// release (`--take-ownership`, once), and backups taken before and after restore.

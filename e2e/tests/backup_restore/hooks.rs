@@ -549,3 +549,48 @@ async fn restore_hooks_prepare_and_check_restored_pods() {
     delete_all(&s.client, &opns).await;
     drop(copy);
 }
+
+/// An operator installed without hooks (no pods/exec) says so for every hook asked for instead
+/// of running it: the pod's claim fails with the reason and how to enable hooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_disabled_are_reported_not_run() {
+    let s = setup("hkd", 1, &["--hooks=false"], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    e.apply_yaml(&app_ns, &counter_app("db", ""));
+    wait_running(&app_ns, "db").await;
+    let hooks = format!(
+        "  hooks:\n    rules:\n    - name: freeze-db\n      labelSelector: {{matchLabels: {{app: db}}}}\n      pre:\n      - exec: {{command: [sh, -c, \"{FREEZE}\"]}}\n"
+    );
+    e.apply_yaml(&opns, &backup_yaml("nohooks", &app_ns, &hooks));
+    let b = wait_backup(&s.client, &opns, "nohooks", Duration::from_secs(300)).await;
+    let st = b.status.clone().expect("status");
+    assert_eq!(st.phase, Some(BackupPhase::PartiallyFailed), "{st:#?}");
+    let v = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "db-data")
+        .expect("db-data");
+    assert_eq!(v.reason.as_deref(), Some("HookFailed"), "{v:#?}");
+    let m = v.message.clone().unwrap_or_default();
+    assert!(
+        m.contains("hooks are disabled") && m.contains("hooks.enabled=true"),
+        "{m}"
+    );
+    // Nothing ran in the pod.
+    let o = env().kubectl([
+        "exec",
+        "-n",
+        &app_ns,
+        "db",
+        "-c",
+        "main",
+        "--",
+        "test",
+        "-f",
+        "/data/frozen",
+    ]);
+    assert!(!o.status.success(), "the pre hook must not have run");
+    assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
+}

@@ -42,6 +42,8 @@ const REPOSITORY_URL: &str = "https://github.com/holdfast-dev/holdfast";
 const DEPLOYMENT: &str = "config/manager/deployment.yaml";
 const CLUSTER_ROLE: &str = "config/rbac/cluster_role.yaml";
 const LEADER_ELECTION_ROLE: &str = "config/rbac/leader_election_role.yaml";
+/// Exec for hooks: OLM installs hooks enabled, as `config/default` does.
+const HOOKS_ROLE: &str = "config/rbac/hooks_role.yaml";
 const SAMPLES: &str = "config/samples";
 const DESCRIPTION: &str = "docs/olm/description.md";
 const ICON: &str = "docs/olm/icon.svg";
@@ -143,7 +145,13 @@ pub fn csv(root: &Path, crds: &[CustomResourceDefinition]) -> Result<Value> {
         .as_str()
         .with_context(|| format!("no serviceAccountName in {DEPLOYMENT}"))?
         .to_string();
-    let cluster_rules = document_of_kind(root, CLUSTER_ROLE, "ClusterRole")?["rules"].clone();
+    let mut cluster_rules = document_of_kind(root, CLUSTER_ROLE, "ClusterRole")?["rules"].clone();
+    if let (Some(all), Some(hooks)) = (
+        cluster_rules.as_array_mut(),
+        document_of_kind(root, HOOKS_ROLE, "ClusterRole")?["rules"].as_array(),
+    ) {
+        all.extend(hooks.iter().cloned());
+    }
     let role_rules = document_of_kind(root, LEADER_ELECTION_ROLE, "Role")?["rules"].clone();
     let crds = crds
         .iter()
@@ -629,7 +637,16 @@ mod tests {
         let csv = rendered_csv();
         let spec = &csv["spec"]["install"]["spec"];
         let cluster = document_of_kind(&repo(), CLUSTER_ROLE, "ClusterRole").expect("role");
-        assert_eq!(spec["clusterPermissions"][0]["rules"], cluster["rules"]);
+        let hooks = document_of_kind(&repo(), HOOKS_ROLE, "ClusterRole").expect("hooks role");
+        let mut want = cluster["rules"].as_array().expect("rules").clone();
+        want.extend(
+            hooks["rules"]
+                .as_array()
+                .expect("hook rules")
+                .iter()
+                .cloned(),
+        );
+        assert_eq!(spec["clusterPermissions"][0]["rules"], Value::Array(want));
         assert_eq!(
             spec["clusterPermissions"][0]["serviceAccountName"],
             "holdfast"

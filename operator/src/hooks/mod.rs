@@ -150,9 +150,14 @@ pub fn record(
     }
 }
 
-/// Runs a planned hook in `pod` (a problem found when planning fails it without running).
-pub async fn run(client: &kube::Client, pod: &Pod, p: &Planned) -> Outcome {
-    if let Some(problem) = &p.problem {
+/// Why a hook does not run when the operator runs with `--hooks=false`.
+pub const DISABLED: &str = "hooks are disabled in this installation: the operator runs with --hooks=false and has no pods/exec permission; install with the Helm value hooks.enabled=true (or config/rbac/hooks_role.yaml and --hooks=true)";
+
+/// Runs a planned hook in `pod` (a problem found when planning fails it without running;
+/// with hooks disabled, nothing runs).
+pub async fn run(client: &kube::Client, enabled: bool, pod: &Pod, p: &Planned) -> Outcome {
+    let refused = (!enabled).then(|| DISABLED.to_string());
+    if let Some(problem) = refused.as_ref().or(p.problem.as_ref()) {
         return Outcome {
             ended: Ended::Error(problem.clone()),
             stdout: String::new(),

@@ -38,6 +38,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Image of mover pods.
     pub mover_image: String,
+    /// Whether exec hooks run (the installation grants `pods/exec`).
+    pub hooks_enabled: bool,
     /// Mover pods running at once, over all transfers of this operator.
     pub max_movers: usize,
     /// Mover pods running at once on one node, counted over all namespaces (0: no limit).
@@ -113,12 +115,17 @@ pub struct ControllerArgs {
     /// comma-separated (default: every namespace that is not another Holdfast operator's).
     #[arg(long, env = "HOLDFAST_WATCH_NAMESPACES", default_value = "")]
     pub watch_namespaces: String,
-    /// This replica's identity in the Lease (default: the pod name or host name).
     /// Pod Security level mover pods need in the operator namespace: set as the label
     /// `pod-security.kubernetes.io/enforce` on the namespace when it has none (a label already
     /// there is left alone). Empty: leave the namespace alone.
     #[arg(long, env = "HOLDFAST_POD_SECURITY_LEVEL", default_value = "baseline")]
     pub pod_security_level: String,
+    /// Run backup and restore exec hooks. The installation must grant `pods/exec` (Helm value
+    /// hooks.enabled, config/rbac/hooks_role.yaml); with false, a hook is recorded as failed
+    /// with the reason instead of run.
+    #[arg(long, env = "HOLDFAST_HOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hooks: bool,
+    /// This replica's identity in the Lease (default: the pod name or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 }
@@ -184,6 +191,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         mover_image: args.mover_image.clone(),
+        hooks_enabled: args.hooks,
         max_movers: args.max_movers.max(1),
         max_movers_per_node: args.max_movers_per_node,
         watch_namespaces: scope::parse_watch(&args.watch_namespaces),

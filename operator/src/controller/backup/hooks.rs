@@ -244,7 +244,7 @@ async fn run_stage(
     let planned = hooks::backup_hooks(rules, &current, stage);
     let mut out = Vec::new();
     for p in &planned {
-        let outcome = hooks::run(&ctx.client, &current, p).await;
+        let outcome = hooks::run(&ctx.client, ctx.hooks_enabled, &current, p).await;
         let status = entry(pod, p, &outcome);
         announce(b, ctx, pod, p, &status).await;
         let stop = stage == Stage::Pre && !status.succeeded && p.on_error == HookErrorMode::Fail;

@@ -162,7 +162,7 @@ async fn run_pod(r: &Restore, ctx: &Context, pod: Pod, planned: Vec<Planned>) ->
     };
     let mut out = Vec::new();
     for p in &planned {
-        let outcome = hooks::run(&ctx.client, &pod, p).await;
+        let outcome = hooks::run(&ctx.client, ctx.hooks_enabled, &pod, p).await;
         let s = HookStatus {
             rule: p.rule.clone(),
             stage: p.stage.as_str().into(),
