@@ -27,6 +27,14 @@ pub struct Args {
     /// directory for volumes, snapshots and state.json
     #[arg(long, default_value = "/csi-data-dir")]
     pub statedir: PathBuf,
+    /// directory for snapshot tarballs (default: the statedir); group snapshots need
+    /// it on another filesystem than the statedir, which they freeze
+    #[arg(long)]
+    pub snapshotdir: Option<PathBuf>,
+    /// seconds a group snapshot may keep the statedir's filesystem frozen while it
+    /// copies the member volumes; longer and it gives up, thaws and fails
+    #[arg(long, default_value_t = 20)]
+    pub freezetimeout: u64,
     /// limit of volumes per node (0 = none)
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub maxvolumespernode: i64,
@@ -91,6 +99,8 @@ mod tests {
         assert_eq!(a.nodeid, "");
         assert_eq!(a.statedir, PathBuf::from("/csi-data-dir"));
         assert_eq!(a.maxvolumespernode, 0);
+        assert_eq!(a.snapshotdir, None);
+        assert_eq!(a.freezetimeout, 20);
         assert!(!a.version);
     }
 
@@ -105,8 +115,13 @@ mod tests {
             "hostpath.csi.k8s.io",
             "--statedir",
             "/t/csi/data",
+            "--snapshotdir",
+            "/t/csi/snapshots",
+            "--freezetimeout=15",
         ])
         .unwrap();
+        assert_eq!(a.snapshotdir, Some(PathBuf::from("/t/csi/snapshots")));
+        assert_eq!(a.freezetimeout, 15);
         assert_eq!(a.endpoint, "unix:///t/csi/csi.sock");
         assert_eq!(a.nodeid, "holdfast-node-1");
         assert_eq!(a.statedir, PathBuf::from("/t/csi/data"));

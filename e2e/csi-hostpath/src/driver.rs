@@ -25,6 +25,10 @@ pub struct Config {
     pub driver_name: String,
     pub node_id: String,
     pub state_dir: PathBuf,
+    /// Where snapshot tarballs go (`--snapshotdir`, default: the statedir).
+    pub snapshot_dir: PathBuf,
+    /// Longest freeze of the statedir's filesystem per group snapshot (`--freezetimeout`).
+    pub freeze_timeout: std::time::Duration,
     pub max_volumes_per_node: i64,
     pub version: String,
 }
@@ -34,7 +38,7 @@ pub struct Driver {
     state: Mutex<State>,
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
@@ -111,7 +115,7 @@ pub fn snapshot_proto(s: &Snapshot) -> csi::Snapshot {
             nanos: s.creation_time.timestamp_subsec_nanos() as i32,
         }),
         ready_to_use: true,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: s.group_snapshot_id.clone(),
     }
 }
 
@@ -150,24 +154,29 @@ fn remove_all(p: &Path) -> std::io::Result<()> {
 }
 
 impl Driver {
-    /// Creates the state directory (0755) and loads `state.json` from it.
+    /// Creates the state and snapshot directories (0755), loads `state.json`,
+    /// and thaws the statedir if a dead driver left it frozen.
     pub fn open(cfg: Config) -> anyhow::Result<Driver> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&cfg.state_dir)?;
+        for d in [&cfg.state_dir, &cfg.snapshot_dir] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(d)?;
+        }
         let st = State::load(&cfg.state_dir).map_err(|e| anyhow::anyhow!("load state: {e}"))?;
-        Ok(Driver {
+        let d = Driver {
             cfg,
             state: Mutex::new(st),
-        })
+        };
+        d.thaw_leftover_freeze();
+        Ok(d)
     }
 
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -189,13 +198,14 @@ impl Driver {
         _: &csi::GetPluginCapabilitiesRequest,
     ) -> Result<csi::GetPluginCapabilitiesResponse, Status> {
         use csi::plugin_capability::{Service, Type, service};
-        Ok(csi::GetPluginCapabilitiesResponse {
-            capabilities: vec![csi::PluginCapability {
-                r#type: Some(Type::Service(Service {
-                    r#type: service::Type::ControllerService as i32,
-                })),
-            }],
-        })
+        let svc = |t: service::Type| csi::PluginCapability {
+            r#type: Some(Type::Service(Service { r#type: t as i32 })),
+        };
+        let mut capabilities = vec![svc(service::Type::ControllerService)];
+        if self.group_snapshot_support().is_ok() {
+            capabilities.push(svc(service::Type::GroupControllerService));
+        }
+        Ok(csi::GetPluginCapabilitiesResponse { capabilities })
     }
 
     pub fn probe(&self, _: &csi::ProbeRequest) -> Result<csi::ProbeResponse, Status> {
@@ -385,7 +395,7 @@ impl Driver {
             Status::not_found(format!("volume {} not found", req.source_volume_id))
         })?;
         let id = state::new_id();
-        let path = self.cfg.state_dir.join(format!("{id}.snap"));
+        let path = self.cfg.snapshot_dir.join(format!("{id}.snap"));
         let s = Snapshot {
             id,
             name: req.name.clone(),
@@ -393,6 +403,7 @@ impl Driver {
             size: v.size,
             path,
             creation_time: Utc::now(),
+            group_snapshot_id: String::new(),
         };
         if let Err(e) = run(
             "tar",
@@ -429,6 +440,13 @@ impl Driver {
         let Some(s) = st.snapshots.get(&req.snapshot_id) else {
             return Ok(csi::DeleteSnapshotResponse {});
         };
+        if !s.group_snapshot_id.is_empty() {
+            // CSI spec: a member of a group snapshot is deleted with its group only
+            return Err(Status::invalid_argument(format!(
+                "snapshot {} is part of group snapshot {}: delete the group (DeleteVolumeGroupSnapshot)",
+                s.id, s.group_snapshot_id
+            )));
+        }
         match std::fs::remove_file(&s.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(internal(e)),
             _ => {}
@@ -567,6 +585,8 @@ mod tests {
             driver_name: "hostpath.csi.k8s.io".into(),
             node_id: "n1".into(),
             state_dir: dir.clone(),
+            snapshot_dir: dir.clone(),
+            freeze_timeout: std::time::Duration::from_secs(20),
             max_volumes_per_node: 7,
             version: "test".into(),
         })

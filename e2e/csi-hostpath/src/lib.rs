@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod driver;
+pub mod group;
 pub mod service;
 pub mod state;
 

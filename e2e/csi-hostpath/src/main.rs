@@ -30,18 +30,31 @@ async fn run(args: cli::Args) -> anyhow::Result<()> {
         driver_name: args.drivername.clone(),
         node_id: args.nodeid.clone(),
         state_dir: args.statedir.clone(),
+        snapshot_dir: args
+            .snapshotdir
+            .clone()
+            .unwrap_or_else(|| args.statedir.clone()),
+        freeze_timeout: std::time::Duration::from_secs(args.freezetimeout),
         max_volumes_per_node: args.maxvolumespernode,
         version: VERSION.to_string(),
     })?;
     let sock = service::socket_path(&args.endpoint)?;
     let listener = service::bind(&sock)?;
     tracing::info!(
-        "hostpathplugin {VERSION}: driver {} node {} statedir {} listening on {}",
+        "hostpathplugin {VERSION}: driver {} node {} statedir {} snapshotdir {} listening on {}",
         args.drivername,
         args.nodeid,
         args.statedir.display(),
+        driver.config().snapshot_dir.display(),
         sock.display()
     );
+    match driver.group_snapshot_support() {
+        Ok(()) => tracing::info!(
+            "group snapshots: offered (statedir is its own filesystem, frozen for at most {}s per group snapshot)",
+            args.freezetimeout
+        ),
+        Err(why) => tracing::info!("group snapshots: not offered: {why}"),
+    }
     service::serve(Arc::new(driver), listener, shutdown_signal()).await?;
     tracing::info!("shut down");
     Ok(())

@@ -1,4 +1,4 @@
-//! gRPC glue: the Identity, Controller and Node services over a unix socket.
+//! gRPC glue: the Identity, Controller, GroupController and Node services over a unix socket.
 //! Each call runs the synchronous [`Driver`] method on the blocking pool and is
 //! logged like the Go driver (`<method> <request> -> <response | error>`;
 //! successful Probe/GetPlugin* calls are not logged). Secrets are redacted.
@@ -77,9 +77,11 @@ macro_rules! redact {
 redact!(
     plain: csi::GetPluginInfoRequest, csi::GetPluginCapabilitiesRequest, csi::ProbeRequest,
         csi::ControllerGetCapabilitiesRequest, csi::NodeGetInfoRequest, csi::NodeGetCapabilitiesRequest,
-        csi::NodeUnpublishVolumeRequest;
+        csi::NodeUnpublishVolumeRequest, csi::GroupControllerGetCapabilitiesRequest;
     secrets: csi::CreateVolumeRequest, csi::DeleteVolumeRequest, csi::ValidateVolumeCapabilitiesRequest,
-        csi::CreateSnapshotRequest, csi::DeleteSnapshotRequest, csi::ListSnapshotsRequest, csi::NodePublishVolumeRequest
+        csi::CreateSnapshotRequest, csi::DeleteSnapshotRequest, csi::ListSnapshotsRequest, csi::NodePublishVolumeRequest,
+        csi::CreateVolumeGroupSnapshotRequest, csi::DeleteVolumeGroupSnapshotRequest,
+        csi::GetVolumeGroupSnapshotRequest
 );
 
 #[tonic::async_trait]
@@ -184,6 +186,54 @@ impl csi::controller_server::Controller for CsiService {
 }
 
 #[tonic::async_trait]
+impl csi::group_controller_server::GroupController for CsiService {
+    async fn group_controller_get_capabilities(
+        &self,
+        r: Request<csi::GroupControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::GroupControllerGetCapabilitiesResponse>, Status> {
+        self.call(
+            "/csi.v1.GroupController/GroupControllerGetCapabilities",
+            r,
+            Driver::group_controller_get_capabilities,
+        )
+        .await
+    }
+    async fn create_volume_group_snapshot(
+        &self,
+        r: Request<csi::CreateVolumeGroupSnapshotRequest>,
+    ) -> Result<Response<csi::CreateVolumeGroupSnapshotResponse>, Status> {
+        self.call(
+            "/csi.v1.GroupController/CreateVolumeGroupSnapshot",
+            r,
+            Driver::create_volume_group_snapshot,
+        )
+        .await
+    }
+    async fn delete_volume_group_snapshot(
+        &self,
+        r: Request<csi::DeleteVolumeGroupSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteVolumeGroupSnapshotResponse>, Status> {
+        self.call(
+            "/csi.v1.GroupController/DeleteVolumeGroupSnapshot",
+            r,
+            Driver::delete_volume_group_snapshot,
+        )
+        .await
+    }
+    async fn get_volume_group_snapshot(
+        &self,
+        r: Request<csi::GetVolumeGroupSnapshotRequest>,
+    ) -> Result<Response<csi::GetVolumeGroupSnapshotResponse>, Status> {
+        self.call(
+            "/csi.v1.GroupController/GetVolumeGroupSnapshot",
+            r,
+            Driver::get_volume_group_snapshot,
+        )
+        .await
+    }
+}
+
+#[tonic::async_trait]
 impl csi::node_server::Node for CsiService {
     async fn node_publish_volume(
         &self,
@@ -248,7 +298,7 @@ pub fn bind(sock: &Path) -> anyhow::Result<UnixListener> {
     Ok(UnixListener::bind(sock)?)
 }
 
-/// Serves the three CSI services on `listener` until `shutdown` completes.
+/// Serves the four CSI services on `listener` until `shutdown` completes.
 pub async fn serve(
     driver: Arc<Driver>,
     listener: UnixListener,
@@ -258,6 +308,9 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(csi::identity_server::IdentityServer::new(svc.clone()))
         .add_service(csi::controller_server::ControllerServer::new(svc.clone()))
+        .add_service(csi::group_controller_server::GroupControllerServer::new(
+            svc.clone(),
+        ))
         .add_service(csi::node_server::NodeServer::new(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;

@@ -5,9 +5,15 @@
 //! ```json
 //! {
 //!   "volumes":   { "<id>": { "id", "name", "size", "path", "sourceKind"?, "sourceID"? } },
-//!   "snapshots": { "<id>": { "id", "name", "sourceVolume", "size", "path", "creationTime" } }
+//!   "snapshots": { "<id>": { "id", "name", "sourceVolume", "size", "path", "creationTime",
+//!                            "groupSnapshotID"? } },
+//!   "groupSnapshots"?: { "<id>": { "id", "name", "snapshotIDs", "sourceVolumes", "creationTime" } }
 //! }
 //! ```
+//!
+//! `groupSnapshotID` and `groupSnapshots` (ours, not the Go driver's) are only
+//! written when there are group snapshots, so a state without them is the same
+//! file as before; the Go driver ignores unknown fields.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -53,6 +59,25 @@ pub struct Snapshot {
     pub path: PathBuf,
     #[serde(rename = "creationTime")]
     pub creation_time: DateTime<Utc>,
+    /// The group snapshot this snapshot was cut in (empty: a single snapshot).
+    #[serde(rename = "groupSnapshotID", skip_serializing_if = "String::is_empty")]
+    pub group_snapshot_id: String,
+}
+
+/// A group snapshot: member snapshots (in `snapshots`) cut at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupSnapshot {
+    pub id: String,
+    pub name: String,
+    /// Member snapshot ids, in the order of `source_volumes`.
+    #[serde(rename = "snapshotIDs")]
+    pub snapshot_ids: Vec<String>,
+    /// Source volume ids, as in the CreateVolumeGroupSnapshot request.
+    #[serde(rename = "sourceVolumes")]
+    pub source_volumes: Vec<String>,
+    #[serde(rename = "creationTime")]
+    pub creation_time: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +86,13 @@ pub struct State {
     pub volumes: BTreeMap<String, Volume>,
     #[serde(default, deserialize_with = "null_as_default")]
     pub snapshots: BTreeMap<String, Snapshot>,
+    #[serde(
+        rename = "groupSnapshots",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub group_snapshots: BTreeMap<String, GroupSnapshot>,
 }
 
 /// Go writes `null` for a nil map; treat it like an empty one.
@@ -104,6 +136,10 @@ impl State {
 
     pub fn snapshot_by_name(&self, name: &str) -> Option<&Snapshot> {
         self.snapshots.values().find(|s| s.name == name)
+    }
+
+    pub fn group_snapshot_by_name(&self, name: &str) -> Option<&GroupSnapshot> {
+        self.group_snapshots.values().find(|g| g.name == name)
     }
 
     /// Snapshots matching the optional filters (empty string = no filter),
@@ -159,6 +195,7 @@ mod tests {
             size: 10,
             path: PathBuf::from(format!("/d/{id}.snap")),
             creation_time: DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap(),
+            group_snapshot_id: String::new(),
         }
     }
 
@@ -261,6 +298,48 @@ mod tests {
             v["snapshots"]["s1"]["creationTime"],
             "2023-11-14T22:13:20.123456789Z"
         );
+        // no group snapshots: neither field is written (the file is the Go driver's)
+        assert!(v.get("groupSnapshots").is_none());
+        assert!(v["snapshots"]["s1"].get("groupSnapshotID").is_none());
+    }
+
+    #[test]
+    fn group_snapshots_roundtrip() {
+        let mut st = State::default();
+        let mut m = snap("s1", "m1", "v1");
+        m.group_snapshot_id = "g1".into();
+        st.snapshots.insert("s1".into(), m);
+        st.group_snapshots.insert(
+            "g1".into(),
+            GroupSnapshot {
+                id: "g1".into(),
+                name: "groupsnapshot-x".into(),
+                snapshot_ids: vec!["s1".into()],
+                source_volumes: vec!["v1".into()],
+                creation_time: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            },
+        );
+        let v: serde_json::Value = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["snapshots"]["s1"]["groupSnapshotID"], "g1");
+        assert_eq!(
+            v["groupSnapshots"]["g1"]["snapshotIDs"],
+            serde_json::json!(["s1"])
+        );
+        assert_eq!(
+            v["groupSnapshots"]["g1"]["sourceVolumes"],
+            serde_json::json!(["v1"])
+        );
+        let back: State = serde_json::from_value(v).unwrap();
+        assert_eq!(back, st);
+        assert_eq!(
+            back.group_snapshot_by_name("groupsnapshot-x")
+                .map(|g| g.id.as_str()),
+            Some("g1")
+        );
+        let null: State =
+            serde_json::from_str(r#"{"volumes":null,"snapshots":null,"groupSnapshots":null}"#)
+                .unwrap();
+        assert!(null.group_snapshots.is_empty());
     }
 
     #[test]
