@@ -1,5 +1,6 @@
-//! The CSI snapshot API (snapshot.storage.k8s.io/v1) as far as Holdfast uses it. These CRDs
-//! belong to the external-snapshotter project; we only declare the fields we read and write.
+//! The CSI snapshot API (snapshot.storage.k8s.io/v1, groupsnapshot.storage.k8s.io/v1) as far
+//! as Holdfast uses it. These CRDs belong to the external-snapshotter project; we only declare
+//! the fields we read and write.
 
 use std::collections::BTreeMap;
 
@@ -140,6 +141,109 @@ impl kube::Resource for VolumeSnapshotClass {
     fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         &mut self.metadata
     }
+}
+
+/// `VolumeGroupSnapshot` (groupsnapshot.storage.k8s.io/v1, external-snapshotter v8.6): one cut
+/// of every claim its selector matches. The snapshot controller makes a member VolumeSnapshot
+/// per claim, owned by the group; members are deleted with the group, never alone.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default)]
+#[kube(
+    group = "groupsnapshot.storage.k8s.io",
+    version = "v1",
+    kind = "VolumeGroupSnapshot",
+    namespaced,
+    status = "VolumeGroupSnapshotStatus",
+    schema = "disabled"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeGroupSnapshotSpec {
+    pub source: GroupSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_group_snapshot_class_name: Option<String>,
+}
+
+/// The claims of a group: a label selector (v8.6 reads `matchLabels` only).
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeGroupSnapshotStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_volume_group_snapshot_content_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_to_use: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<SnapshotError>,
+}
+
+/// `VolumeGroupSnapshotClass`: how a driver takes group snapshots.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeGroupSnapshotClass {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    pub driver: String,
+    #[serde(default)]
+    pub deletion_policy: String,
+}
+
+impl kube::Resource for VolumeGroupSnapshotClass {
+    type DynamicType = ();
+    type Scope = kube::core::ClusterResourceScope;
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "VolumeGroupSnapshotClass".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "groupsnapshot.storage.k8s.io".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "volumegroupsnapshotclasses".into()
+    }
+    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The label that marks a driver's default group snapshot class for Holdfast.
+pub const DEFAULT_GROUP_CLASS_LABEL: &str = "holdfast.dev/default-group-snapshot-class";
+
+/// The group snapshot class for `driver`: the one labelled as Holdfast's default (oldest name
+/// first), else the one annotated as the cluster default
+/// (`groupsnapshot.storage.kubernetes.io/is-default-class`). Pure.
+pub fn choose_group_class(classes: &[VolumeGroupSnapshotClass], driver: &str) -> Option<String> {
+    let mut of_driver: Vec<&VolumeGroupSnapshotClass> =
+        classes.iter().filter(|c| c.driver == driver).collect();
+    of_driver.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let marked = |c: &&&VolumeGroupSnapshotClass, label: bool| {
+        let m = if label {
+            c.metadata.labels.as_ref()
+        } else {
+            c.metadata.annotations.as_ref()
+        };
+        let key = if label {
+            DEFAULT_GROUP_CLASS_LABEL
+        } else {
+            "groupsnapshot.storage.kubernetes.io/is-default-class"
+        };
+        m.and_then(|m| m.get(key)).is_some_and(|v| v == "true")
+    };
+    of_driver
+        .iter()
+        .find(|c| marked(c, true))
+        .or_else(|| of_driver.iter().find(|c| marked(c, false)))
+        .and_then(|c| c.metadata.name.clone())
 }
 
 /// The label that marks a driver's default class for Holdfast.

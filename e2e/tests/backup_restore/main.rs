@@ -9,6 +9,7 @@
 //! cadence each) come next, so every other scenario overlaps with them instead of waiting.
 
 mod cadence;
+mod group;
 mod hooks;
 mod maintenance;
 
@@ -887,10 +888,10 @@ fn watch_movers(
 }
 
 /// A tenant's Backup may not copy a volume live (that would put the location's credentials in
-/// reach) nor back up a hostPath volume (nothing records which node holds its data), and a
-/// group snapshot it asks for is reported as not done rather than ignored.
+/// reach) nor back up a hostPath volume (nothing records which node holds its data); its CSI
+/// claims are cut together by the group snapshot it asks for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenant_backup_refuses_live_copy_and_host_path_and_warns_of_group_snapshots() {
+async fn tenant_backup_refuses_live_copy_and_host_path_and_cuts_a_group_snapshot() {
     let s = setup("tnt", 1, &[], Share::Together).await;
     let e = env();
     let app_ns = s.app_ns.name.clone();
@@ -933,20 +934,15 @@ async fn tenant_backup_refuses_live_copy_and_host_path_and_warns_of_group_snapsh
     e.kubectl_ok(["delete", "pvc", "host-data", "-n", &app_ns, "--wait=true"]);
     e.kubectl_ok(["delete", "pv", &host_pv, "--wait=true"]);
     let _ = std::fs::remove_dir_all(&host_dir);
-    // Group snapshots are not done yet: the backup says so instead of ignoring the request.
-    assert!(st.warnings.unwrap_or(0) >= 1, "{st:#?}");
-    let events = e.kubectl_ok([
-        "get",
-        "events",
-        "-n",
-        &app_ns,
-        "-o",
-        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-    ]);
-    assert!(
-        events.lines().any(|l| l == "GroupSnapshotNotSupported"),
-        "events: {events}"
-    );
+    // The CSI claims were cut together by one group snapshot (the others cannot be).
+    let groups: Vec<Option<String>> = st
+        .volumes
+        .iter()
+        .filter(|v| v.pvc.name == "writer-data" || v.pvc.name == "data-web-0")
+        .map(|v| v.snapshot.as_ref().and_then(|s| s.group.clone()))
+        .collect();
+    assert_eq!(groups.len(), 2, "{st:#?}");
+    assert!(groups[0].is_some() && groups[0] == groups[1], "{st:#?}");
 
     e.kubectl_ok(["delete", "deploy", "live", "-n", &app_ns, "--wait=true"]);
     e.kubectl_ok(["delete", "pvc", "live-data", "-n", &app_ns, "--wait=true"]);

@@ -130,6 +130,7 @@ pub struct Selection {
 /// What happens to the data of PersistentVolumeClaims.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.groupSnapshotBy) || (has(self.groupSnapshot) && self.groupSnapshot)").message("groupSnapshotBy needs groupSnapshot: true").field_path(".groupSnapshotBy"))]
 pub struct VolumePolicy {
     /// `Snapshot`: CSI snapshots only (fast, in-cluster). `SnapshotAndCopy` (default): snapshot,
     /// then copy the snapshot's data to the location. `Copy`: snapshot, copy, then delete the
@@ -152,6 +153,12 @@ pub struct VolumePolicy {
     /// they are mutually consistent (needs driver support).
     #[serde(default)]
     pub group_snapshot: bool,
+    /// With `groupSnapshot`: snapshot together the claims that share a value of this label
+    /// (one VolumeGroupSnapshot per value; claims without the label alone). Default: all
+    /// selected claims of a namespace (and driver) together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 317))]
+    pub group_snapshot_by: Option<String>,
     /// Resources of the data-mover pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,

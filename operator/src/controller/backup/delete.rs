@@ -106,6 +106,8 @@ pub(super) async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<usize,
         .map_err(Error::kube("list VolumeSnapshots"))?
         .items;
     let now = Timestamp::now();
+    let groups = super::group::remove_groups(b, ctx).await?;
+    // Members of a group are not labelled: they go with their group.
     for vs in items.iter().filter(|vs| deletable(vs, now)) {
         let api: Api<VolumeSnapshot> =
             Api::namespaced(ctx.client.clone(), &vs.namespace().unwrap_or_default());
@@ -117,7 +119,7 @@ pub(super) async fn remove_snapshots(b: &Backup, ctx: &Context) -> Result<usize,
         )
         .await?;
     }
-    Ok(items.len())
+    Ok(items.len() + groups)
 }
 
 /// Whether a snapshot may be deleted now. One still being cut is deleted once it is ready (or

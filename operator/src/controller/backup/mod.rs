@@ -5,12 +5,14 @@
 //! The reconcile works from what it recorded in `status` (the volumes resolved at start), so it
 //! resumes after an operator restart at any point: every child has a deterministic name and
 //! carries the backup's labels. Phases: `start.rs` (location, selection, objects),
-//! `hooks.rs` (pre hooks before the snapshots, post hooks once they are cut),
+//! `hooks.rs` (pre hooks before the snapshots, post hooks once they are cut), `group.rs`
+//! (volume group snapshots),
 //! `volume.rs` (snapshot and copy of each volume), `finish.rs` (metadata, result),
 //! `delete.rs` (cancel, deletion, expiry).
 
 mod delete;
 mod finish;
+mod group;
 mod hooks;
 mod start;
 mod volume;
@@ -215,6 +217,11 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
             .map_err(BackupError::Capture);
     }
     hooks::run_pre(b, ctx, st).await;
+    if b.spec.volumes.group_snapshot {
+        group::cut_groups(b, ctx, st)
+            .await
+            .map_err(BackupError::Volumes)?;
+    }
     let wait = volume::advance_all(b, ctx, &bsl, st)
         .await
         .map_err(BackupError::Volumes)?;

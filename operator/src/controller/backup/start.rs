@@ -10,11 +10,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use tokio_util::bytes::Bytes;
 use tracing::info;
 
-use super::{fail, publish, waiting};
+use super::{fail, waiting};
 use crate::objects;
 use crate::runtime::error::Refusal;
 use crate::runtime::{Context, Error};
@@ -111,7 +110,6 @@ pub(super) async fn capture(
     st.warnings = Some(captured.warnings.len() as u32);
     st.volumes = captured.pvcs.iter().map(volume_status).collect();
     super::hooks::plan(b, ctx, st).await?;
-    warn_unimplemented(b, ctx, st).await;
     st.items_backed_up = Some(captured.items);
     st.reason = None;
     st.message = None;
@@ -128,15 +126,6 @@ fn volume_status(pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim) -> Vol
         storage_class: pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone()),
         volume_mode: pvc.spec.as_ref().and_then(|s| s.volume_mode.clone()),
         ..Default::default()
-    }
-}
-
-/// Group snapshots are not implemented yet: say so rather than pretend.
-async fn warn_unimplemented(b: &Backup, ctx: &Context, st: &mut BackupStatus) {
-    if b.spec.volumes.group_snapshot {
-        // Each claim is snapshotted on its own, which is not the mutual consistency asked for.
-        st.warnings = Some(st.warnings.unwrap_or(0) + 1);
-        publish(ctx, b, EventType::Warning, BackupReason::GroupSnapshotNotSupported, "spec.volumes.groupSnapshot is not implemented yet: each claim gets its own VolumeSnapshot, so the volumes are not consistent with each other (only each one crash-consistent)").await;
     }
 }
 

@@ -172,6 +172,21 @@ async fn await_snapshot(
         v.phase = VolumePhase::Pending;
         return Ok(Some(Duration::ZERO));
     };
+    if s.name.is_empty()
+        && let Some(group) = s.group.clone()
+    {
+        match super::group::member(ctx, &v.pvc, &group).await? {
+            Ok(Some(member)) => {
+                s.name = member;
+                v.snapshot = Some(s.clone());
+            }
+            Ok(None) => return Ok(Some(POLL)),
+            Err(why) => {
+                set_failed(v, VolumeReason::GroupSnapshotFailed, why);
+                return Ok(None);
+            }
+        }
+    }
     let api: Api<VolumeSnapshot> = Api::namespaced(ctx.client.clone(), &v.pvc.namespace);
     let Some(vs) = api
         .get_opt(&s.name)
@@ -216,13 +231,16 @@ async fn await_snapshot(
             s.name
         );
         set_failed(v, VolumeReason::SnapshotTimeout, msg);
-        delete(
-            &api,
-            &s.name,
-            &DeleteParams::default(),
-            "delete timed-out VolumeSnapshot",
-        )
-        .await?;
+        // A member of a group goes with its group (when the backup's snapshots are removed).
+        if s.group.is_none() {
+            delete(
+                &api,
+                &s.name,
+                &DeleteParams::default(),
+                "delete timed-out VolumeSnapshot",
+            )
+            .await?;
+        }
         return Ok(None);
     }
     if let Some(e) = error {

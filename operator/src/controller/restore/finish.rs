@@ -9,9 +9,11 @@ use holdfast_api::reasons::RestoreReason;
 use holdfast_api::restore::{
     ExistingResourcePolicy, ObjectsResult, Restore, RestorePhase, RestoreStatus, RestoredVolume,
 };
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tracing::info;
@@ -19,6 +21,7 @@ use tracing::info;
 use super::source::Source;
 use super::{BACKUP_LABEL, RESTORE_LABEL};
 use crate::objects::{self, RestoreReport};
+use crate::runtime::kube_ext::create_or_adopt;
 use crate::runtime::{Context, Error};
 
 fn labels(r: &Restore, src: &Source) -> BTreeMap<String, String> {
@@ -28,11 +31,14 @@ fn labels(r: &Restore, src: &Source) -> BTreeMap<String, String> {
     ])
 }
 
-/// Namespaces first (existing ones are left as they are); administrators' restores only.
+/// Namespaces first (existing ones are left as they are); administrators' restores only. A
+/// target namespace of a volume that the selection left out (say `includedResources:
+/// [persistentvolumeclaims]`) is made too, bare, so that its claims have somewhere to go.
 pub(super) async fn restore_namespaces(
     r: &Restore,
     ctx: &Context,
     src: &Source,
+    st: &RestoreStatus,
 ) -> Result<(), Error> {
     if r.namespace().as_deref() != Some(ctx.namespace.as_str()) {
         return Ok(());
@@ -49,11 +55,37 @@ pub(super) async fn restore_namespaces(
     };
     objects::restore(&ctx.client, request)
         .await
-        .map(|_| ())
         .map_err(|source| Error::Objects {
             what: "restoring namespaces",
             source,
-        })
+        })?;
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut targets: Vec<&str> = st
+        .volumes
+        .iter()
+        .map(|v| v.target.namespace.as_str())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    for ns in targets {
+        if api
+            .get_opt(ns)
+            .await
+            .map_err(Error::kube("get Namespace"))?
+            .is_none()
+        {
+            let bare = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(ns.to_string()),
+                    labels: Some(labels(r, src)),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            create_or_adopt(&api, &bare, "create Namespace").await?;
+        }
+    }
+    Ok(())
 }
 
 /// Every other object, once the volumes are final (once: the result is kept in status while

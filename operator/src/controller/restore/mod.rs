@@ -220,7 +220,7 @@ async fn step(
         st.message = None;
         return Ok(Action::requeue(Duration::ZERO));
     }
-    finish::restore_namespaces(r, ctx, &src)
+    finish::restore_namespaces(r, ctx, &src, st)
         .await
         .map_err(RestoreError::Namespaces)?;
     match volume::advance_all(r, ctx, &src, st)

@@ -45,12 +45,16 @@ impl Source {
             .unwrap_or_else(|| ns.to_string())
     }
 
-    /// The volumes to restore: the backup's Completed volumes in selected namespaces.
+    /// The volumes to restore: the backup's Completed volumes in selected namespaces whose
+    /// claims the label selectors select (by the claim's labels, or because a selected pod or
+    /// workload uses the claim).
     pub fn volumes_to_restore(&self, r: &Restore) -> Vec<RestoredVolume> {
+        let selected = self.claims_selected(r);
         self.md
             .volumes
             .iter()
             .filter(|v| namespace_selected(r, &v.pvc.namespace))
+            .filter(|v| selected.as_ref().is_none_or(|s| s.contains(&v.pvc)))
             .filter(|v| v.phase == VolumePhase::Completed)
             .map(|v| RestoredVolume {
                 source: v.pvc.clone(),
@@ -61,6 +65,44 @@ impl Source {
                 ..Default::default()
             })
             .collect()
+    }
+}
+
+impl Source {
+    /// With label selectors in the restore's selection, the claims they select; `None`: all.
+    fn claims_selected(&self, r: &Restore) -> Option<std::collections::BTreeSet<NamespacedName>> {
+        let filter = objects::select::LabelFilter::new(&r.spec.selection).ok()?;
+        if filter.selects_all() {
+            return None;
+        }
+        let mut users: BTreeMap<String, objects::select::ClaimRefs> = BTreeMap::new();
+        let mut out = std::collections::BTreeSet::new();
+        for item in &self.items {
+            let Some(ns) = item.namespace() else { continue };
+            if !filter.matches(item.object.metadata.labels.as_ref()) {
+                continue;
+            }
+            if item.resource.is("", "persistentvolumeclaims") {
+                out.insert(NamespacedName {
+                    namespace: ns.to_string(),
+                    name: item.name().to_string(),
+                });
+            } else if objects::select::mounts_claims(&item.resource) {
+                users
+                    .entry(ns.to_string())
+                    .or_default()
+                    .add_from(&item.resource, &item.object);
+            }
+        }
+        for v in &self.md.volumes {
+            if users
+                .get(&v.pvc.namespace)
+                .is_some_and(|u| u.uses(&v.pvc.name))
+            {
+                out.insert(v.pvc.clone());
+            }
+        }
+        Some(out)
     }
 }
 
