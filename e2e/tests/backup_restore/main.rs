@@ -12,6 +12,7 @@ mod cadence;
 mod group;
 mod hooks;
 mod maintenance;
+mod retry;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -1062,16 +1063,11 @@ async fn alone_live_copy_and_per_node_mover_limit() {
         r.status,
         s.op.logs()
     );
-    // Restore hooks are not done yet: a warning says no hook ran.
+    // The restore hook ran in every restored pod its rule selects (all of them).
     let rst = r.status.clone().expect("status");
-    assert!(rst.warnings.unwrap_or(0) >= 1, "{rst:#?}");
-    assert!(
-        rst.message
-            .as_deref()
-            .unwrap_or("")
-            .contains("no restore hook"),
-        "{rst:#?}"
-    );
+    assert!(rst.hook_pods_expected.unwrap_or(0) >= 1, "{rst:#?}");
+    assert_eq!(rst.hooks_attempted, rst.hook_pods_expected, "{rst:#?}");
+    assert_eq!(rst.hooks_failed, Some(0), "{rst:#?}");
     let sc = e.kubectl_ok([
         "get",
         "pvc",

@@ -77,6 +77,8 @@ pub struct BackupStats {
     /// Bytes uploaded (packs, index, snapshot).
     pub bytes_uploaded: AtomicU64,
     pub packs_uploaded: AtomicU64,
+    /// Bytes of packs an interrupted earlier attempt uploaded, taken over (not uploaded again).
+    pub bytes_resumed: AtomicU64,
 }
 
 impl BackupStats {
@@ -106,6 +108,13 @@ pub struct BackupOptions {
     pub threads: usize,
     /// Live counters.
     pub stats: Arc<BackupStats>,
+    /// Name of this backup's journal (`holdfast/journal/<name>/`): every uploaded pack is
+    /// recorded there until the snapshot is saved, so that a later attempt after a crash can
+    /// take those packs over instead of uploading their data again.
+    pub journal: Option<String>,
+    /// Resume an interrupted attempt of the same journal: index the packs it uploaded that no
+    /// index lists yet, and remove the locks earlier attempts on this host left.
+    pub resume: bool,
 }
 
 impl Default for BackupOptions {
@@ -119,6 +128,8 @@ impl Default for BackupOptions {
             uploads_in_flight: 4,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             stats: Arc::new(BackupStats::default()),
+            journal: None,
+            resume: false,
         }
     }
 }
@@ -860,6 +871,7 @@ async fn uploader(
     mut rx: mpsc::Receiver<FinishedPack>,
     in_flight: usize,
     stats: Arc<BackupStats>,
+    journal: Option<String>,
 ) -> Result<Vec<Id>, RepoError> {
     let mut set: tokio::task::JoinSet<UploadResult> = tokio::task::JoinSet::new();
     let mut pending = IndexJson::default();
@@ -870,8 +882,15 @@ async fn uploader(
             msg = rx.recv(), if open && set.len() < in_flight => match msg {
                 Some(p) => {
                     let store = repo.store().clone();
+                    let journal = journal.clone();
                     set.spawn(async move {
                         let n = p.data.len() as u64;
+                        // The journal names the pack first: a crash between the two
+                        // leaves a name without a pack (skipped on resume), never a pack
+                        // that nothing will index.
+                        if let Some(j) = journal {
+                            store.put(&journal_key(&j, &p.id), Bytes::new()).await?;
+                        }
                         store.put(&FileType::Pack.key(&p.id), p.data).await?;
                         Ok((p.id, p.blobs, n))
                     });
@@ -896,6 +915,81 @@ async fn uploader(
     Ok(written)
 }
 
+/// Prefix of the journal of backup `name`.
+pub fn journal_prefix(name: &str) -> String {
+    format!("holdfast/journal/{name}/")
+}
+
+fn journal_key(name: &str, pack: &Id) -> String {
+    format!("{}{pack}", journal_prefix(name))
+}
+
+/// Takes over what an interrupted attempt of journal `name` uploaded: the packs it recorded
+/// that no index lists get an index file (read from their own headers).
+async fn resume(repo: &Repository, name: &str, stats: &BackupStats) -> Result<(), RepoError> {
+    let recorded: Vec<Id> = repo
+        .store()
+        .list(&journal_prefix(name))
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key.rsplit('/').next().and_then(Id::parse))
+        .collect();
+    let indexed: HashSet<Id> = repo
+        .load_index_files()
+        .await?
+        .into_iter()
+        .flat_map(|(_, j)| j.packs.into_iter().map(|p| p.id))
+        .collect();
+    let mut adopted = IndexJson::default();
+    let mut bytes = 0u64;
+    for id in recorded.into_iter().filter(|id| !indexed.contains(id)) {
+        let key = FileType::Pack.key(&id);
+        let Some(size) = repo.store().head(&key).await? else {
+            continue; // recorded, then removed (a prune): nothing to take over
+        };
+        let blobs = repo.read_pack_header(&id, size).await?;
+        bytes += size;
+        adopted.packs.push(IndexPack {
+            id,
+            blobs: blobs.iter().map(IndexBlob::from).collect(),
+        });
+    }
+    let packs = adopted.packs.len();
+    if packs > 0 {
+        repo.save_json(FileType::Index, &adopted).await?;
+    }
+    BackupStats::add(&stats.bytes_resumed, bytes);
+    tracing::info!(
+        journal = name,
+        packs,
+        bytes,
+        "resumed an interrupted backup"
+    );
+    Ok(())
+}
+
+/// The backup's shared lock. A resumed attempt first removes the locks its earlier attempts
+/// left: it runs under their host name (the same mover pod name), so no live process holds
+/// them.
+async fn lock_for(
+    repo: &Repository,
+    opts: &BackupOptions,
+) -> Result<crate::repo::LockGuard, RepoError> {
+    if opts.resume && opts.journal.is_some() {
+        let removed = repo.remove_locks_of_host(&hostname()).await?;
+        tracing::info!(removed, "locks of earlier attempts removed");
+    }
+    repo.lock(false).await
+}
+
+/// Deletes the journal of backup `name`.
+pub async fn clear_journal(repo: &Repository, name: &str) -> Result<(), RepoError> {
+    for o in repo.store().list(&journal_prefix(name)).await? {
+        repo.store().delete(&o.key).await?;
+    }
+    Ok(())
+}
+
 /// Backs up the directory `source` (its contents become the snapshot's root tree).
 pub async fn backup(
     repo: &Repository,
@@ -911,7 +1005,7 @@ pub async fn backup(
             std::io::Error::other("not a directory"),
         ));
     }
-    let lock_guard = repo.lock(false).await?;
+    let lock_guard = lock_for(repo, &opts).await?;
     let result = backup_locked(repo, &source, opts, None).await;
     let released = lock_guard.release().await;
     let summary = result?;
@@ -945,7 +1039,7 @@ pub async fn backup_block(
         opts.tags.push(BLOCK_TAG.to_string());
     }
     opts.parent = None;
-    let lock_guard = repo.lock(false).await?;
+    let lock_guard = lock_for(repo, &opts).await?;
     let result = backup_locked(repo, &source, opts, Some(name.to_string())).await;
     let released = lock_guard.release().await;
     let summary = result?;
@@ -960,6 +1054,11 @@ async fn backup_locked(
     opts: BackupOptions,
     block: Option<String>,
 ) -> Result<BackupSummary, RepoError> {
+    if opts.resume
+        && let Some(j) = &opts.journal
+    {
+        resume(repo, j, &opts.stats).await?;
+    }
     let index = Arc::new(repo.load_index().await?);
     let excluded = crate::prune::blobs_in_marked_packs(repo, &index).await;
     let parent_tree = match opts.parent {
@@ -975,6 +1074,7 @@ async fn backup_locked(
         rx,
         opts.uploads_in_flight.max(1),
         opts.stats.clone(),
+        opts.journal.clone(),
     ));
     let ctx = Ctx {
         repo: repo.clone(),
@@ -1036,6 +1136,10 @@ async fn backup_locked(
         ..Default::default()
     };
     let snapshot_id = repo.save_json(FileType::Snapshot, &snapshot).await?;
+    if let Some(j) = &opts.journal {
+        // The packs are indexed and the snapshot saved: the journal has done its job.
+        clear_journal(repo, j).await?;
+    }
     Ok(BackupSummary {
         snapshot_id,
         snapshot,

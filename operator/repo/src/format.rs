@@ -340,25 +340,45 @@ pub fn pack_header(blobs: &[PackedBlob]) -> Vec<u8> {
 
 /// Parses a pack: reads the trailer of `pack` (the whole file) and returns its blobs.
 pub fn parse_pack(pack: &[u8], key: &Key, what: &str) -> Result<Vec<PackedBlob>, FormatError> {
+    if pack.len() < 4 {
+        return Err(FormatError::Invalid {
+            what: what.to_string(),
+            reason: "shorter than its header length field".into(),
+        });
+    }
+    let mut lb = [0u8; 4];
+    lb.copy_from_slice(&pack[pack.len() - 4..]);
+    let hlen = header_length(lb, pack.len() as u64, what)? as usize;
+    let hstart = pack.len() - 4 - hlen;
+    parse_pack_header(&pack[hstart..pack.len() - 4], hstart as u64, key, what)
+}
+
+/// The header length a pack of `size` bytes ends with (its last four bytes), checked to fit.
+pub fn header_length(last4: [u8; 4], size: u64, what: &str) -> Result<u64, FormatError> {
+    let hlen = u64::from(u32::from_le_bytes(last4));
+    if hlen + 4 > size {
+        return Err(FormatError::Invalid {
+            what: what.to_string(),
+            reason: format!("header length {hlen} exceeds pack size {size}"),
+        });
+    }
+    Ok(hlen)
+}
+
+/// The blobs of a pack from its encrypted header, which starts at `hstart` (where the blobs
+/// must end).
+pub fn parse_pack_header(
+    encrypted: &[u8],
+    hstart: u64,
+    key: &Key,
+    what: &str,
+) -> Result<Vec<PackedBlob>, FormatError> {
     let invalid = |reason: String| FormatError::Invalid {
         what: what.to_string(),
         reason,
     };
-    if pack.len() < 4 {
-        return Err(invalid("shorter than its header length field".into()));
-    }
-    let mut lb = [0u8; 4];
-    lb.copy_from_slice(&pack[pack.len() - 4..]);
-    let hlen = u32::from_le_bytes(lb) as usize;
-    if hlen + 4 > pack.len() {
-        return Err(invalid(format!(
-            "header length {hlen} exceeds pack size {}",
-            pack.len()
-        )));
-    }
-    let hstart = pack.len() - 4 - hlen;
     let header = key
-        .decrypt(&pack[hstart..pack.len() - 4])
+        .decrypt(encrypted)
         .map_err(|source| FormatError::Crypto {
             what: format!("header of {what}"),
             source,
@@ -402,7 +422,7 @@ pub fn parse_pack(pack: &[u8], key: &Key, what: &str) -> Result<Vec<PackedBlob>,
             .ok_or_else(|| invalid("blob offsets overflow".into()))?;
         pos += need;
     }
-    if offset as usize != hstart {
+    if u64::from(offset) != hstart {
         return Err(invalid(format!(
             "blobs end at {offset} but header starts at {hstart}"
         )));

@@ -580,6 +580,48 @@ impl Repository {
         Ok(None)
     }
 
+    /// The blobs of pack `id` of `size` bytes, from its header alone (two ranged reads).
+    pub async fn read_pack_header(&self, id: &Id, size: u64) -> Result<Vec<PackedBlob>, RepoError> {
+        let key = FileType::Pack.key(id);
+        let what = format!("pack {}", id.short());
+        if size < 4 {
+            return Err(FormatError::Invalid {
+                what,
+                reason: "shorter than its header length field".into(),
+            }
+            .into());
+        }
+        let tail = self.inner.store.get_range(&key, size - 4, 4).await?;
+        let mut last4 = [0u8; 4];
+        last4.copy_from_slice(&tail[..4.min(tail.len())]);
+        let hlen = format::header_length(last4, size, &what)?;
+        let hstart = size - 4 - hlen;
+        let header = self.inner.store.get_range(&key, hstart, hlen).await?;
+        Ok(format::parse_pack_header(
+            &header,
+            hstart,
+            &self.inner.key,
+            &what,
+        )?)
+    }
+
+    /// Removes the lock files of host `host` (of earlier runs there); how many.
+    pub async fn remove_locks_of_host(&self, host: &str) -> Result<usize, RepoError> {
+        let mut n = 0;
+        for (id, _) in self.list(FileType::Lock).await? {
+            let Ok(l) = self.load_json::<LockJson>(FileType::Lock, &id).await else {
+                continue;
+            };
+            if l.hostname == host {
+                match self.inner.store.delete(&FileType::Lock.key(&id)).await {
+                    Ok(()) | Err(StoreError::NotFound { .. }) => n += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Every index file with its packs and their blobs, as stored (a blob may be
     /// listed in several packs and a pack in several index files).
     pub async fn load_index_files(&self) -> Result<Vec<(Id, IndexJson)>, RepoError> {

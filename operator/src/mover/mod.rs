@@ -222,6 +222,14 @@ pub struct BackupArgs {
     /// Worker threads (default: number of CPUs).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Record every uploaded pack under `holdfast/journal/<NAME>/` until the snapshot is
+    /// saved (the operator passes its DataUpload's name).
+    #[arg(long, value_name = "NAME")]
+    pub journal: Option<String>,
+    /// Resume an interrupted attempt of `--journal`: take over the packs it uploaded, remove
+    /// the locks it left (same host name).
+    #[arg(long, requires = "journal")]
+    pub resume: bool,
     /// Create the repository if it does not exist yet.
     #[arg(long)]
     pub init: bool,
@@ -581,6 +589,8 @@ async fn run_backup(store: DynStore, a: BackupArgs, json: bool) -> anyhow::Resul
         tags: a.tags.clone(),
         pack_size: a.pack_size_mib.clamp(1, 128) * 1024 * 1024,
         uploads_in_flight: a.uploads.max(1),
+        journal: a.journal.clone(),
+        resume: a.resume,
         ..BackupOptions::default()
     };
     if let Some(h) = a.host.clone() {

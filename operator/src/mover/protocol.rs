@@ -259,6 +259,10 @@ pub struct BackupCommand {
     pub compression: CompressionArg,
     pub pack_size_mib: Option<u32>,
     pub uploads: Option<u32>,
+    /// Journal name (the DataUpload's), so that a retry can take over what was uploaded.
+    pub journal: Option<String>,
+    /// This attempt resumes an interrupted one.
+    pub resume: bool,
 }
 
 impl BackupCommand {
@@ -287,6 +291,12 @@ impl BackupCommand {
         }
         if let Some(u) = self.uploads {
             a.extend(["--uploads".into(), u.to_string()]);
+        }
+        if let Some(j) = &self.journal {
+            a.extend(["--journal".into(), j.clone()]);
+            if self.resume {
+                a.push("--resume".into());
+            }
         }
         a
     }
@@ -430,6 +440,8 @@ mod tests {
             compression: CompressionArg::Max,
             pack_size_mib: Some(32),
             uploads: Some(3),
+            journal: Some("shop-b1-x".into()),
+            resume: true,
         };
         let cmd = parse(&b.args());
         assert!(cmd.json);
@@ -438,6 +450,8 @@ mod tests {
         };
         assert_eq!(a.source.to_str(), Some("/data"));
         assert_eq!(a.host.as_deref(), Some("shop/data"));
+        assert_eq!(a.journal.as_deref(), Some("shop-b1-x"));
+        assert!(a.resume);
         assert_eq!(a.tags, ["holdfast.dev/backup=shop/b1"]);
         assert_eq!(
             (a.compression.as_str(), a.pack_size_mib, a.uploads),

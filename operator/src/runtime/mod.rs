@@ -40,6 +40,8 @@ pub struct Context {
     pub mover_image: String,
     /// Whether exec hooks run (the installation grants `pods/exec`).
     pub hooks_enabled: bool,
+    /// How many times a killed mover (signal, OOM kill, eviction, lost node) is retried.
+    pub mover_retries: u32,
     /// Mover pods running at once, over all transfers of this operator.
     pub max_movers: usize,
     /// Mover pods running at once on one node, counted over all namespaces (0: no limit).
@@ -125,6 +127,11 @@ pub struct ControllerArgs {
     /// with the reason instead of run.
     #[arg(long, env = "HOLDFAST_HOOKS", default_value_t = true, action = clap::ArgAction::Set)]
     pub hooks: bool,
+    /// How many times a mover that was killed (a signal, the OOM killer, an eviction, a lost
+    /// node) is started again, with backoff, before its volume fails. A retried backup takes
+    /// over the packs the killed attempt uploaded.
+    #[arg(long, env = "HOLDFAST_MOVER_RETRIES", default_value_t = 3)]
+    pub mover_retries: u32,
     /// This replica's identity in the Lease (default: the pod name or host name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
@@ -192,6 +199,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter),
         mover_image: args.mover_image.clone(),
         hooks_enabled: args.hooks,
+        mover_retries: args.mover_retries,
         max_movers: args.max_movers.max(1),
         max_movers_per_node: args.max_movers_per_node,
         watch_namespaces: scope::parse_watch(&args.watch_namespaces),

@@ -116,6 +116,10 @@ async fn prepare(
     st: &mut TransferStatus,
 ) -> Result<Action, Error> {
     let name = dd.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    if let Some(wait) = super::retry_wait(&pods, &name, st).await? {
+        return Ok(Action::requeue(wait));
+    }
     let bsl = match location(ctx, &dd.spec.storage_location, st).await? {
         Ok(bsl) => bsl,
         Err(action) => return Ok(action),
@@ -136,7 +140,6 @@ async fn prepare(
     if let Some(spec) = p.spec.as_mut() {
         spec.affinity = placement::affinity(&place);
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     create_or_adopt(&pods, &p, "create mover Pod").await?;
     st.phase = TransferPhase::InProgress;
     st.mover_pod = Some(name);
@@ -193,11 +196,20 @@ async fn follow(
     if placement::delete_if_stuck(&pods, &p).await? {
         return Ok(Action::requeue(POLL));
     }
+    let killed = pod::killed(&p);
+    if let Some(why) = &killed
+        && st.retries < ctx.mover_retries
+    {
+        return super::retry(&pods, &name, st, why.clone()).await;
+    }
     let outcome = pod::outcome(&p);
     if let pod::Outcome::Failed(why) = &outcome {
-        let detail = pod::failure_detail(&pods, &name)
-            .await
-            .unwrap_or_else(|| why.clone());
+        let detail = match killed {
+            Some(k) => format!("{k}; gave up after {} attempts", st.retries + 1),
+            None => pod::failure_detail(&pods, &name)
+                .await
+                .unwrap_or_else(|| why.clone()),
+        };
         finish(
             st,
             TransferPhase::Failed,

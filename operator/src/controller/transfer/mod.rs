@@ -176,6 +176,63 @@ fn finish(
     Action::requeue(Duration::ZERO)
 }
 
+/// A killed mover: records why, deletes its pod and starts a new attempt after a backoff
+/// (10 s, doubling, at most 5 min).
+async fn retry(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    st: &mut TransferStatus,
+    why: String,
+) -> Result<Action, Error> {
+    st.retries += 1;
+    let wait = retry_backoff(st.retries);
+    tracing::warn!(transfer = name, attempt = st.retries, why = %why, "mover killed; retrying");
+    st.last_failure = Some(why);
+    st.retry_after = Some(Time(
+        Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::try_from(wait).unwrap_or_default())
+            .unwrap_or_else(|_| Timestamp::now()),
+    ));
+    st.phase = TransferPhase::Preparing;
+    st.mover_pod = None;
+    crate::runtime::kube_ext::delete(pods, name, &Default::default(), "delete killed mover Pod")
+        .await?;
+    Ok(Action::requeue(wait))
+}
+
+/// Backoff before retry `n` (1-based). Pure.
+fn retry_backoff(n: u32) -> Duration {
+    Duration::from_secs(
+        10u64
+            .saturating_mul(1 << n.saturating_sub(1).min(5))
+            .min(300),
+    )
+}
+
+/// While a retry waits for its backoff or for the killed pod to go: how long to wait.
+async fn retry_wait(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    name: &str,
+    st: &TransferStatus,
+) -> Result<Option<Duration>, Error> {
+    if let Some(t) = &st.retry_after {
+        let left = t.0.duration_since(Timestamp::now());
+        if left.is_positive() {
+            return Ok(Some(left.unsigned_abs()));
+        }
+    }
+    if st.retries > 0
+        && pods
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("get mover Pod"))?
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some() || pod::killed(&p).is_some())
+    {
+        return Ok(Some(POLL));
+    }
+    Ok(None)
+}
+
 /// Fails the transfer for a refusal (its reason and message).
 fn refuse(st: &mut TransferStatus, r: Refusal) -> Action {
     st.phase = TransferPhase::Failed;

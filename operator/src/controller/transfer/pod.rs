@@ -177,6 +177,8 @@ pub fn upload_pod(
         },
         pack_size_mib: repo.pack_size_mib,
         uploads: repo.upload_concurrency,
+        journal: Some(name.clone()),
+        resume: du.status.as_ref().is_some_and(|s| s.retries > 0),
     }
     .args();
     let env = vec![k8s_openapi::api::core::v1::EnvVar {
@@ -280,6 +282,49 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// Why a failed mover pod was killed rather than failing by itself (a signal, the OOM killer,
+/// an eviction, a lost node): such an attempt is retried. `None` for a mover that exited with
+/// its own error (retrying would fail the same way) or is not done. Pure.
+pub fn killed(p: &Pod) -> Option<String> {
+    let status = p.status.as_ref()?;
+    let terminated = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == "mover")
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    match terminated {
+        Some(t) if t.reason.as_deref() == Some("OOMKilled") => {
+            let limit = p
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .find(|c| c.name == "mover")
+                .and_then(|c| c.resources.as_ref())
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("memory"))
+                .map(|q| format!(" of {}", q.0))
+                .unwrap_or_default();
+            Some(format!(
+                "the mover was OOMKilled: it needed more than its memory limit{limit}; raise spec.volumes.moverResources.limits.memory of the Backup"
+            ))
+        }
+        Some(t) if t.exit_code >= 128 => Some(format!(
+            "the mover was killed (exit code {}, signal {})",
+            t.exit_code,
+            t.exit_code - 128
+        )),
+        Some(_) => None,
+        None if status.phase.as_deref() == Some("Failed") => Some(format!(
+            "the mover pod failed without finishing ({}: {})",
+            status.reason.as_deref().unwrap_or("no reason"),
+            status.message.as_deref().unwrap_or("no message")
+        )),
+        None => None,
+    }
+}
+
 /// The exit code of the mover container, once it ended. Pure.
 pub fn exit_code(p: &Pod) -> Option<i32> {
     p.status
@@ -370,5 +415,35 @@ mod tests {
             Outcome::Failed("mover exited with code 137".into())
         );
         assert!(matches!(outcome(&pod("Failed", None)), Outcome::Failed(_)));
+    }
+
+    #[test]
+    fn killed_movers_are_told_from_failed_ones() {
+        assert!(killed(&pod("Failed", Some(1))).is_none());
+        assert!(killed(&pod("Running", None)).is_none());
+        let k = killed(&pod("Failed", Some(137))).expect("killed");
+        assert!(k.contains("signal 9"), "{k}");
+        let mut oom = pod("Failed", Some(137));
+        oom.status
+            .as_mut()
+            .expect("status")
+            .container_statuses
+            .as_mut()
+            .expect("cs")[0]
+            .state
+            .as_mut()
+            .expect("state")
+            .terminated
+            .as_mut()
+            .expect("t")
+            .reason = Some("OOMKilled".into());
+        let k = killed(&oom).expect("oom");
+        assert!(
+            k.contains("OOMKilled") && k.contains("moverResources"),
+            "{k}"
+        );
+        let mut evicted = pod("Failed", None);
+        evicted.status.as_mut().expect("status").reason = Some("Evicted".into());
+        assert!(killed(&evicted).expect("evicted").contains("Evicted"));
     }
 }

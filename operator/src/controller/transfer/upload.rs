@@ -94,6 +94,10 @@ async fn prepare(
     st: &mut TransferStatus,
 ) -> Result<Action, Error> {
     let name = du.name_any();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_namespace(du, ctx));
+    if let Some(wait) = super::retry_wait(&pods, &name, st).await? {
+        return Ok(Action::requeue(wait));
+    }
     let bsl = match location(ctx, &du.spec.storage_location, st).await? {
         Ok(bsl) => bsl,
         Err(action) => return Ok(action),
@@ -119,7 +123,6 @@ async fn prepare(
         return Ok(Action::requeue(POLL));
     }
     let p = mover_pod(du, ctx, &bsl, &claim, &place).await?;
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod_namespace(du, ctx));
     match pods.create(&Default::default(), &p).await {
         Ok(_) => {}
         Err(e) if is_conflict(&e) => {}
@@ -196,6 +199,12 @@ async fn follow(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Resu
     if placement::delete_if_stuck(&pods, &p).await? {
         return Ok(Action::requeue(POLL));
     }
+    let killed = pod::killed(&p);
+    if let Some(why) = &killed
+        && st.retries < ctx.mover_retries
+    {
+        return super::retry(&pods, &name, st, why.clone()).await;
+    }
     let outcome = pod::outcome(&p);
     let log = match outcome {
         pod::Outcome::Failed(_) => None,
@@ -206,9 +215,12 @@ async fn follow(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Resu
         .map(|l| protocol::events(l).collect())
         .unwrap_or_default();
     if let pod::Outcome::Failed(why) = &outcome {
-        let detail = pod::failure_detail(&pods, &name)
-            .await
-            .unwrap_or_else(|| why.clone());
+        let detail = match killed {
+            Some(k) => format!("{k}; gave up after {} attempts", st.retries + 1),
+            None => pod::failure_detail(&pods, &name)
+                .await
+                .unwrap_or_else(|| why.clone()),
+        };
         finish(
             st,
             TransferPhase::Failed,

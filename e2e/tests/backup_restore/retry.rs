@@ -1,0 +1,180 @@
+//! A mover killed during a backup (kill -9 of its process, as the OOM killer or a node's loss
+//! would end it) is started again with backoff, and the new attempt takes over the packs the
+//! killed one stored: the backup completes, the repository holds little more than one copy of
+//! the data, and no lock of a killed mover is left.
+
+use std::time::Duration;
+
+use holdfast_api::backup::BackupPhase;
+use holdfast_api::transfer::DataUpload;
+use holdfast_e2e::ops::wait_backup;
+use holdfast_e2e::{env, wait_until};
+use kube::api::{Api, ListParams};
+
+use super::{Share, app, assert_no_leftovers, backup_yaml, delete_all, setup};
+
+const BIG_MIB: u64 = 200;
+
+/// Claim `big` written with `BIG_MIB` MiB of random data by pod `big`.
+fn big_app() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: big}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: standard
+  resources: {{requests: {{storage: 512Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: big}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "head -c {BIG_MIB}M /dev/urandom > /data/blob && touch /data/.seeded; exec sleep 100000"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: big}}}}
+"#
+    )
+}
+
+/// The pids of the mover process of upload `du` (its `holdfast mover … --journal <du>`; the
+/// node agent's runner may fork, and a fork keeps the command line).
+fn mover_pids(du: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ours = args.get(1).is_some_and(|a| a == "mover")
+            && args.windows(2).any(|w| w[0] == "--journal" && w[1] == du);
+        if ours {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Bytes of pack files in the repository of namespace `ns`.
+async fn pack_bytes(bucket: &str, bsl: &holdfast_api::BackupStorageLocation, ns: &str) -> u64 {
+    let prefix = format!(
+        "{}/data/",
+        holdfast::storage::layout::repository_prefix(bsl, ns)
+    );
+    let store = app::s3_store(bucket).await;
+    holdfast_store::Store::list(&store, &prefix)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|o| o.size)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mover_is_retried_and_resumes_where_it_was() {
+    let s = setup("rty", 1, &[], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    e.apply_yaml(&app_ns, &big_app());
+    app::wait_seeded(&app_ns, "pod/big").await;
+    let bsl = app::location("primary", &s.bucket);
+    e.apply_yaml(&opns, &backup_yaml("retried", &app_ns, ""));
+    let uploads: Api<DataUpload> = Api::namespaced(s.client.clone(), &opns);
+    let du = wait_until(
+        "the upload of claim big",
+        Duration::from_secs(120),
+        Some(&opns),
+        || async {
+            let list = uploads.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|d| d.spec.pvc.name == "big")
+                .and_then(|d| d.metadata.name)
+        },
+    )
+    .await;
+    let total = BIG_MIB << 20;
+    let mut pids: Vec<u32> = Vec::new();
+    for (attempt, share) in [(0u32, total / 3), (1, 2 * total / 3)] {
+        let found = wait_until(
+            &format!("mover attempt {attempt} to run"),
+            Duration::from_secs(180),
+            Some(&opns),
+            || async {
+                let p = mover_pids(&du);
+                (!p.is_empty() && !p.iter().any(|x| pids.contains(x))).then_some(p)
+            },
+        )
+        .await;
+        wait_until(
+            &format!("attempt {attempt} to store {share} bytes"),
+            Duration::from_secs(180),
+            Some(&opns),
+            || async { (pack_bytes(&s.bucket, &bsl, &app_ns).await >= share).then_some(()) },
+        )
+        .await;
+        let mut args = vec!["-9".to_string()];
+        args.extend(found.iter().map(u32::to_string));
+        let killed = std::process::Command::new("kill")
+            .args(&args)
+            .status()
+            .expect("kill");
+        assert!(
+            killed.success(),
+            "attempt {attempt}: the mover ended before the kill"
+        );
+        pids.extend(found);
+    }
+    let b = wait_backup(&s.client, &opns, "retried", Duration::from_secs(600)).await;
+    let st = b.status.clone().expect("status");
+    assert_eq!(
+        st.phase,
+        Some(BackupPhase::Completed),
+        "{st:#?}\n{}",
+        s.op.logs()
+    );
+    let d = uploads.get(&du).await.expect("upload");
+    let ds = d.status.clone().expect("upload status");
+    assert_eq!(ds.retries, 2, "{ds:#?}");
+    let why = ds.last_failure.clone().unwrap_or_default();
+    assert!(why.contains("killed") && why.contains("signal 9"), "{why}");
+    let stored = pack_bytes(&s.bucket, &bsl, &app_ns).await;
+    assert!(
+        (stored as f64) < 1.2 * (total + (4 << 20)) as f64,
+        "{stored} bytes of packs for {total} bytes of data (and the small claims): the killed attempts' packs were uploaded again"
+    );
+    // No lock of a killed mover is left, nor a journal.
+    let store = app::s3_store(&s.bucket).await;
+    let repo = holdfast::storage::layout::repository_prefix(&bsl, &app_ns);
+    for dir in ["locks/", "holdfast/journal/"] {
+        let left = holdfast_store::Store::list(&store, &format!("{repo}/{dir}"))
+            .await
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir} left: {left:?}");
+    }
+    let pw = super::repo_password(&s.client, &opns, &app_ns).await;
+    let out = app::restic(&s.bucket, &app_ns, &pw, &["check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
+}
