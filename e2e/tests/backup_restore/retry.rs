@@ -85,6 +85,110 @@ async fn pack_bytes(bucket: &str, bsl: &holdfast_api::BackupStorageLocation, ns:
         .sum()
 }
 
+/// The upload of claim `big` of the setup's Backup `backup` (its name).
+async fn big_upload(s: &super::Setup) -> String {
+    let uploads: Api<DataUpload> = Api::namespaced(s.client.clone(), &s.opns.name);
+    wait_until(
+        "the upload of claim big",
+        Duration::from_secs(120),
+        Some(&s.opns.name),
+        || async {
+            let list = uploads.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|d| d.spec.pvc.name == "big")
+                .and_then(|d| d.metadata.name)
+        },
+    )
+    .await
+}
+
+/// Kills every process of the mover of upload `du` (none of `seen`) once the repository holds
+/// `share` bytes of packs; returns their pids.
+async fn kill_mover_at(s: &super::Setup, du: &str, share: u64, seen: &[u32]) -> Vec<u32> {
+    let (opns, app_ns) = (&s.opns.name, &s.app_ns.name);
+    let bsl = app::location("primary", &s.bucket);
+    let found = wait_until(
+        "a new mover process to run",
+        Duration::from_secs(180),
+        Some(opns),
+        || async {
+            let p = mover_pids(du);
+            (!p.is_empty() && !p.iter().any(|x| seen.contains(x))).then_some(p)
+        },
+    )
+    .await;
+    wait_until(
+        &format!("the mover to store {share} bytes"),
+        Duration::from_secs(180),
+        Some(opns),
+        || async { (pack_bytes(&s.bucket, &bsl, app_ns).await >= share).then_some(()) },
+    )
+    .await;
+    let mut args = vec!["-9".to_string()];
+    args.extend(found.iter().map(u32::to_string));
+    let killed = std::process::Command::new("kill")
+        .args(&args)
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "the mover ended before the kill");
+    found
+}
+
+/// Lock and journal objects left in the repository of the setup's application namespace.
+async fn leftovers(s: &super::Setup) -> Vec<String> {
+    let bsl = app::location("primary", &s.bucket);
+    let store = app::s3_store(&s.bucket).await;
+    let repo = holdfast::storage::layout::repository_prefix(&bsl, &s.app_ns.name);
+    let mut out = Vec::new();
+    for dir in ["locks/", "holdfast/journal/"] {
+        out.extend(
+            holdfast_store::Store::list(&store, &format!("{repo}/{dir}"))
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.key),
+        );
+    }
+    out
+}
+
+/// With no retries left, a killed mover fails its volume with the cause, and the operator
+/// removes the lock it left, so maintenance is not held up by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mover_without_retries_fails_with_the_cause_and_leaves_no_lock() {
+    let s = setup("rtn", 1, &["--mover-retries=0"], Share::Together).await;
+    let e = env();
+    let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
+    e.apply_yaml(&app_ns, &big_app());
+    app::wait_seeded(&app_ns, "pod/big").await;
+    e.apply_yaml(&opns, &backup_yaml("once", &app_ns, ""));
+    let du = big_upload(&s).await;
+    kill_mover_at(&s, &du, (BIG_MIB << 20) / 3, &[]).await;
+    let b = wait_backup(&s.client, &opns, "once", Duration::from_secs(300)).await;
+    let st = b.status.clone().expect("status");
+    assert_eq!(st.phase, Some(BackupPhase::PartiallyFailed), "{st:#?}");
+    let v = st
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "big")
+        .expect("big");
+    assert_eq!(v.reason.as_deref(), Some("MoverFailed"), "{v:#?}");
+    let m = v.message.clone().unwrap_or_default();
+    assert!(
+        m.contains("signal 9") && m.contains("gave up after 1 attempts"),
+        "{m}"
+    );
+    let left: Vec<String> = leftovers(&s)
+        .await
+        .into_iter()
+        .filter(|k| k.contains("/locks/"))
+        .collect();
+    assert!(left.is_empty(), "locks left: {left:?}");
+    assert_no_leftovers(&s.client, &opns).await;
+    delete_all(&s.client, &opns).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mover_is_retried_and_resumes_where_it_was() {
     let s = setup("rty", 1, &[], Share::Together).await;
@@ -95,51 +199,10 @@ async fn killed_mover_is_retried_and_resumes_where_it_was() {
     let bsl = app::location("primary", &s.bucket);
     e.apply_yaml(&opns, &backup_yaml("retried", &app_ns, ""));
     let uploads: Api<DataUpload> = Api::namespaced(s.client.clone(), &opns);
-    let du = wait_until(
-        "the upload of claim big",
-        Duration::from_secs(120),
-        Some(&opns),
-        || async {
-            let list = uploads.list(&ListParams::default()).await.ok()?;
-            list.items
-                .into_iter()
-                .find(|d| d.spec.pvc.name == "big")
-                .and_then(|d| d.metadata.name)
-        },
-    )
-    .await;
+    let du = big_upload(&s).await;
     let total = BIG_MIB << 20;
-    let mut pids: Vec<u32> = Vec::new();
-    for (attempt, share) in [(0u32, total / 3), (1, 2 * total / 3)] {
-        let found = wait_until(
-            &format!("mover attempt {attempt} to run"),
-            Duration::from_secs(180),
-            Some(&opns),
-            || async {
-                let p = mover_pids(&du);
-                (!p.is_empty() && !p.iter().any(|x| pids.contains(x))).then_some(p)
-            },
-        )
-        .await;
-        wait_until(
-            &format!("attempt {attempt} to store {share} bytes"),
-            Duration::from_secs(180),
-            Some(&opns),
-            || async { (pack_bytes(&s.bucket, &bsl, &app_ns).await >= share).then_some(()) },
-        )
-        .await;
-        let mut args = vec!["-9".to_string()];
-        args.extend(found.iter().map(u32::to_string));
-        let killed = std::process::Command::new("kill")
-            .args(&args)
-            .status()
-            .expect("kill");
-        assert!(
-            killed.success(),
-            "attempt {attempt}: the mover ended before the kill"
-        );
-        pids.extend(found);
-    }
+    let first = kill_mover_at(&s, &du, total / 3, &[]).await;
+    kill_mover_at(&s, &du, 2 * total / 3, &first).await;
     let b = wait_backup(&s.client, &opns, "retried", Duration::from_secs(600)).await;
     let st = b.status.clone().expect("status");
     assert_eq!(
@@ -159,14 +222,8 @@ async fn killed_mover_is_retried_and_resumes_where_it_was() {
         "{stored} bytes of packs for {total} bytes of data (and the small claims): the killed attempts' packs were uploaded again"
     );
     // No lock of a killed mover is left, nor a journal.
-    let store = app::s3_store(&s.bucket).await;
-    let repo = holdfast::storage::layout::repository_prefix(&bsl, &app_ns);
-    for dir in ["locks/", "holdfast/journal/"] {
-        let left = holdfast_store::Store::list(&store, &format!("{repo}/{dir}"))
-            .await
-            .unwrap_or_default();
-        assert!(left.is_empty(), "{dir} left: {left:?}");
-    }
+    let left = leftovers(&s).await;
+    assert!(left.is_empty(), "left: {left:?}");
     let pw = super::repo_password(&s.client, &opns, &app_ns).await;
     let out = app::restic(&s.bucket, &app_ns, &pw, &["check", "--read-data"]);
     assert!(

@@ -196,7 +196,7 @@ async fn killed_backup_resumes_from_its_journal() {
             "du-1",
         ])
         .env("HOLDFAST_REPOSITORY_PASSWORD", PASSWORD)
-        .env("HOSTNAME", "mover-du-1")
+        .env("HOLDFAST_HOSTNAME", "mover-du-1")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         if resume {

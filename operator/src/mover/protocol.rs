@@ -21,7 +21,8 @@ pub mod env {
     pub const S3_STORAGE_CLASS: &str = "HOLDFAST_S3_STORAGE_CLASS";
     /// Attempts per S3 request.
     pub const S3_ATTEMPTS: &str = "HOLDFAST_S3_ATTEMPTS";
-    /// Host name recorded in snapshots.
+    /// The mover's host name: in its repository locks (the operator sets the pod's name), and
+    /// in snapshots when `--host` is not given.
     pub const HOSTNAME: &str = "HOLDFAST_HOSTNAME";
     pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
     pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";

@@ -221,6 +221,7 @@ async fn follow(
             "Failed",
             st.start_time.as_ref().map(|t| t.0),
         );
+        super::release_locks(ctx, &dd.spec.storage_location, &dd.spec.repository, &name).await;
         cleanup(ctx, &name, true).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }

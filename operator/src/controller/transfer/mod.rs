@@ -260,6 +260,36 @@ async fn location(
     })
 }
 
+/// Removes the repository locks that a mover which did not end cleanly (killed, failed) left:
+/// they carry its host name, which is its pod's name, unique to the transfer and dead now.
+/// Best effort: a lock left here goes stale after 30 minutes anyway.
+async fn release_locks(ctx: &Context, location: &str, repository: &str, host: &str) {
+    let removed = async {
+        let Ok(bsl) = storage::location(ctx, Some(location)).await? else {
+            return Ok(0);
+        };
+        let repo = storage::repository::open(ctx, &bsl, repository, false).await?;
+        repo.remove_locks_of_host(host)
+            .await
+            .map_err(|e| Error::Internal {
+                what: "removing the locks of a dead mover",
+                message: e.to_string(),
+            })
+    }
+    .await;
+    match removed {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            transfer = host,
+            locks = n,
+            "removed the locks of a dead mover"
+        ),
+        Err(e) => {
+            tracing::warn!(transfer = host, error = %e, "could not remove the locks of a dead mover")
+        }
+    }
+}
+
 /// Deletes mover pod `name` at once (no grace: a mover's work is either complete or
 /// worthless) if it exists and is the transfer's own (label [`TRANSFER_LABEL`] = `name`; in an
 /// application's namespace a pod of that name may be the user's). True when it existed.

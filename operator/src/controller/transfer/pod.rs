@@ -78,6 +78,13 @@ fn mover_pod(
         mut mounts,
     } = mover_access(bsl, namespace, site.access_secret);
     env.extend(access_env);
+    // The mover's repository locks carry its pod's name (also where pods share the host's
+    // name): a retry recognises its dead attempts' locks, the operator a dead mover's.
+    env.push(k8s_openapi::api::core::v1::EnvVar {
+        name: protocol::env::HOSTNAME.into(),
+        value: Some(name.to_string()),
+        ..Default::default()
+    });
     if let Some(claim) = claim {
         volumes.push(Volume {
             name: "data".into(),

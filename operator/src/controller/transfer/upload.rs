@@ -244,6 +244,7 @@ async fn follow(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Resu
         );
     } else {
         ctx.metrics.finished("dataupload", "Failed", start);
+        super::release_locks(ctx, &du.spec.storage_location, &du.spec.repository, &name).await;
     }
     info!(upload = %name, phase = ?st.phase, snapshot = ?st.snapshot_id, bytes = st.bytes_total, uploaded = st.bytes_uploaded, "upload ended");
     cleanup(ctx, du).await?;
