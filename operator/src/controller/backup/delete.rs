@@ -28,8 +28,9 @@ pub(super) async fn cancel(
     ctx: &Context,
     st: &mut BackupStatus,
 ) -> Result<Action, Error> {
-    // A pod frozen by its pre hooks is thawed first.
+    // A pod frozen by its pre hooks is thawed first; claims leave a group not yet cut.
     super::hooks::run_post(b, ctx, st, true).await;
+    super::group::unlabel_waiting(ctx, st).await?;
     cancel_children(b, ctx).await?;
     let snapshots_left = remove_snapshots(b, ctx).await?;
     if let Some(loc) = &st.storage_location
@@ -145,6 +146,7 @@ pub(super) async fn cleanup(b: &Backup, ctx: &Context) -> Result<bool, Error> {
     // is not written any more, so this may run again on a later pass: at least once).
     let mut st = b.status.clone().unwrap_or_default();
     super::hooks::run_post(b, ctx, &mut st, true).await;
+    super::group::unlabel_waiting(ctx, &st).await?;
     cancel_children(b, ctx).await?;
     if children_left(b, ctx).await? {
         return Ok(false);

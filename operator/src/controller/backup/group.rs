@@ -234,12 +234,24 @@ async fn label_claim(
     }
 }
 
+/// Takes the group label off every claim of the backup still waiting for its member (a
+/// cancel, a deletion): a claim must not stay in a group that will never be cut.
+pub(super) async fn unlabel_waiting(ctx: &Context, st: &BackupStatus) -> Result<(), Error> {
+    for v in &st.volumes {
+        if v.snapshot.as_ref().is_some_and(|s| s.group.is_some() && s.name.is_empty()) {
+            label_claim(ctx, &v.pvc, None).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Finds the member VolumeSnapshot of a grouped claim (none yet: `Ok(None)`); a failed group
 /// gives its error. Takes the group label off the claim once its member exists.
 pub(super) async fn member(
     ctx: &Context,
     pvc: &NamespacedName,
     group: &str,
+    timeout: std::time::Duration,
 ) -> Result<Result<Option<String>, String>, Error> {
     let groups: Api<VolumeGroupSnapshot> = Api::namespaced(ctx.client.clone(), &pvc.namespace);
     let Some(vgs) = groups
@@ -247,6 +259,7 @@ pub(super) async fn member(
         .await
         .map_err(Error::kube("get VolumeGroupSnapshot"))?
     else {
+        label_claim(ctx, pvc, None).await?;
         return Ok(Err(format!("VolumeGroupSnapshot {group} is gone")));
     };
     if let Some(e) = vgs
@@ -257,6 +270,7 @@ pub(super) async fn member(
     {
         let ready = vgs.status.as_ref().and_then(|s| s.ready_to_use) == Some(true);
         if !ready {
+            label_claim(ctx, pvc, None).await?;
             return Ok(Err(format!("VolumeGroupSnapshot {group}: {e}")));
         }
     }
@@ -277,6 +291,18 @@ pub(super) async fn member(
         .map(|vs| vs.name_any());
     if found.is_some() {
         label_claim(ctx, pvc, None).await?;
+    } else {
+        let age = vgs
+            .creation_timestamp()
+            .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
+            .unwrap_or_default();
+        if age > timeout {
+            label_claim(ctx, pvc, None).await?;
+            return Ok(Err(format!(
+                "VolumeGroupSnapshot {group} made no snapshot of claim {} within {timeout:?}",
+                pvc.name
+            )));
+        }
     }
     Ok(Ok(found))
 }

@@ -175,7 +175,13 @@ async fn await_snapshot(
     if s.name.is_empty()
         && let Some(group) = s.group.clone()
     {
-        match super::group::member(ctx, &v.pvc, &group).await? {
+        let timeout = b
+            .spec
+            .volumes
+            .snapshot_timeout
+            .map(|d| d.as_std())
+            .unwrap_or(DEFAULT_SNAPSHOT_TIMEOUT);
+        match super::group::member(ctx, &v.pvc, &group, timeout).await? {
             Ok(Some(member)) => {
                 s.name = member;
                 v.snapshot = Some(s.clone());
