@@ -145,6 +145,7 @@ async fn restore(
         client,
         RestoreRequest {
             hooks: &[],
+            namespaced_only: false,
             archive,
             selection: &selection,
             namespace_mapping: mapping,
@@ -603,6 +604,7 @@ spec:
         &client,
         RestoreRequest {
             hooks: &[],
+            namespaced_only: false,
             archive: &captured.archive,
             selection: &selection,
             namespace_mapping: &BTreeMap::new(),

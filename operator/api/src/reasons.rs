@@ -75,6 +75,8 @@ reasons! {
         GroupSnapshotNotSupported,
         /// A hook with `onError: Fail` failed (`status.hooks` says which).
         HookFailed,
+        /// A tenant Backup asked for cluster-scoped objects.
+        ClusterResourcesNotAllowed,
     }
 }
 

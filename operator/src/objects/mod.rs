@@ -183,6 +183,9 @@ pub struct RestoreRequest<'a> {
     pub labels: BTreeMap<String, String>,
     /// Restore hook rules: their init containers go into restored pod templates.
     pub hooks: &'a [holdfast_api::hooks::RestoreHookRule],
+    /// Restore namespaced objects only (a tenant's restore: cluster-scoped objects would be
+    /// created with the operator's rights, not the tenant's).
+    pub namespaced_only: bool,
 }
 
 /// The result of a restore.
@@ -691,6 +694,7 @@ pub fn select_for_restore<'a>(
 ) -> Vec<&'a Item> {
     let mut chosen: Vec<&Item> = items
         .iter()
+        .filter(|i| !req.namespaced_only || i.resource.namespaced)
         .filter(|i| restore_selected(i, req, labels))
         .collect();
     let needed_crds: HashSet<String> = chosen
@@ -719,7 +723,7 @@ pub fn select_for_restore<'a>(
             let wanted = (rt.is("apiextensions.k8s.io", "customresourcedefinitions")
                 && needed_crds.contains(i.name()))
                 || (rt.is("", "persistentvolumes") && needed_volumes.contains(i.name()));
-            wanted && kinds_allow(rt) && !have.contains(&i.path())
+            wanted && kinds_allow(rt) && !have.contains(&i.path()) && !req.namespaced_only
         })
         .collect();
     chosen.extend(related);

@@ -786,6 +786,7 @@ fn request<'a>(
 ) -> RestoreRequest<'a> {
     RestoreRequest {
         hooks: &[],
+        namespaced_only: false,
         archive: &[],
         selection,
         namespace_mapping: mapping,
@@ -1021,6 +1022,16 @@ fn restore_brings_definitions_and_volumes_of_selected_objects() {
         )),
         [
             "resources/customresourcedefinitions.apiextensions.k8s.io/cluster/widgets.example.com.json",
+            "resources/widgets.example.com/namespaces/a/w.json",
+        ]
+    );
+    // A tenant's restore takes namespaced objects only: no CRD, no PersistentVolume.
+    let mut tenant = request(&by_label, None, &[], &m);
+    tenant.namespaced_only = true;
+    assert_eq!(
+        paths(&tenant),
+        [
+            "resources/persistentvolumeclaims.core/namespaces/a/data.json",
             "resources/widgets.example.com/namespaces/a/w.json",
         ]
     );

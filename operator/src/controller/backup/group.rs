@@ -238,7 +238,10 @@ async fn label_claim(
 /// cancel, a deletion): a claim must not stay in a group that will never be cut.
 pub(super) async fn unlabel_waiting(ctx: &Context, st: &BackupStatus) -> Result<(), Error> {
     for v in &st.volumes {
-        if v.snapshot.as_ref().is_some_and(|s| s.group.is_some() && s.name.is_empty()) {
+        if v.snapshot
+            .as_ref()
+            .is_some_and(|s| s.group.is_some() && s.name.is_empty())
+        {
             label_claim(ctx, &v.pvc, None).await?;
         }
     }
@@ -294,7 +297,11 @@ pub(super) async fn member(
     } else {
         let age = vgs
             .creation_timestamp()
-            .map(|t| k8s_openapi::jiff::Timestamp::now().duration_since(t.0).unsigned_abs())
+            .map(|t| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(t.0)
+                    .unsigned_abs()
+            })
             .unwrap_or_default();
         if age > timeout {
             label_claim(ctx, pvc, None).await?;

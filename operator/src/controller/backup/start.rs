@@ -75,6 +75,10 @@ pub(super) async fn capture(
         Ok(n) => n,
         Err(r) => return Ok(fail(st, BackupPhase::Failed, r)),
     };
+    if let Err(r) = cluster_resources_allowed(&ns, &ctx.namespace, b.spec.include_cluster_resources)
+    {
+        return Ok(fail(st, BackupPhase::Failed, r));
+    }
     let include_cluster = b
         .spec
         .include_cluster_resources
@@ -164,6 +168,24 @@ async fn resolve_namespaces(
     Ok(Ok(names))
 }
 
+/// Only Backups in the operator namespace may capture cluster-scoped objects: a tenant's would
+/// read them with the operator's rights, and its restore could create them. Pure.
+fn cluster_resources_allowed(
+    own: &str,
+    operator: &str,
+    asked: Option<bool>,
+) -> Result<(), Refusal> {
+    if own != operator && asked == Some(true) {
+        return Err(Refusal::new(
+            BackupReason::ClusterResourcesNotAllowed,
+            format!(
+                "spec.includeClusterResources: a Backup in namespace {own} may not capture cluster-scoped objects (only Backups in {operator} may); remove the field or set it false"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A tenant's Backup covers its own namespace only. Pure.
 fn tenant_namespaces(
     own: &str,
@@ -200,6 +222,12 @@ mod tests {
         );
         let r = tenant_namespaces("shop", "hf", &s(&["shop", "bank"])).expect_err("refused");
         assert_eq!(r.reason, "NamespaceNotAllowed");
+        let r = cluster_resources_allowed("shop", "hf", Some(true)).expect_err("refused");
+        assert_eq!(r.reason, "ClusterResourcesNotAllowed");
+        assert!(r.message.starts_with("spec.includeClusterResources"));
+        assert!(cluster_resources_allowed("shop", "hf", Some(false)).is_ok());
+        assert!(cluster_resources_allowed("shop", "hf", None).is_ok());
+        assert!(cluster_resources_allowed("hf", "hf", Some(true)).is_ok());
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub(super) async fn restore_namespaces(
         exclude_kinds: &[],
         labels: labels(r, src),
         hooks: &[],
+        namespaced_only: false,
     };
     objects::restore(&ctx.client, request)
         .await
@@ -167,6 +168,7 @@ async fn objects_once(
         exclude_kinds: &["persistentvolumeclaims", "persistentvolumes"],
         labels: labels(r, src),
         hooks: rules,
+        namespaced_only: r.namespace().as_deref() != Some(ctx.namespace.as_str()),
     };
     let report = match objects::restore(&ctx.client, request).await {
         Ok(rep) => rep,
