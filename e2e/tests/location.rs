@@ -303,7 +303,7 @@ async fn location_allowed_namespaces_refuse_other_namespaces() {
     apply(
         &other.name,
         &format!(
-            "apiVersion: holdfast.dev/v1alpha1\nkind: Schedule\nmetadata: {{name: nightly}}\nspec:\n  schedule: \"* * * * *\"\n  template: {{spec: {{includedNamespaces: [{}]}}}}\n",
+            "apiVersion: holdfast.dev/v1alpha1\nkind: Schedule\nmetadata: {{name: nightly}}\nspec:\n  schedule: \"* * * * *\"\n  keep: {{last: 2}}\n  template: {{spec: {{includedNamespaces: [{}]}}}}\n",
             other.name
         ),
     );
@@ -592,10 +592,11 @@ async fn location_over_tls_with_a_custom_ca() {
         &opns.name,
         &serde_json::to_string(&ca_secret).expect("json"),
     );
+    // Each location its own prefix: a repository opens only with its location's password.
     let tls_location = |name: &str, extra: &str| {
         location(name, &bucket, &minio.endpoint, "keys").replace(
-            "forcePathStyle: true,",
-            &format!("forcePathStyle: true, {extra}"),
+            "forcePathStyle: true, prefix: e2e",
+            &format!("forcePathStyle: true, {extra} prefix: {name}"),
         )
     };
     apply(

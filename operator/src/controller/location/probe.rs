@@ -124,6 +124,7 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
                     "InvalidAccessKeyId"
                     | "SignatureDoesNotMatch"
                     | "InvalidToken"
+                    | "InvalidTokenId"
                     | "ExpiredToken"
                     | "InvalidSecurity"
                     | "TokenRefreshRequired",
@@ -131,7 +132,7 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
                 ) => f(
                     Reason::InvalidCredentials,
                     format!(
-                        "the server rejected the credentials ({code}: {detail}); fix accessKeyId/secretAccessKey in the Secret named by spec.credentials.secretRef"
+                        "the server rejected the credentials ({code}: {detail}); fix accessKeyId/secretAccessKey (and sessionToken, for temporary credentials) in the Secret named by spec.credentials.secretRef"
                     ),
                 ),
                 ("InvalidStorageClass", _) => f(
@@ -358,6 +359,8 @@ mod tests {
             "InvalidAccessKeyId",
             "SignatureDoesNotMatch",
             "ExpiredToken",
+            // MinIO, for temporary credentials without their session token.
+            "InvalidTokenId",
         ] {
             let f = classify(Step::List, "b", "http://e", &service(403, code));
             assert_eq!(f.reason, Reason::InvalidCredentials, "{code}");
