@@ -76,6 +76,14 @@ async fn location_reports_availability_and_specific_reasons() {
         &ns.name,
         &location("no-secret", &bucket, &s3.endpoint, "missing"),
     );
+    // MinIO knows STANDARD and REDUCED_REDUNDANCY only: the validation write says so.
+    apply(
+        &ns.name,
+        &location("infrequent", &bucket, &s3.endpoint, "good").replace(
+            "forcePathStyle: true,",
+            "forcePathStyle: true, storageClass: STANDARD_IA,",
+        ),
+    );
     // TLS spoken to a plain-HTTP server: the handshake fails.
     let tls_endpoint = s3.endpoint.replacen("http://", "https://", 1);
     apply(
@@ -144,6 +152,18 @@ async fn location_reports_availability_and_specific_reasons() {
         msg.contains("caBundle"),
         "TLS message should point at spec.s3.caBundle: {msg}"
     );
+
+    let class = wait_phase(
+        &client,
+        &ns.name,
+        "infrequent",
+        LocationPhase::Unavailable,
+        Some("InvalidStorageClass"),
+    )
+    .await;
+    let msg = class.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(msg.contains("spec.s3.storageClass"), "{msg}");
+    println!("storage class refused: {msg}");
 
     // Fixing the Secret makes the location Available again, without restarting the operator.
     apply(&ns.name, &secret("bad", &s3.access_key, &s3.secret_key));

@@ -165,7 +165,7 @@ mod tests {
     fn ca_bundles_are_checked_before_use() {
         assert_eq!(check_ca_bundle(CA.as_bytes()), Ok(1));
         assert_eq!(check_ca_bundle(format!("{CA}{CA}").as_bytes()), Ok(2));
-        assert!(check_ca_bundle(b"").unwrap_err().contains("no PEM"));
+        assert!(check_ca_bundle(b"").expect_err("empty").contains("no PEM"));
         assert!(
             check_ca_bundle(
                 b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
@@ -175,7 +175,7 @@ mod tests {
         let junk = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(
             check_ca_bundle(junk)
-                .unwrap_err()
+                .expect_err("not a certificate")
                 .contains("cannot be trusted")
         );
     }
