@@ -17,6 +17,7 @@ pub async fn s3_store(bucket: &str) -> S3Store {
         prefix: String::new(),
         path_style: true,
         ca_bundle: None,
+        insecure_skip_tls_verify: false,
         access_key_id: Some(s3.access_key.clone()),
         secret_access_key: Some(s3.secret_key.clone()),
         session_token: None,

@@ -43,6 +43,7 @@ pub async fn run(a: CeilingArgs) -> anyhow::Result<()> {
             prefix: String::new(),
             path_style: true,
             ca_bundle: None,
+            insecure_skip_tls_verify: false,
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.into()),
             session_token: None,

@@ -100,6 +100,7 @@ impl Minio {
             prefix: String::new(),
             path_style: true,
             ca_bundle: None,
+            insecure_skip_tls_verify: false,
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.into()),
             session_token: None,

@@ -86,7 +86,10 @@ pub struct BackupStorageLocationSpec {
     /// operator never writes to it.
     #[serde(default)]
     pub access_mode: AccessMode,
-    /// Which namespaces' Backups and Schedules may use this location. Omitted: all.
+    /// Which namespaces' Backups, Restores and Schedules may use this location. Omitted: all.
+    /// Those of the operator's own namespace (administrators) always may. Others are refused
+    /// with reason `LocationNotAllowed` (a Backup or Restore fails before it starts; a
+    /// Schedule starts no runs until its namespace is allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_namespaces: Option<AllowedNamespaces>,
     /// Settings of the repositories kept in this location.
@@ -128,11 +131,18 @@ pub struct S3Location {
     /// CA certificate(s) in PEM to trust for the endpoint, from a Secret in the location's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundle>,
-    /// Do not verify the endpoint's TLS certificate. For tests only.
+    /// Do not verify the endpoint's TLS certificate, in the operator and in mover pods. For
+    /// tests only: anyone on the network path could read and alter the traffic. While set, the
+    /// location carries the condition `InsecureTLS` and a Warning event is recorded; prefer
+    /// `caBundle`.
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
-    /// Storage class for data written to the bucket (default `STANDARD_IA`, a cheap
-    /// infrequent-access class; set `STANDARD` for servers that know no other).
+    /// Storage class of the objects written to the bucket. Default: `STANDARD_IA` (a cheap
+    /// infrequent-access class) on AWS S3, that is without `endpoint` or with an
+    /// `amazonaws.com` one; the server's own default on other endpoints, since S3-compatible
+    /// servers refuse classes they do not know (MinIO knows `STANDARD` and
+    /// `REDUCED_REDUNDANCY`). A class the server refuses makes the location Unavailable with
+    /// reason `InvalidStorageClass`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub storage_class: Option<String>,
@@ -150,8 +160,8 @@ pub struct CaBundle {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Credentials {
-    /// A Secret in the location's namespace with keys `accessKeyId` and `secretAccessKey`
-    /// (and optionally `sessionToken`).
+    /// A Secret in the location's namespace with keys `accessKeyId` and `secretAccessKey`,
+    /// and optionally `sessionToken` (temporary credentials; given to mover pods as well).
     pub secret_ref: SecretRef,
 }
 
@@ -165,7 +175,8 @@ pub enum AccessMode {
     ReadOnly,
 }
 
-/// Which namespaces may use a location.
+/// Which namespaces may use a location: a namespace is allowed when `names` lists it or its
+/// labels match `selector` (either is enough).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.selector) || (has(self.names) && size(self.names) > 0)").message("allowedNamespaces needs a selector or a non-empty list of names; omit allowedNamespaces to allow all namespaces"))]

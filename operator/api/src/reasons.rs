@@ -48,6 +48,9 @@ reasons! {
         LocationUnavailable,
         /// A Backup that writes copies names a ReadOnly location.
         LocationReadOnly,
+        /// The location's `spec.allowedNamespaces` does not allow the namespace of the
+        /// Backup, Restore or Schedule.
+        LocationNotAllowed,
     }
 }
 

@@ -62,6 +62,9 @@ pub struct RepoArgs {
     /// PEM file with extra CA certificates for the S3 endpoint.
     #[arg(long, env = env::S3_CA_BUNDLE, global = true)]
     pub s3_ca_bundle: Option<PathBuf>,
+    /// Do not verify the S3 endpoint's TLS certificate (for tests only).
+    #[arg(long, env = env::S3_INSECURE_SKIP_TLS_VERIFY, global = true)]
+    pub s3_insecure_skip_tls_verify: bool,
     /// Storage class of written objects.
     #[arg(long, env = env::S3_STORAGE_CLASS, global = true)]
     pub s3_storage_class: Option<String>,
@@ -294,9 +297,12 @@ async fn open_store(args: &RepoArgs) -> anyhow::Result<DynStore> {
                 prefix,
                 path_style: !args.s3_virtual_hosted,
                 ca_bundle: args.s3_ca_bundle.clone(),
-                access_key_id: std::env::var("AWS_ACCESS_KEY_ID").ok(),
-                secret_access_key: std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
-                session_token: std::env::var("AWS_SESSION_TOKEN").ok(),
+                insecure_skip_tls_verify: args.s3_insecure_skip_tls_verify,
+                access_key_id: std::env::var(env::AWS_ACCESS_KEY_ID).ok(),
+                secret_access_key: std::env::var(env::AWS_SECRET_ACCESS_KEY).ok(),
+                session_token: std::env::var(env::AWS_SESSION_TOKEN)
+                    .ok()
+                    .filter(|t| !t.is_empty()),
                 storage_class: args.s3_storage_class.clone(),
                 retry: RetryPolicy {
                     max_attempts: args.s3_attempts.max(1),

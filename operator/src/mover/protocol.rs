@@ -19,6 +19,8 @@ pub mod env {
     /// Path of a PEM file with extra CA certificates.
     pub const S3_CA_BUNDLE: &str = "HOLDFAST_S3_CA_BUNDLE";
     pub const S3_STORAGE_CLASS: &str = "HOLDFAST_S3_STORAGE_CLASS";
+    /// `true`: do not verify the S3 endpoint's certificate (`insecureSkipTlsVerify`).
+    pub const S3_INSECURE_SKIP_TLS_VERIFY: &str = "HOLDFAST_S3_INSECURE_SKIP_TLS_VERIFY";
     /// Attempts per S3 request.
     pub const S3_ATTEMPTS: &str = "HOLDFAST_S3_ATTEMPTS";
     /// The mover's host name: in its repository locks (the operator sets the pod's name), and

@@ -20,6 +20,8 @@ use crate::runtime::{Context, Error};
 /// Keys of the location's credentials Secret.
 pub const ACCESS_KEY: &str = "accessKeyId";
 pub const SECRET_KEY: &str = "secretAccessKey";
+/// Optional key of the location's credentials Secret (temporary credentials).
+pub const SESSION_TOKEN_KEY: &str = "sessionToken";
 /// Key of the CA bundle in a copied access Secret.
 const COPY_CA_KEY: &str = "ca.crt";
 /// Where a mover pod finds the CA bundle.
@@ -34,13 +36,17 @@ fn var(name: &str, value: impl Into<String>) -> EnvVar {
 }
 
 fn from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
+    secret_ref(name, secret, key, false)
+}
+
+fn secret_ref(name: &str, secret: &str, key: &str, optional: bool) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: secret.into(),
                 key: key.into(),
-                optional: Some(false),
+                optional: Some(optional),
             }),
             ..Default::default()
         }),
@@ -83,8 +89,11 @@ pub fn mover_access(
     if !s3.force_path_style {
         a.env.push(var(env::S3_VIRTUAL_HOSTED, "true"));
     }
-    if let Some(sc) = &s3.storage_class {
-        a.env.push(var(env::S3_STORAGE_CLASS, sc.clone()));
+    if let Some(sc) = super::storage_class(s3) {
+        a.env.push(var(env::S3_STORAGE_CLASS, sc));
+    }
+    if s3.insecure_skip_tls_verify {
+        a.env.push(var(env::S3_INSECURE_SKIP_TLS_VERIFY, "true"));
     }
     if let Some(n) = bsl.spec.retry.attempts {
         a.env.push(var(env::S3_ATTEMPTS, n.to_string()));
@@ -95,6 +104,13 @@ pub fn mover_access(
             .push(from_secret(env::AWS_ACCESS_KEY_ID, secret, ACCESS_KEY));
         a.env
             .push(from_secret(env::AWS_SECRET_ACCESS_KEY, secret, SECRET_KEY));
+        // Set only when the Secret has the key (temporary credentials).
+        a.env.push(secret_ref(
+            env::AWS_SESSION_TOKEN,
+            secret,
+            SESSION_TOKEN_KEY,
+            true,
+        ));
     }
     if let Some(ca) = &s3.ca_bundle {
         let (secret, key) = match copied {
@@ -168,6 +184,9 @@ pub async fn copy_access_secret(
                 }
             };
         }
+        if let Some(v) = secret_key(ctx, &c.secret_ref.name, SESSION_TOKEN_KEY).await? {
+            data.insert(SESSION_TOKEN_KEY.to_string(), v);
+        }
     }
     if let Some(ca) = &bsl.spec.s3.ca_bundle {
         match secret_key(ctx, &ca.secret_ref.name, &ca.secret_ref.key).await? {
@@ -210,6 +229,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn access_carries_the_storage_class_and_the_insecure_flag() {
+        let bsl: BackupStorageLocation = serde_json::from_value(serde_json::json!({
+            "apiVersion": "holdfast.dev/v1alpha1", "kind": "BackupStorageLocation",
+            "metadata": {"name": "aws"},
+            "spec": {"s3": {"bucket": "b", "region": "eu-west-1", "insecureSkipTlsVerify": true}},
+        }))
+        .expect("location");
+        let a = mover_access(&bsl, "shop", None);
+        let value = |n: &str| {
+            a.env
+                .iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(value(env::S3_STORAGE_CLASS).as_deref(), Some("STANDARD_IA"));
+        assert_eq!(
+            value(env::S3_INSECURE_SKIP_TLS_VERIFY).as_deref(),
+            Some("true")
+        );
+        // No credentials Secret: no key variables (the ambient chain is used).
+        assert_eq!(value(env::AWS_SESSION_TOKEN), None);
+    }
+
+    #[test]
     fn access_names_the_protocol_variables_and_the_right_secrets() {
         let bsl: BackupStorageLocation = serde_json::from_value(serde_json::json!({
             "apiVersion": "holdfast.dev/v1alpha1", "kind": "BackupStorageLocation",
@@ -228,6 +271,7 @@ mod tests {
                 env::PASSWORD,
                 env::AWS_ACCESS_KEY_ID,
                 env::AWS_SECRET_ACCESS_KEY,
+                env::AWS_SESSION_TOKEN,
                 env::S3_CA_BUNDLE
             ]
         );
@@ -252,6 +296,18 @@ mod tests {
         assert_eq!(
             secret_of(&c, env::AWS_SECRET_ACCESS_KEY).as_deref(),
             Some("copy")
+        );
+        // The session token comes from the same Secret, and only when it has the key.
+        let token = c
+            .env
+            .iter()
+            .find(|e| e.name == env::AWS_SESSION_TOKEN)
+            .and_then(|e| e.value_from.clone())
+            .and_then(|v| v.secret_key_ref)
+            .expect("session token from the Secret");
+        assert_eq!(
+            (token.name.as_str(), token.key.as_str(), token.optional),
+            ("copy", SESSION_TOKEN_KEY, Some(true))
         );
         assert_eq!(
             c.volumes[0]

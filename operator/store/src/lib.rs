@@ -8,6 +8,7 @@ mod local;
 mod retry;
 mod s3;
 pub mod testing;
+pub mod tls;
 
 use std::fmt::Debug;
 use std::sync::Arc;

@@ -39,6 +39,8 @@ pub struct S3Config {
     pub path_style: bool,
     /// PEM file with extra CA certificates to trust (besides the system roots).
     pub ca_bundle: Option<PathBuf>,
+    /// Do not verify the server's certificate (tests only; `ca_bundle` is then ignored).
+    pub insecure_skip_tls_verify: bool,
     /// Static access key id and secret; `None` uses the SDK's default chain
     /// (environment, web identity, instance metadata).
     pub access_key_id: Option<String>,
@@ -62,6 +64,7 @@ impl std::fmt::Debug for S3Config {
             .field("prefix", &self.prefix)
             .field("path_style", &self.path_style)
             .field("ca_bundle", &self.ca_bundle)
+            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
             .field("static_credentials", &self.access_key_id.is_some())
             .field("storage_class", &self.storage_class)
             .field("retry", &self.retry)
@@ -124,13 +127,14 @@ impl S3Store {
             .region
             .clone()
             .unwrap_or_else(|| "us-east-1".to_string());
+        let (connect_timeout, read_timeout) = (Duration::from_secs(10), Duration::from_secs(120));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region))
             .retry_config(RetryConfig::disabled())
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .read_timeout(Duration::from_secs(120))
+                    .connect_timeout(connect_timeout)
+                    .read_timeout(read_timeout)
                     .operation_attempt_timeout(Duration::from_secs(600))
                     .build(),
             );
@@ -151,10 +155,18 @@ impl S3Store {
                 ));
             }
         }
-        if let Some(ca) = &config.ca_bundle {
+        if config.insecure_skip_tls_verify {
+            loader = loader.http_client(crate::tls::insecure_http_client(
+                connect_timeout,
+                read_timeout,
+            ));
+        } else if let Some(ca) = &config.ca_bundle {
             let pem = std::fs::read(ca).map_err(|e| {
                 StoreError::Config(format!("reading CA bundle {}: {e}", ca.display()))
             })?;
+            // The SDK panics on a PEM it cannot parse: check it first.
+            crate::tls::check_ca_bundle(&pem)
+                .map_err(|e| StoreError::Config(format!("CA bundle {}: {e}", ca.display())))?;
             let ctx = TlsContext::builder()
                 .with_trust_store(
                     TrustStore::empty()

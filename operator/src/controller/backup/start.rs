@@ -30,7 +30,13 @@ pub(super) async fn location(
     st: &mut BackupStatus,
 ) -> Result<Result<BackupStorageLocation, Action>, Error> {
     let name = b.spec.storage_location.as_deref();
-    let bsl = match storage::location(ctx, name).await? {
+    // `spec.allowedNamespaces` admits a backup when it starts; one already running goes on.
+    let found = if st.start_time.is_none() {
+        storage::location_for(ctx, name, &b.namespace().unwrap_or_default()).await?
+    } else {
+        storage::location(ctx, name).await?
+    };
+    let bsl = match found {
         Ok(bsl) => bsl,
         Err(r) => return Ok(Err(location_refused(st, r))),
     };
@@ -51,7 +57,8 @@ pub(super) async fn location(
 /// What a backup does when its location cannot be used. Pure but for the clock.
 pub(super) fn location_refused(st: &mut BackupStatus, r: Refusal) -> Action {
     let missing = r.reason == LocationReason::LocationNotFound.as_str()
-        || r.reason == LocationReason::NoDefaultLocation.as_str();
+        || r.reason == LocationReason::NoDefaultLocation.as_str()
+        || r.reason == LocationReason::LocationNotAllowed.as_str();
     if st.start_time.is_none() && missing {
         // Not started: a location that does not exist is a mistake in the spec.
         return fail(st, BackupPhase::Failed, r);
@@ -252,5 +259,12 @@ mod tests {
             Refusal::new(LocationReason::LocationUnavailable, "x"),
         );
         assert_eq!(st.phase, Some(BackupPhase::Pending));
+        let mut st = BackupStatus::default();
+        location_refused(
+            &mut st,
+            Refusal::new(LocationReason::LocationNotAllowed, "not here"),
+        );
+        assert_eq!(st.phase, Some(BackupPhase::Failed));
+        assert_eq!(st.reason.as_deref(), Some("LocationNotAllowed"));
     }
 }

@@ -30,6 +30,12 @@ use crate::storage;
 pub const MANAGER: &str = "holdfast-location-controller";
 /// Condition type set on locations that claim `default: true` but lose to an older one.
 pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
+/// Condition type set (True) while `spec.s3.insecureSkipTlsVerify` is set.
+pub const INSECURE_TLS: &str = "InsecureTLS";
+/// Its reason.
+const INSECURE_TLS_REASON: &str = "InsecureSkipTlsVerify";
+/// Its message.
+const INSECURE_TLS_MESSAGE: &str = "spec.s3.insecureSkipTlsVerify is set: the operator and its movers do not verify the endpoint's certificate, so anyone on the network path can read and alter backups and the credentials in transit; set spec.s3.caBundle to the CA that signed the server's certificate and remove insecureSkipTlsVerify";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The location controller's phase functions and the cache of all locations.
@@ -132,13 +138,27 @@ impl Reconciler for Locations {
         }));
         let conflict = bsl.spec.default && winner.as_deref() != Some(name.as_str());
         let before = (st.phase, st.reason.clone());
+        let was_insecure = conditions::get(&st.conditions, INSECURE_TLS).is_some();
+        let insecure = bsl.spec.s3.insecure_skip_tls_verify;
         apply_outcome(
             st,
             bsl.meta().generation,
             &outcome,
             conflict.then_some(winner.as_deref().unwrap_or("")),
+            insecure,
             Timestamp::now(),
         );
+        if insecure && !was_insecure {
+            tracing::warn!(location = %name, "TLS certificate verification is off for this location");
+            ctx.event(
+                bsl,
+                EventType::Warning,
+                INSECURE_TLS_REASON,
+                INSECURE_TLS_MESSAGE,
+                "Validate",
+            )
+            .await;
+        }
         ctx.metrics.init_location(&name);
         ctx.metrics.set_location_available(&name, outcome.is_ok());
         if before != (st.phase, st.reason.clone()) {
@@ -189,13 +209,14 @@ impl Status for BackupStorageLocationStatus {
     }
 }
 
-/// Records a validation outcome and the default conflict in the status (the kernel adds the
+/// Records a validation outcome, the default conflict and the insecure-TLS warning in the status (the kernel adds the
 /// standard conditions). Pure.
 pub fn apply_outcome(
     st: &mut BackupStorageLocationStatus,
     generation: Option<i64>,
     outcome: &Result<(), ProbeFailure>,
     default_conflict_with: Option<&str>,
+    insecure_tls: bool,
     now: Timestamp,
 ) {
     st.last_validation_time = Some(Time(now));
@@ -225,6 +246,19 @@ pub fn apply_outcome(
         ),
         None => conditions::remove(&mut st.conditions, DEFAULT_CONFLICT),
     }
+    if insecure_tls {
+        conditions::set(
+            &mut st.conditions,
+            INSECURE_TLS,
+            true,
+            INSECURE_TLS_REASON,
+            INSECURE_TLS_MESSAGE,
+            generation,
+            now,
+        );
+    } else {
+        conditions::remove(&mut st.conditions, INSECURE_TLS);
+    }
 }
 
 #[cfg(test)]
@@ -245,7 +279,7 @@ mod tests {
             message: "bad keys".into(),
         });
         let mut s = BackupStorageLocationStatus::default();
-        apply_outcome(&mut s, Some(1), &fail, None, ts(100));
+        apply_outcome(&mut s, Some(1), &fail, None, false, ts(100));
         finalize(&mut s, Some(1), None, ts(100));
         assert_eq!(s.phase, Some(LocationPhase::Unavailable));
         assert_eq!(s.reason.as_deref(), Some("InvalidCredentials"));
@@ -255,7 +289,7 @@ mod tests {
         let stalled = conditions::get(&s.conditions, STALLED).expect("stalled");
         assert_eq!(stalled.reason, "InvalidCredentials");
 
-        apply_outcome(&mut s, Some(1), &Ok(()), None, ts(200));
+        apply_outcome(&mut s, Some(1), &Ok(()), None, false, ts(200));
         finalize(&mut s, Some(1), None, ts(200));
         assert_eq!(s.phase, Some(LocationPhase::Available));
         assert_eq!(s.reason, None);
@@ -268,9 +302,31 @@ mod tests {
     #[test]
     fn default_conflict_condition_comes_and_goes() {
         let mut s = BackupStorageLocationStatus::default();
-        apply_outcome(&mut s, Some(1), &Ok(()), Some("primary"), ts(1));
+        apply_outcome(&mut s, Some(1), &Ok(()), Some("primary"), false, ts(1));
         assert!(conditions::get(&s.conditions, DEFAULT_CONFLICT).is_some());
-        apply_outcome(&mut s, Some(1), &Ok(()), None, ts(2));
+        apply_outcome(&mut s, Some(1), &Ok(()), None, false, ts(2));
         assert!(conditions::get(&s.conditions, DEFAULT_CONFLICT).is_none());
+    }
+
+    #[test]
+    fn insecure_tls_is_a_standing_warning_while_set() {
+        let mut s = BackupStorageLocationStatus::default();
+        apply_outcome(&mut s, Some(3), &Ok(()), None, true, ts(1));
+        finalize(&mut s, Some(3), None, ts(1));
+        let c = conditions::get(&s.conditions, INSECURE_TLS).expect("InsecureTLS");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "InsecureSkipTlsVerify")
+        );
+        assert!(c.message.contains("caBundle"), "{}", c.message);
+        assert_eq!(c.observed_generation, Some(3));
+        // Still Available: the warning does not make the location unusable.
+        assert_eq!(s.phase, Some(LocationPhase::Available));
+        // Set again on the next pass: the transition time stays.
+        apply_outcome(&mut s, Some(3), &Ok(()), None, true, ts(50));
+        let c = conditions::get(&s.conditions, INSECURE_TLS).expect("InsecureTLS");
+        assert_eq!(c.last_transition_time, Time(ts(1)));
+        apply_outcome(&mut s, Some(4), &Ok(()), None, false, ts(60));
+        assert!(conditions::get(&s.conditions, INSECURE_TLS).is_none());
     }
 }

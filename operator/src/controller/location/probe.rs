@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::StorageClass;
 use holdfast_store::{S3Config, S3Store};
 
 /// Why a location is unusable. The variant name is the `reason` in status.
@@ -18,6 +19,7 @@ pub enum Reason {
     AccessDenied,
     WrongRegion,
     InvalidConfiguration,
+    InvalidStorageClass,
     StorageError,
 }
 
@@ -32,6 +34,7 @@ impl Reason {
             Self::AccessDenied => "AccessDenied",
             Self::WrongRegion => "WrongRegion",
             Self::InvalidConfiguration => "InvalidConfiguration",
+            Self::InvalidStorageClass => "InvalidStorageClass",
             Self::StorageError => "StorageError",
         }
     }
@@ -67,16 +70,26 @@ pub enum Step {
     Delete,
 }
 
+/// Words of TLS failures in the error chain of a dispatch failure (lower case): rustls'
+/// (`invalid peer certificate: UnknownIssuer`, `NotValidForName`, `Expired`, `received corrupt
+/// message` when the server speaks plain HTTP) and X.509 ones.
+const TLS_WORDS: &[&str] = &[
+    "certificate",
+    "tls",
+    "handshake",
+    "unknownissuer",
+    "notvalidforname",
+    "x509",
+    "corrupt message",
+];
+
 /// Maps a raw SDK failure to a reason and a message naming the fix.
 pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> ProbeFailure {
     let f = |reason, message: String| ProbeFailure { reason, message };
     match err {
         RawError::Dispatch { detail, timeout } => {
             let lower = detail.to_lowercase();
-            if ["certificate", "tls", "handshake", "unknownissuer", "x509"]
-                .iter()
-                .any(|k| lower.contains(k))
-            {
+            if TLS_WORDS.iter().any(|k| lower.contains(k)) {
                 f(
                     Reason::TLSError,
                     format!(
@@ -111,6 +124,7 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
                     "InvalidAccessKeyId"
                     | "SignatureDoesNotMatch"
                     | "InvalidToken"
+                    | "InvalidTokenId"
                     | "ExpiredToken"
                     | "InvalidSecurity"
                     | "TokenRefreshRequired",
@@ -118,7 +132,13 @@ pub fn classify(step: Step, bucket: &str, endpoint: &str, err: &RawError) -> Pro
                 ) => f(
                     Reason::InvalidCredentials,
                     format!(
-                        "the server rejected the credentials ({code}: {detail}); fix accessKeyId/secretAccessKey in the Secret named by spec.credentials.secretRef"
+                        "the server rejected the credentials ({code}: {detail}); fix accessKeyId/secretAccessKey (and sessionToken, for temporary credentials) in the Secret named by spec.credentials.secretRef"
+                    ),
+                ),
+                ("InvalidStorageClass", _) => f(
+                    Reason::InvalidStorageClass,
+                    format!(
+                        "{endpoint} does not accept the storage class data would be written with ({detail}); set spec.s3.storageClass to one it knows (MinIO: STANDARD or REDUCED_REDUNDANCY), or remove it to use the server's default"
                     ),
                 ),
                 ("NoSuchBucket", _) | ("", 404) => f(
@@ -294,10 +314,18 @@ pub async fn probe(target: &ProbeTarget, marker_name: &str) -> Result<(), ProbeF
         return Ok(());
     }
     let key = format!("{}.validation/{marker_name}", target.marker_prefix);
+    // Written like the data: with the storage class, so a class the server refuses shows here.
     let put = client
         .put_object()
         .bucket(&bucket)
         .key(&key)
+        .set_storage_class(
+            target
+                .config
+                .storage_class
+                .as_deref()
+                .map(StorageClass::from),
+        )
         .body(ByteStream::from_static(
             b"holdfast location validation marker\n",
         ))
@@ -331,6 +359,8 @@ mod tests {
             "InvalidAccessKeyId",
             "SignatureDoesNotMatch",
             "ExpiredToken",
+            // MinIO, for temporary credentials without their session token.
+            "InvalidTokenId",
         ] {
             let f = classify(Step::List, "b", "http://e", &service(403, code));
             assert_eq!(f.reason, Reason::InvalidCredentials, "{code}");
@@ -381,6 +411,22 @@ mod tests {
         let f = classify(Step::List, "b", "https://x", &tls);
         assert_eq!(f.reason, Reason::TLSError);
         assert!(f.message.contains("caBundle"));
+        for detail in [
+            "invalid peer certificate: NotValidForName",
+            "invalid peer certificate: Expired",
+            "received corrupt message of type InvalidContentType",
+            "io error: tls handshake eof",
+        ] {
+            let e = RawError::Dispatch {
+                detail: detail.into(),
+                timeout: false,
+            };
+            assert_eq!(
+                classify(Step::List, "b", "https://x", &e).reason,
+                Reason::TLSError,
+                "{detail}"
+            );
+        }
         let slow = RawError::Dispatch {
             detail: "timeout".into(),
             timeout: true,
@@ -407,5 +453,8 @@ mod tests {
             classify(Step::List, "b", "e", &service(500, "InternalError")).reason,
             Reason::StorageError
         );
+        let f = classify(Step::Write, "b", "e", &service(400, "InvalidStorageClass"));
+        assert_eq!(f.reason, Reason::InvalidStorageClass);
+        assert!(f.message.contains("spec.s3.storageClass"), "{}", f.message);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use holdfast_api::backup::{Backup, BackupPhase, VolumePhase};
 use holdfast_api::common::NamespacedName;
 use holdfast_api::location::BackupStorageLocation;
-use holdfast_api::reasons::RestoreReason;
+use holdfast_api::reasons::{LocationReason, RestoreReason};
 use holdfast_api::restore::{Restore, RestorePhase, RestoreStatus, RestoredVolume};
 use holdfast_api::schedule::SCHEDULE_LABEL;
 use kube::ResourceExt;
@@ -175,8 +175,12 @@ impl Sources {
             .as_ref()
             .and_then(|s| s.storage_location.clone())
             .unwrap_or_default();
-        let bsl = match storage::location(ctx, Some(&loc)).await? {
+        let ns = r.namespace().unwrap_or_default();
+        let bsl = match storage::location_for(ctx, Some(&loc), &ns).await? {
             Ok(b) => b,
+            Err(refusal) if refusal.reason == LocationReason::LocationNotAllowed.as_str() => {
+                return Ok(Err(fail(st, RestorePhase::Failed, refusal)));
+            }
             Err(refusal) => {
                 st.reason = Some(refusal.reason.into());
                 st.message = Some(refusal.message);

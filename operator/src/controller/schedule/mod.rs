@@ -35,6 +35,7 @@ pub use self::plan::Track;
 use crate::runtime::error::Refusal;
 use crate::runtime::kernel::{self, ControllerError, Reconciler, State, Status};
 use crate::runtime::{Context, Error};
+use crate::storage;
 
 /// Field manager of this controller's writes.
 pub const MANAGER: &str = "holdfast-schedule-controller";
@@ -174,6 +175,22 @@ async fn step(
         Ok(p) => p,
         Err(r) => return Ok(invalid(st, r)),
     };
+    // A location that does not allow the schedule's namespace: no runs until it does.
+    let location = s
+        .spec
+        .template
+        .spec
+        .storage_location
+        .as_deref()
+        .or(plan.location.as_deref());
+    let ns = s.namespace().unwrap_or_default();
+    if let Err(r) = storage::admits(ctx, location, &ns)
+        .await
+        .map_err(ScheduleError::Observe)?
+    {
+        invalid(st, r);
+        return Ok(Action::requeue(RECHECK));
+    }
     if let Some(gap) = plan.max_interval(jiff::Timestamp::now()) {
         ctx.metrics
             .schedule_interval(&s.namespace().unwrap_or_default(), &s.name_any(), gap);
