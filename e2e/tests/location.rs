@@ -54,7 +54,10 @@ async fn location_reports_availability_and_specific_reasons() {
     let ns = TestNamespace::new(&client, "location").await;
     let bucket = format!("hf-loc-{}", holdfast_e2e::random_suffix());
     make_bucket(&bucket).await;
-    let op = Operator::start(&ns.name, "loc-0", &[]);
+    // Its own namespace only: the other tests of this file run operators for other
+    // namespaces at the same time, whose Backups this one must not take.
+    let own = format!("--watch-namespaces={}", ns.name);
+    let op = Operator::start(&ns.name, "loc-0", &[&own]);
     op.wait_ready().await;
 
     apply(&ns.name, &secret("good", &s3.access_key, &s3.secret_key));
@@ -206,7 +209,10 @@ async fn only_the_oldest_default_location_is_the_default() {
     let ns = TestNamespace::new(&client, "default").await;
     let bucket = format!("hf-def-{}", holdfast_e2e::random_suffix());
     make_bucket(&bucket).await;
-    let op = Operator::start(&ns.name, "def-0", &[]);
+    // Its own namespace only: the other tests of this file run operators for other
+    // namespaces at the same time, whose Backups this one must not take.
+    let own = format!("--watch-namespaces={}", ns.name);
+    let op = Operator::start(&ns.name, "def-0", &[&own]);
     op.wait_ready().await;
     apply(&ns.name, &secret("good", &s3.access_key, &s3.secret_key));
     apply(&ns.name, &location("first", &bucket, &s3.endpoint, "good"));
