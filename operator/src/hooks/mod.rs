@@ -133,6 +133,27 @@ impl Planned {
     }
 }
 
+/// The status entry of hook `p` that ran in `pod` and ended with `outcome`.
+pub fn entry(
+    pod: &holdfast_api::common::NamespacedName,
+    p: &Planned,
+    outcome: &Outcome,
+) -> HookStatus {
+    HookStatus {
+        rule: p.rule.clone(),
+        stage: p.stage.as_str().into(),
+        pod: pod.clone(),
+        container: p.container.clone(),
+        succeeded: outcome.succeeded(),
+        exit_code: outcome.exit_code(),
+        message: (!outcome.succeeded()).then(|| p.failure(&pod.name, outcome)),
+        on_error: p.on_error,
+        finished_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        )),
+    }
+}
+
 /// Adds hook results to a status: counts exact, the list capped at [`STATUS_LIMIT`] with
 /// failures kept first.
 pub fn record(

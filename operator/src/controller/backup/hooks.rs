@@ -245,7 +245,7 @@ async fn run_stage(
     let mut out = Vec::new();
     for p in &planned {
         let outcome = hooks::run(&ctx.client, ctx.hooks_enabled, &current, p).await;
-        let status = entry(pod, p, &outcome);
+        let status = hooks::entry(pod, p, &outcome);
         announce(b, ctx, pod, p, &status).await;
         let stop = stage == Stage::Pre && !status.succeeded && p.on_error == HookErrorMode::Fail;
         out.push(status);
@@ -254,20 +254,6 @@ async fn run_stage(
         }
     }
     out
-}
-
-fn entry(pod: &NamespacedName, p: &Planned, outcome: &hooks::Outcome) -> HookStatus {
-    HookStatus {
-        rule: p.rule.clone(),
-        stage: p.stage.as_str().into(),
-        pod: pod.clone(),
-        container: p.container.clone(),
-        succeeded: outcome.succeeded(),
-        exit_code: outcome.exit_code(),
-        message: (!outcome.succeeded()).then(|| p.failure(&pod.name, outcome)),
-        on_error: p.on_error,
-        finished_at: Some(Time(Timestamp::now())),
-    }
 }
 
 /// A pod that is gone cannot run its hooks: one failed entry says so (`Continue`: a pod

@@ -163,17 +163,7 @@ async fn run_pod(r: &Restore, ctx: &Context, pod: Pod, planned: Vec<Planned>) ->
     let mut out = Vec::new();
     for p in &planned {
         let outcome = hooks::run(&ctx.client, ctx.hooks_enabled, &pod, p).await;
-        let s = HookStatus {
-            rule: p.rule.clone(),
-            stage: p.stage.as_str().into(),
-            pod: id.clone(),
-            container: p.container.clone(),
-            succeeded: outcome.succeeded(),
-            exit_code: outcome.exit_code(),
-            message: (!outcome.succeeded()).then(|| p.failure(&id.name, &outcome)),
-            on_error: p.on_error,
-            finished_at: Some(Time(Timestamp::now())),
-        };
+        let s = hooks::entry(&id, p, &outcome);
         announce(r, ctx, &s).await;
         let stop = !s.succeeded && p.on_error == HookErrorMode::Fail;
         out.push(s);
