@@ -98,9 +98,54 @@ impl fmt::Display for DurationParseError {
 }
 impl std::error::Error for DurationParseError {}
 
+/// Longest duration accepted: Go's `time.Duration` limit (2^63 - 1 ns, about 292 years).
+const MAX_DURATION_SECS: f64 = i64::MAX as f64 / 1e9;
+
+/// kube's parser panics on a value a `std::time::Duration` cannot hold (a negative or huge
+/// part: `5h-3m`, `99999999999999999999999h`, both short enough for the CRD's pattern), so
+/// the parts are checked first, split exactly as it splits them; what it would refuse
+/// anyway is left to it.
+fn check_duration_range(s: &str) -> Result<(), String> {
+    let mut rest = s.trim_start_matches('+').trim_start_matches('-');
+    let mut secs = 0f64;
+    while !rest.is_empty() && rest != "0" {
+        let Some(unit_start) = rest.find(|c: char| c.is_alphabetic()) else {
+            return Ok(());
+        };
+        let (val, after) = rest.split_at(unit_start);
+        let Ok(val) = val.parse::<f64>() else {
+            return Ok(());
+        };
+        let (unit, after) = match after.find(|c: char| !c.is_alphabetic()) {
+            Some(i) => after.split_at(i),
+            None => (after, ""),
+        };
+        rest = after;
+        let base = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{00b5}s" | "\u{03bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Ok(()),
+        };
+        if val.is_nan() || val < 0.0 {
+            return Err(format!("part {val}{unit} is negative"));
+        }
+        secs += val * base;
+        if !secs.is_finite() || secs > MAX_DURATION_SECS {
+            return Err("longer than 2562047h (the longest Go duration)".into());
+        }
+    }
+    Ok(())
+}
+
 impl FromStr for Duration {
     type Err = DurationParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        check_duration_range(s)
+            .map_err(|e| DurationParseError(format!("invalid duration {s:?}: {e}")))?;
         let d: kube::core::Duration = s.parse().map_err(|e| {
             DurationParseError(format!(
                 "invalid duration {s:?}: {e} (examples: 30s, 5m, 1h30m)"
@@ -312,6 +357,22 @@ mod tests {
         for bad in ["", "5", "5 m", "-5m", "1d", "h"] {
             assert!(!re.is_match(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn duration_out_of_range_is_an_error_not_a_panic() {
+        // Both match DURATION_PATTERN (so the API server admits them); kube's parser panicked.
+        let huge = format!("{}h", "9".repeat(40));
+        let re = regex_lite::Regex::new(DURATION_PATTERN).expect("pattern compiles");
+        assert!(re.is_match(&huge));
+        for s in [huge.as_str(), "5h-3m", "2562048h", "1e400h"] {
+            let err = s.parse::<Duration>().expect_err(s).to_string();
+            assert!(err.contains("invalid duration"), "{s}: {err}");
+        }
+        assert_eq!(
+            "2562047h".parse::<Duration>().expect("longest").as_std(),
+            std::time::Duration::from_secs(2562047 * 3600)
+        );
     }
 
     #[test]

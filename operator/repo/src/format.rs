@@ -109,6 +109,16 @@ pub fn encode_unpacked(json: &[u8]) -> Result<Vec<u8>, std::io::Error> {
     Ok(out)
 }
 
+/// Largest decoded unpacked file (index, snapshot, lock, config JSON) we accept. Our index
+/// files hold a few MiB of JSON, restic's at most 50,000 blobs (about 10 MiB); the limit
+/// stops a small corrupt or hostile zstd frame from expanding until memory runs out.
+pub const MAX_UNPACKED_LEN: u64 = 1 << 30;
+
+/// The most bytes a zstd frame can expand to per input byte: every block needs at least
+/// 4 bytes (3 of header and 1 of an RLE byte) and yields at most 128 KiB. A claimed
+/// uncompressed length above `input length × this` cannot be true.
+const MAX_ZSTD_RATIO: usize = 128 * 1024 / 4;
+
 /// Decodes an unpacked plaintext: plain JSON (`{`/`[`) or `0x02 || zstd(json)`.
 pub fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>, FormatError> {
     match plain.first() {
@@ -125,23 +135,57 @@ pub fn decode_unpacked(plain: Vec<u8>, what: &str) -> Result<Vec<u8>, FormatErro
     }
 }
 
-/// zstd-decompresses a frame; `size` is the expected size when known.
+/// zstd-decompresses a frame; `size` is the expected size when known (a blob's
+/// `uncompressed_length`), else the output is limited to [`MAX_UNPACKED_LEN`]. Nothing is
+/// allocated for a claimed size the input cannot expand to.
 pub fn decompress(data: &[u8], size: Option<usize>, what: &str) -> Result<Vec<u8>, FormatError> {
-    let r = match size {
-        Some(n) => zstd::bulk::decompress(data, n),
-        None => zstd::stream::decode_all(data),
+    let invalid = |reason: String| FormatError::Invalid {
+        what: what.to_string(),
+        reason,
     };
-    let out = r.map_err(|source| FormatError::Zstd {
+    let zstd_err = |source| FormatError::Zstd {
         what: what.to_string(),
         source,
-    })?;
-    if let Some(n) = size
-        && out.len() != n
+    };
+    let Some(n) = size else {
+        use std::io::Read;
+        let mut out = Vec::new();
+        zstd::stream::Decoder::new(data)
+            .map_err(zstd_err)?
+            .take(MAX_UNPACKED_LEN + 1)
+            .read_to_end(&mut out)
+            .map_err(zstd_err)?;
+        if out.len() as u64 > MAX_UNPACKED_LEN {
+            return Err(invalid(format!(
+                "decompresses to more than {MAX_UNPACKED_LEN} bytes"
+            )));
+        }
+        return Ok(out);
+    };
+    if n > data.len().saturating_mul(MAX_ZSTD_RATIO) {
+        return Err(invalid(format!(
+            "{} compressed bytes cannot decompress to the {n} bytes claimed",
+            data.len()
+        )));
+    }
+    // A single frame that declares its size tells a mismatch before anything is
+    // allocated (with several frames only the first one's size would be declared).
+    let one_frame =
+        zstd::zstd_safe::find_frame_compressed_size(data).is_ok_and(|c| c == data.len());
+    if one_frame
+        && let Ok(Some(declared)) = zstd::zstd_safe::get_frame_content_size(data)
+        && declared != n as u64
     {
-        return Err(FormatError::Invalid {
-            what: what.to_string(),
-            reason: format!("decompressed to {} bytes, expected {n}", out.len()),
-        });
+        return Err(invalid(format!(
+            "zstd frame holds {declared} bytes, expected {n}"
+        )));
+    }
+    let out = zstd::bulk::decompress(data, n).map_err(zstd_err)?;
+    if out.len() != n {
+        return Err(invalid(format!(
+            "decompressed to {} bytes, expected {n}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -184,14 +228,57 @@ impl Default for KdfParams {
     }
 }
 
+/// Most memory scrypt may use for a key file (128·N·r bytes). restic calibrates to at
+/// most 60 MiB; a key file asking for more is corrupt or an attempt to exhaust memory.
+pub const MAX_KDF_MEMORY: u64 = 1 << 30;
+/// Most scrypt passes (p) a key file may ask for (restic uses 1 to a few).
+pub const MAX_KDF_P: u32 = 64;
+
+impl KdfParams {
+    /// Checks the parameters are valid and within [`MAX_KDF_MEMORY`] and [`MAX_KDF_P`].
+    pub fn check(&self) -> Result<(), FormatError> {
+        let invalid = |reason: String| FormatError::Invalid {
+            what: "key file".into(),
+            reason,
+        };
+        if !self.n.is_power_of_two() || self.n < 2 {
+            return Err(invalid(format!(
+                "scrypt N={} is not a power of two",
+                self.n
+            )));
+        }
+        if self.r == 0 || self.p == 0 {
+            return Err(invalid(format!(
+                "scrypt r={} p={} must be positive",
+                self.r, self.p
+            )));
+        }
+        let memory = self
+            .n
+            .checked_mul(128 * u64::from(self.r))
+            .filter(|m| *m <= MAX_KDF_MEMORY);
+        if memory.is_none() {
+            return Err(invalid(format!(
+                "scrypt N={} r={} needs more than {MAX_KDF_MEMORY} bytes of memory",
+                self.n, self.r
+            )));
+        }
+        if self.p > MAX_KDF_P {
+            return Err(invalid(format!(
+                "scrypt p={} is more than {MAX_KDF_P}",
+                self.p
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn derive(password: &str, salt: &[u8], p: KdfParams) -> Result<Key, FormatError> {
     let invalid = |reason: String| FormatError::Invalid {
         what: "key file".into(),
         reason,
     };
-    if !p.n.is_power_of_two() || p.n < 2 {
-        return Err(invalid(format!("scrypt N={} is not a power of two", p.n)));
-    }
+    p.check()?;
     let log_n = u8::try_from(p.n.trailing_zeros()).map_err(|e| invalid(e.to_string()))?;
     let params = scrypt::Params::new(log_n, p.r, p.p, 64)
         .map_err(|e| invalid(format!("scrypt parameters: {e}")))?;
@@ -383,6 +470,19 @@ pub fn parse_pack_header(
             what: format!("header of {what}"),
             source,
         })?;
+    parse_pack_header(&header, hstart, what)
+}
+
+/// Parses a decrypted pack header whose blobs must fill the pack's first `hstart` bytes.
+pub fn parse_pack_header(
+    header: &[u8],
+    hstart: usize,
+    what: &str,
+) -> Result<Vec<PackedBlob>, FormatError> {
+    let invalid = |reason: String| FormatError::Invalid {
+        what: what.to_string(),
+        reason,
+    };
     let mut blobs = Vec::new();
     let mut pos = 0usize;
     let mut offset = 0u32;
@@ -408,7 +508,7 @@ pub fn parse_pack_header(
         id.copy_from_slice(&header[id_at..id_at + 32]);
         blobs.push(PackedBlob {
             id: Id(id),
-            blob_type: if t % 2 == 0 {
+            blob_type: if t.is_multiple_of(2) {
                 BlobType::Data
             } else {
                 BlobType::Tree
@@ -446,8 +546,10 @@ pub struct IndexPack {
     pub blobs: Vec<IndexBlob>,
 }
 
-/// One blob of a pack in an index file.
+/// One blob of a pack in an index file. Reading checks that it lies inside a pack's
+/// 4 GiB (offset + length fits the `u32` fields), which readers slicing packs rely on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "IndexBlobJson")]
 pub struct IndexBlob {
     pub id: Id,
     #[serde(rename = "type")]
@@ -456,6 +558,38 @@ pub struct IndexBlob {
     pub length: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed_length: Option<u32>,
+}
+
+/// [`IndexBlob`] as read, before its checks.
+#[derive(Deserialize)]
+struct IndexBlobJson {
+    id: Id,
+    #[serde(rename = "type")]
+    blob_type: BlobType,
+    offset: u32,
+    length: u32,
+    #[serde(default)]
+    uncompressed_length: Option<u32>,
+}
+
+impl TryFrom<IndexBlobJson> for IndexBlob {
+    type Error = String;
+
+    fn try_from(j: IndexBlobJson) -> Result<IndexBlob, String> {
+        if j.offset.checked_add(j.length).is_none() {
+            return Err(format!(
+                "blob {}: offset {} + length {} is past the end of any pack",
+                j.id, j.offset, j.length
+            ));
+        }
+        Ok(IndexBlob {
+            id: j.id,
+            blob_type: j.blob_type,
+            offset: j.offset,
+            length: j.length,
+            uncompressed_length: j.uncompressed_length,
+        })
+    }
 }
 
 impl IndexBlob {

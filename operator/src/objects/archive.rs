@@ -25,6 +25,9 @@ pub const INDEX_PATH: &str = "index.json";
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest archive member read back (a single object), as a guard against corrupt input.
 const MAX_ENTRY: u64 = 64 << 20;
+/// Most bytes all members together may hold once uncompressed: a small corrupt or hostile
+/// archive (gzip expands up to ~1000:1) must not exhaust the operator's memory.
+const MAX_TOTAL: u64 = 1 << 30;
 
 /// One captured object with its resource type.
 #[derive(Clone, Debug, PartialEq)]
@@ -143,6 +146,7 @@ pub fn read(archive: &[u8]) -> Result<Vec<Item>, ObjectsError> {
     };
     let mut tar = tar::Archive::new(GzDecoder::new(archive));
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut total = 0u64;
     let entries = tar
         .entries()
         .map_err(|e| err("reading the archive", e.to_string()))?;
@@ -162,7 +166,15 @@ pub fn read(archive: &[u8]) -> Result<Vec<Item>, ObjectsError> {
                 format!("{} bytes is more than an object can be", entry.size()),
             ));
         }
-        let mut data = Vec::with_capacity(entry.size() as usize);
+        total += entry.size();
+        if total > MAX_TOTAL {
+            return Err(err(
+                "reading the archive",
+                format!("its objects hold more than {MAX_TOTAL} bytes"),
+            ));
+        }
+        // The size is the header's claim: reserve for it only up to a modest amount.
+        let mut data = Vec::with_capacity(entry.size().min(1 << 20) as usize);
         entry
             .take(MAX_ENTRY)
             .read_to_end(&mut data)
