@@ -460,23 +460,19 @@ pub fn parse_pack_header(
     key: &Key,
     what: &str,
 ) -> Result<Vec<PackedBlob>, FormatError> {
-    let invalid = |reason: String| FormatError::Invalid {
-        what: what.to_string(),
-        reason,
-    };
     let header = key
         .decrypt(encrypted)
         .map_err(|source| FormatError::Crypto {
             what: format!("header of {what}"),
             source,
         })?;
-    parse_pack_header(&header, hstart, what)
+    parse_header_entries(&header, hstart, what)
 }
 
 /// Parses a decrypted pack header whose blobs must fill the pack's first `hstart` bytes.
-pub fn parse_pack_header(
+pub fn parse_header_entries(
     header: &[u8],
-    hstart: usize,
+    hstart: u64,
     what: &str,
 ) -> Result<Vec<PackedBlob>, FormatError> {
     let invalid = |reason: String| FormatError::Invalid {

@@ -79,14 +79,14 @@ pub fn pack_header(data: &[u8]) {
     let Some((len, header)) = data.split_first_chunk::<4>() else {
         return;
     };
-    let hstart = u32::from_le_bytes(*len) as usize;
-    if let Ok(blobs) = format::parse_pack_header(header, hstart, "pack header") {
+    let hstart = u64::from(u32::from_le_bytes(*len));
+    if let Ok(blobs) = format::parse_header_entries(header, hstart, "pack header") {
         let mut end = 0u32;
         for b in &blobs {
             assert_eq!(b.offset, end, "blobs are contiguous");
             end = b.offset + b.length;
         }
-        assert_eq!(end as usize, hstart, "blobs fill the blob area");
+        assert_eq!(u64::from(end), hstart, "blobs fill the blob area");
     }
 }
 
