@@ -164,11 +164,24 @@ impl Env {
     }
 }
 
-/// Installs the Holdfast CRDs from `crds/` (once per test process) and waits until Established.
+/// Installs the Holdfast CRDs from `crds/` (once per test process) and waits until
+/// Established; and the ClusterRole and binding an administrator's restore writes objects with
+/// (`config/rbac/restorer_role.yaml`: test operators act as the user holdfast:restorer, as
+/// installed ones do).
 pub fn ensure_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let e = env();
+        e.kubectl_ok(
+            ["apply", "--server-side", "--force-conflicts", "-f"]
+                .map(String::from)
+                .into_iter()
+                .chain([e
+                    .repo
+                    .join("config/rbac/restorer_role.yaml")
+                    .display()
+                    .to_string()]),
+        );
         e.kubectl_ok(
             ["apply", "--server-side", "--force-conflicts", "-f"]
                 .map(String::from)

@@ -133,6 +133,69 @@ async fn chart_installs_an_operator_that_reconciles() {
         "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}",
     ]);
     assert_eq!(label.trim(), "baseline", "namespace {} label", ns.name);
+    // ...and as an operator namespace, for the admission policies (installed with the release).
+    let label = e.kubectl_ok([
+        "get",
+        "namespace",
+        &ns.name,
+        "-o",
+        "jsonpath={.metadata.labels.holdfast\\.dev/operator-namespace}",
+    ]);
+    assert_eq!(label.trim(), "true", "namespace {} label", ns.name);
+    for kind in ["backups", "schedules", "restores"] {
+        e.kubectl_ok([
+            "get",
+            "validatingadmissionpolicy",
+            &format!("{release}-holdfast-tenant-{kind}"),
+        ]);
+    }
+    // The operator's service account holds what it uses and nothing else (issue 18): asked of
+    // the API server's authorizer, as the account.
+    let sa = format!("system:serviceaccount:{}:holdfast", ns.name);
+    let can = |args: &[&str]| {
+        let out = e.kubectl(
+            ["auth", "can-i", "--as", &sa]
+                .into_iter()
+                .chain(args.iter().copied()),
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let denied: &[&[&str]] = &[
+        &["create", "configmaps", "-n", "default"],
+        &["create", "deployments.apps", "-n", "default"],
+        &["update", "services", "-n", "default"],
+        &["create", "clusterrolebindings"],
+        &["create", "roles", "-n", "default"],
+        &["create", "serviceaccounts/token", "-n", "default"],
+        &["get", "nodes/proxy"],
+        &["get", "configmaps", "-n", "default"],
+        &["delete", "namespaces"],
+        &["escalate", "clusterroles"],
+        &["bind", "clusterroles/cluster-admin"],
+        &["impersonate", "users/someone"],
+        &["impersonate", "serviceaccounts", "-n", "default"],
+    ];
+    for args in denied {
+        assert!(!can(args), "{sa} may {args:?}, which it never needs");
+    }
+    let allowed: &[&[&str]] = &[
+        &["list", "secrets", "--all-namespaces"],
+        &["list", "deployments.apps", "--all-namespaces"],
+        &["create", "pods", "-n", &ns.name],
+        &[
+            "create",
+            "volumesnapshots.snapshot.storage.k8s.io",
+            "-n",
+            "default",
+        ],
+        &["create", "pods/exec", "-n", "default"],
+        &["bind", "clusterroles/admin"],
+        &["impersonate", "users/holdfast:restorer"],
+        &["impersonate", "users/holdfast:tenant-restorer"],
+    ];
+    for args in allowed {
+        assert!(can(args), "{sa} may not {args:?}, which it needs");
+    }
     e.kubectl_ok(["get", "service", "holdfast-metrics", "-n", &ns.name]);
     // The SLA policy presets come with the release (post-install hooks, after the CRDs), and
     // stay when it is uninstalled, like the CRDs.

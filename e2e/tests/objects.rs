@@ -146,6 +146,8 @@ async fn restore(
         RestoreRequest {
             hooks: &[],
             namespaced_only: false,
+            writer: None,
+            refused_hint: "",
             archive,
             selection: &selection,
             namespace_mapping: mapping,
@@ -605,6 +607,8 @@ spec:
         RestoreRequest {
             hooks: &[],
             namespaced_only: false,
+            writer: None,
+            refused_hint: "",
             archive: &captured.archive,
             selection: &selection,
             namespace_mapping: &BTreeMap::new(),

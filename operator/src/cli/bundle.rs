@@ -44,6 +44,9 @@ const CLUSTER_ROLE: &str = "config/rbac/cluster_role.yaml";
 const LEADER_ELECTION_ROLE: &str = "config/rbac/leader_election_role.yaml";
 /// Exec for hooks: OLM installs hooks enabled, as `config/default` does.
 const HOOKS_ROLE: &str = "config/rbac/hooks_role.yaml";
+/// What administrators' restores write objects with (a ClusterRole and its binding to the
+/// user holdfast:restorer), shipped as bundle manifests.
+const RESTORER_ROLE: &str = "config/rbac/restorer_role.yaml";
 const SAMPLES: &str = "config/samples";
 const DESCRIPTION: &str = "docs/olm/description.md";
 const ICON: &str = "docs/olm/icon.svg";
@@ -100,7 +103,19 @@ pub fn render(root: &Path, crds: &[CustomResourceDefinition]) -> Result<Vec<(Pat
         dockerfile.push_str(&format!("LABEL {k}={v}\n"));
     }
     dockerfile.push_str("COPY manifests /manifests/\nCOPY metadata /metadata/\n");
+    let restorer = |kind: &str, file: &str| -> Result<(PathBuf, String)> {
+        let doc = document_of_kind(root, RESTORER_ROLE, kind)?;
+        Ok((
+            Path::new(MANIFESTS).join(file),
+            format!("{header}{}", serde_yaml::to_string(&doc)?),
+        ))
+    };
     Ok(vec![
+        restorer("ClusterRole", "holdfast-restorer.clusterrole.yaml")?,
+        restorer(
+            "ClusterRoleBinding",
+            "holdfast-restorer.clusterrolebinding.yaml",
+        )?,
         (
             Path::new(MANIFESTS).join(format!("{PACKAGE}.clusterserviceversion.yaml")),
             csv_yaml,
@@ -191,7 +206,10 @@ pub fn csv(root: &Path, crds: &[CustomResourceDefinition]) -> Result<Value> {
             "kind": "Namespace",
             "metadata": {
                 "name": SUGGESTED_NAMESPACE,
-                "labels": {crate::runtime::scope::ENFORCE: "baseline"},
+                "labels": {
+                    crate::runtime::scope::ENFORCE: "baseline",
+                    crate::runtime::scope::OPERATOR_NAMESPACE_LABEL: "true",
+                },
             },
         }))?,
     );

@@ -186,6 +186,12 @@ pub struct RestoreRequest<'a> {
     /// Restore namespaced objects only (a tenant's restore: cluster-scoped objects would be
     /// created with the operator's rights, not the tenant's).
     pub namespaced_only: bool,
+    /// Creates and updates the restored objects: an identity with the rights the restore may
+    /// use (see `runtime::restorer`); reads use the client given to [`restore`]. None: that
+    /// client writes too.
+    pub writer: Option<&'a Client>,
+    /// Added to the cause of a refused write (403): whose rights the writer has.
+    pub refused_hint: &'a str,
 }
 
 /// The result of a restore.
@@ -881,11 +887,23 @@ struct Restorer<'a> {
 }
 
 impl Restorer<'_> {
+    /// The API of `rt` through the writer.
     fn api(&self, rt: &ResourceType, namespace: Option<&str>) -> Api<DynamicObject> {
         let ar = rt.api_resource();
+        let w = self.req.writer.unwrap_or(self.client).clone();
         match namespace {
-            Some(ns) if rt.namespaced => Api::namespaced_with(self.client.clone(), ns, &ar),
-            _ => Api::all_with(self.client.clone(), &ar),
+            Some(ns) if rt.namespaced => Api::namespaced_with(w, ns, &ar),
+            _ => Api::all_with(w, &ar),
+        }
+    }
+
+    /// The cause of a failed write, with the writer's hint when it was refused.
+    fn cause(&self, e: &kube::Error) -> String {
+        let c = kube_cause(e);
+        if api_code(e) == Some(403) && !self.req.refused_hint.is_empty() {
+            format!("{c}; {}", self.req.refused_hint)
+        } else {
+            c
         }
     }
 
@@ -947,15 +965,15 @@ impl Restorer<'_> {
                         }
                         Err(e) => self.report.failed.push(format!(
                             "{target}: updating the existing object: {}",
-                            kube_cause(&e)
+                            self.cause(&e)
                         )),
                     }
                 }
             },
-            Err(e) => self
-                .report
-                .failed
-                .push(format!("{target}: {}", kube_cause(&e))),
+            Err(e) => {
+                let c = self.cause(&e);
+                self.report.failed.push(format!("{target}: {c}"));
+            }
         }
     }
 
@@ -1042,7 +1060,8 @@ impl Restorer<'_> {
                 field_manager: Some(FIELD_MANAGER.into()),
                 ..Default::default()
             };
-            match api.create(&pp, &ns).await {
+            let writer: Api<Namespace> = Api::all(self.req.writer.unwrap_or(self.client).clone());
+            match writer.create(&pp, &ns).await {
                 Ok(_) => self.report.restored += 1,
                 Err(e) if api_code(&e) == Some(409) => {}
                 Err(e) => return Err(format!("creating namespace {target}: {}", kube_cause(&e))),

@@ -136,6 +136,20 @@ pub fn resource_named(rt: &ResourceType, sel: &Selection) -> bool {
         .any(|r| r != "*" && rt.matches_name(r))
 }
 
+/// The entries of `includedResources` that name cluster-scoped resources (other than
+/// namespaces, which every backup carries for its own namespaces), as written. Pure.
+pub fn cluster_scoped_named(resources: &[ResourceType], sel: &Selection) -> Vec<String> {
+    sel.included_resources
+        .iter()
+        .filter(|name| {
+            resources
+                .iter()
+                .any(|r| !r.namespaced && !r.is("", "namespaces") && r.matches_name(name))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Included/excluded namespaces: empty or `*` includes everything, exclusions win.
 pub fn namespace_included(ns: &str, sel: &Selection) -> bool {
     let inc = &sel.included_namespaces;

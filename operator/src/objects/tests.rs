@@ -119,6 +119,36 @@ fn included_and_excluded_resources() {
 }
 
 #[test]
+fn cluster_scoped_kinds_named_in_a_selection() {
+    let crb = ResourceType {
+        singular: "clusterrolebinding".into(),
+        ..rt(
+            "rbac.authorization.k8s.io",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+        )
+    };
+    let all = [
+        deployments(),
+        crb,
+        rt("", "Namespace", "namespaces", false),
+        rt("", "ConfigMap", "configmaps", true),
+    ];
+    let s = sel(json!({"includedResources": [
+        "deploy", "ClusterRoleBinding", "namespaces", "clusterrolebindings.rbac.authorization.k8s.io", "configmaps", "*"
+    ]}));
+    assert_eq!(
+        select::cluster_scoped_named(&all, &s),
+        [
+            "ClusterRoleBinding",
+            "clusterrolebindings.rbac.authorization.k8s.io"
+        ]
+    );
+    assert!(select::cluster_scoped_named(&all, &sel(json!({}))).is_empty());
+}
+
+#[test]
 fn resources_never_captured() {
     for (group, plural) in [
         ("", "events"),
@@ -787,6 +817,8 @@ fn request<'a>(
     RestoreRequest {
         hooks: &[],
         namespaced_only: false,
+        writer: None,
+        refused_hint: "",
         archive: &[],
         selection,
         namespace_mapping: mapping,

@@ -8,6 +8,7 @@ pub mod kernel;
 pub mod kube_ext;
 pub mod leader;
 pub mod names;
+pub mod restorer;
 pub mod scope;
 pub mod telemetry;
 
@@ -51,6 +52,8 @@ pub struct Context {
     pub watch_namespaces: Vec<String>,
     /// Watched caches of transfers, mover pods and nodes.
     pub caches: cache::Caches,
+    /// The identities restores write objects as.
+    pub restorers: restorer::Restorers,
 }
 
 impl Context {
@@ -139,9 +142,13 @@ pub struct ControllerArgs {
 
 /// Runs the operator until SIGTERM/SIGINT or loss of leadership.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("configuring the Kubernetes API client (KUBECONFIG or in-cluster)")?;
+    let client = Client::try_from(config.clone())
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let restorers = restorer::Restorers::new(&config)
+        .context("configuring the restorer identities' API clients")?;
     let metrics = Arc::new(Metrics::new());
     let health = telemetry::Health::default();
     let shutdown = CancellationToken::new();
@@ -176,6 +183,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     scope::mark_namespace(client.clone(), &args.namespace, &identity)
         .await
         .context("marking the operator namespace")?;
+    scope::label_operator_namespace(client.clone(), &args.namespace).await;
     scope::label_pod_security(client.clone(), &args.namespace, &args.pod_security_level).await;
     let lease = if args.leader_elect {
         let elected = elect(&client, &args, &identity, &shutdown).await?;
@@ -204,6 +212,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         max_movers_per_node: args.max_movers_per_node,
         watch_namespaces: scope::parse_watch(&args.watch_namespaces),
         caches: cache::Caches::start(&client, &args.namespace).await,
+        restorers,
     });
     let admission = Arc::new(transfer::admission::Admission::default());
     let stop = || {

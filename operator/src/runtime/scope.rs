@@ -111,6 +111,33 @@ pub enum PodSecurity {
 /// Labels the operator namespace with the Pod Security level mover pods need, when it has no
 /// such label (`helm install --create-namespace` makes one without). Never fails start-up:
 /// without the permission it logs what to do instead.
+/// Label by which admission policies know an operator namespace (config/admission).
+pub const OPERATOR_NAMESPACE_LABEL: &str = "holdfast.dev/operator-namespace";
+
+/// Labels the operator's namespace [`OPERATOR_NAMESPACE_LABEL`]`=true`, so that the admission
+/// policies of every Holdfast installation treat it as an administrator's namespace. A
+/// failure is logged with the command that does it.
+pub async fn label_operator_namespace(client: kube::Client, ns: &str) {
+    let api: Api<Namespace> = Api::all(client);
+    if let Ok(n) = api.get(ns).await
+        && n.labels().get(OPERATOR_NAMESPACE_LABEL).map(String::as_str) == Some("true")
+    {
+        return;
+    }
+    let patch = serde_json::json!({"metadata": {"labels": {OPERATOR_NAMESPACE_LABEL: "true"}}});
+    match api
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            info!(namespace = %ns, "labelled the operator namespace {OPERATOR_NAMESPACE_LABEL}=true")
+        }
+        Err(e) => {
+            warn!(namespace = %ns, error = %e, "cannot label the operator namespace; without the label the admission policies of another Holdfast installation refuse its administrator backups: kubectl label namespace {ns} {OPERATOR_NAMESPACE_LABEL}=true")
+        }
+    }
+}
+
 pub async fn label_pod_security(client: kube::Client, ns: &str, level: &str) {
     if level.is_empty() {
         return;

@@ -86,6 +86,24 @@ pub(super) async fn capture(
     {
         return Ok(fail(st, BackupPhase::Failed, r));
     }
+    if ns != ctx.namespace && !b.spec.selection.included_resources.is_empty() {
+        let (resources, _) = match objects::discover(&ctx.client).await {
+            Ok(d) => d,
+            Err(e) => {
+                let again = Duration::from_secs(10);
+                return Ok(waiting(
+                    st,
+                    BackupReason::CaptureFailed,
+                    e.to_string(),
+                    again,
+                ));
+            }
+        };
+        let named = objects::select::cluster_scoped_named(&resources, &b.spec.selection);
+        if let Err(r) = cluster_kinds_allowed(&ns, &ctx.namespace, &named) {
+            return Ok(fail(st, BackupPhase::Failed, r));
+        }
+    }
     let include_cluster = b
         .spec
         .include_cluster_resources
@@ -193,6 +211,23 @@ fn cluster_resources_allowed(
     Ok(())
 }
 
+/// A tenant's Backup may not name cluster-scoped kinds (`named`) in `includedResources`. Pure.
+fn cluster_kinds_allowed(own: &str, operator: &str, named: &[String]) -> Result<(), Refusal> {
+    if own != operator && !named.is_empty() {
+        return Err(Refusal::new(
+            BackupReason::ClusterResourcesNotAllowed,
+            format!(
+                "spec.includedResources: {} cluster-scoped; a Backup in namespace {own} may capture objects of its own namespace only (only Backups in {operator} may capture cluster-scoped objects); remove them",
+                match named {
+                    [one] => format!("{one} is"),
+                    many => format!("{} are", many.join(", ")),
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A tenant's Backup covers its own namespace only. Pure.
 fn tenant_namespaces(
     own: &str,
@@ -214,6 +249,21 @@ fn tenant_namespaces(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_may_not_name_cluster_scoped_kinds() {
+        let named = vec!["clusterrolebindings".to_string()];
+        assert!(cluster_kinds_allowed("hf", "hf", &named).is_ok());
+        assert!(cluster_kinds_allowed("shop", "hf", &[]).is_ok());
+        let r = cluster_kinds_allowed("shop", "hf", &named).expect_err("refused");
+        assert_eq!(r.reason, "ClusterResourcesNotAllowed");
+        assert!(
+            r.message
+                .starts_with("spec.includedResources: clusterrolebindings is cluster-scoped"),
+            "{}",
+            r.message
+        );
+    }
 
     #[test]
     fn tenants_back_up_their_own_namespace_only() {

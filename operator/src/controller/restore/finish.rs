@@ -22,7 +22,7 @@ use super::source::Source;
 use super::{BACKUP_LABEL, RESTORE_LABEL};
 use crate::objects::{self, RestoreReport};
 use crate::runtime::kube_ext::create_or_adopt;
-use crate::runtime::{Context, Error};
+use crate::runtime::{Context, Error, restorer};
 
 fn labels(r: &Restore, src: &Source) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -53,6 +53,8 @@ pub(super) async fn restore_namespaces(
         labels: labels(r, src),
         hooks: &[],
         namespaced_only: false,
+        writer: Some(&ctx.restorers.cluster),
+        refused_hint: restorer::CLUSTER_HINT,
     };
     objects::restore(&ctx.client, request)
         .await
@@ -159,6 +161,17 @@ async fn objects_once(
         .as_ref()
         .map(|h| h.rules.as_slice())
         .unwrap_or_default();
+    let tenant = r.namespace().as_deref() != Some(ctx.namespace.as_str());
+    if tenant && let Err(why) = restorer::grant(ctx, r).await? {
+        st.reason = Some(RestoreReason::ObjectRestoreFailed.into());
+        st.message = Some(why);
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    }
+    let (writer, refused_hint) = if tenant {
+        (&ctx.restorers.tenant, restorer::TENANT_HINT)
+    } else {
+        (&ctx.restorers.cluster, restorer::CLUSTER_HINT)
+    };
     let request = objects::RestoreRequest {
         archive: &src.archive,
         selection: &r.spec.selection,
@@ -168,9 +181,15 @@ async fn objects_once(
         exclude_kinds: &["persistentvolumeclaims", "persistentvolumes"],
         labels: labels(r, src),
         hooks: rules,
-        namespaced_only: r.namespace().as_deref() != Some(ctx.namespace.as_str()),
+        namespaced_only: tenant,
+        writer: Some(writer),
+        refused_hint,
     };
-    let report = match objects::restore(&ctx.client, request).await {
+    let result = objects::restore(&ctx.client, request).await;
+    if tenant {
+        restorer::revoke(ctx, r).await?;
+    }
+    let report = match result {
         Ok(rep) => rep,
         Err(e) => {
             st.reason = Some(RestoreReason::ObjectRestoreFailed.into());
