@@ -72,8 +72,10 @@ pub struct RestoreSpec {
     /// Init containers and commands run in restored pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<RestoreHooks>,
-    /// Set to true to stop a running restore. Volumes being written are marked unusable
-    /// (label `holdfast.dev/restore-incomplete`). Cannot be unset.
+    /// Set to true to stop a running restore. A volume is written into a temporary volume and
+    /// given to its claim only once complete, so a cancelled or failed restore never leaves a
+    /// claim with partial data: claims already restored stay, the others are not created
+    /// (InPlace: the existing claim keeps its old data). Cannot be unset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
 }

@@ -2,6 +2,7 @@
 //! (types and phase functions) on the shared kernel in `runtime/`.
 
 pub mod backup;
+pub mod departed;
 pub mod location;
 pub mod repository;
 pub mod restore;

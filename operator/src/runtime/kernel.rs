@@ -155,10 +155,20 @@ pub trait Reconciler: Send + Sync + Sized + 'static {
         async { Ok(Action::await_change()) }
     }
 
-    /// Whether this object needs [`Reconciler::FINALIZER`] now (default: always). When not,
-    /// the kernel removes it, so objects with nothing to clean up are never held on deletion.
-    fn wants_finalizer(&self, _o: &Self::Object) -> bool {
-        true
+    /// Whether this object needs [`Reconciler::FINALIZER`] now (default: while it is not
+    /// finished). When not, the kernel removes it, so objects with nothing to clean up are
+    /// never held on deletion. A finished object keeps one it has until
+    /// [`Reconciler::finished`] has nothing more to do (see [`Reconciler::hold_finished`]):
+    /// finished objects carry no finalizer, so an uninstalled operator leaves none that
+    /// nobody would remove (design record 0015).
+    fn wants_finalizer(&self, o: &Self::Object) -> bool {
+        !o.status().is_some_and(Status::is_terminal)
+    }
+
+    /// Whether a finished object keeps its finalizer after [`Reconciler::finished`] returned
+    /// `action` (default: while that asks to be called again, its cleanup is not done).
+    fn hold_finished(&self, action: &Action) -> bool {
+        *action != Action::await_change()
     }
 
     /// Runs on deletion while the finalizer is set; true when done (the finalizer goes).
@@ -265,18 +275,26 @@ async fn sequence<R: Reconciler>(o: &R::Object, k: &Kernel<R>) -> Result<Action,
     }
     if let Some(f) = R::FINALIZER {
         let has = o.finalizers().iter().any(|x| x == f);
+        let terminal = o.status().is_some_and(Status::is_terminal);
         if k.reconciler.wants_finalizer(&o) {
             if kube_ext::add_finalizer(&api, &*o, f).await? {
                 return Ok(Action::await_change());
             }
-        } else if has {
+        } else if has && !terminal {
             kube_ext::remove_finalizer(&api, &*o, f).await?;
             return Ok(Action::await_change());
         }
     }
     let old = o.status().cloned().unwrap_or_default();
     if old.is_terminal() {
-        return k.reconciler.finished(&o, ctx, &old).await;
+        let action = k.reconciler.finished(&o, ctx, &old).await?;
+        if let Some(f) = R::FINALIZER
+            && o.finalizers().iter().any(|x| x == f)
+            && !k.reconciler.hold_finished(&action)
+        {
+            kube_ext::remove_finalizer(&api, &*o, f).await?;
+        }
+        return Ok(action);
     }
     let mut st = old.clone();
     match k.reconciler.step(&o, ctx, &mut st).await {

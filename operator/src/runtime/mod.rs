@@ -235,6 +235,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             stop()
         ),
         restore::run(ctx.clone(), stop()),
+        crate::controller::departed::run(ctx.clone(), stop()),
         schedule::run(ctx.clone(), stop()),
         repository::run(ctx.clone(), stop()),
     );

@@ -15,6 +15,7 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::{DEFAULT_SNAPSHOT_TIMEOUT, POLL, fail, publish, uid_selector};
+use crate::controller::departed::DATA_REMOVED;
 use crate::runtime::error::Refusal;
 use crate::runtime::kube_ext::delete;
 use crate::runtime::{Context, Error};
@@ -151,13 +152,24 @@ pub(super) async fn cleanup(b: &Backup, ctx: &Context) -> Result<bool, Error> {
     if children_left(b, ctx).await? {
         return Ok(false);
     }
-    if b.spec.deletion_policy == DeletionPolicy::Delete {
-        if remove_snapshots(b, ctx).await? > 0 {
-            return Ok(false);
-        }
-        remove_copies(b, ctx).await?;
+    if b.spec.deletion_policy == DeletionPolicy::Delete
+        && !crate::controller::departed::namespace_leaving(ctx, &b.namespace().unwrap_or_default())
+            .await
+        && !remove_data(b, ctx).await?
+    {
+        return Ok(false);
     }
     info!(backup = %b.name_any(), policy = ?b.spec.deletion_policy, "backup deleted");
+    Ok(true)
+}
+
+/// Removes the backup's snapshots and copies; true when done (snapshots still being deleted:
+/// false, call again).
+pub async fn remove_data(b: &Backup, ctx: &Context) -> Result<bool, Error> {
+    if remove_snapshots(b, ctx).await? > 0 {
+        return Ok(false);
+    }
+    remove_copies(b, ctx).await?;
     Ok(true)
 }
 
@@ -216,16 +228,30 @@ async fn remove_copies(b: &Backup, ctx: &Context) -> Result<(), Error> {
     r
 }
 
-/// A finished backup is deleted once its `expiration` has passed.
+/// A finished backup is deleted once its `expiration` has passed: its data first (per its
+/// `deletionPolicy`), while the object still shows it, then the object.
 pub(super) async fn expire(b: &Backup, ctx: &Context, st: &BackupStatus) -> Result<Action, Error> {
     let Some(exp) = st.expiration.as_ref().map(|t| t.0) else {
         return Ok(Action::await_change());
     };
     let now = Timestamp::now();
     if now >= exp {
-        info!(backup = %b.name_any(), "backup expired; deleting it");
         let api: Api<Backup> =
             Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+        let removed = b.annotations().contains_key(DATA_REMOVED);
+        if b.spec.deletion_policy == DeletionPolicy::Delete && !removed {
+            if !remove_data(b, ctx).await? {
+                return Ok(Action::requeue(POLL));
+            }
+            crate::runtime::kube_ext::merge_patch(
+                &api,
+                &b.name_any(),
+                &serde_json::json!({"metadata": {"annotations": {DATA_REMOVED: "true"}}}),
+                "annotate Backup",
+            )
+            .await?;
+        }
+        info!(backup = %b.name_any(), "backup expired; deleting it");
         delete(
             &api,
             &b.name_any(),

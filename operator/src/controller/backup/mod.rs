@@ -161,10 +161,18 @@ impl Reconciler for Backups {
             .map_err(BackupError::Expire)
     }
 
+    /// A finished backup's data is removed on deletion without a finalizer
+    /// (`controller::departed`), so that nothing holds it when the operator is gone.
+    fn hold_finished(&self, _action: &Action) -> bool {
+        false
+    }
+
     async fn cleanup(&self, b: &Backup, ctx: &Context) -> Result<bool, BackupError> {
         delete::cleanup(b, ctx).await.map_err(BackupError::Delete)
     }
 }
+
+pub use delete::remove_data;
 
 impl Status for BackupStatus {
     fn summary(&self) -> (State, String, String) {

@@ -45,8 +45,6 @@ pub const RESTORE_UID: &str = "holdfast.dev/restore-uid";
 pub const RESTORE_LABEL: &str = "holdfast.dev/restore";
 /// Label on restored objects: the Backup's name.
 pub const BACKUP_LABEL: &str = "holdfast.dev/backup";
-/// Label on a claim whose restore did not finish: its data must not be trusted.
-pub const INCOMPLETE_LABEL: &str = "holdfast.dev/restore-incomplete";
 const POLL: Duration = Duration::from_secs(2);
 
 pub async fn run(

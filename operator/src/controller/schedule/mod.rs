@@ -135,14 +135,22 @@ impl Reconciler for Schedules {
         step(s, ctx, st).await
     }
 
-    fn wants_finalizer(&self, s: &Schedule) -> bool {
-        s.spec.on_delete == ScheduleDeletion::Delete
+    /// None: `onDelete: Delete` is carried out on deletion without one
+    /// (`controller::departed`); a finalizer of an older version is removed.
+    fn wants_finalizer(&self, _s: &Schedule) -> bool {
+        false
     }
 
     async fn cleanup(&self, s: &Schedule, ctx: &Context) -> Result<bool, ScheduleError> {
         ctx.metrics
             .forget_schedule(&s.namespace().unwrap_or_default(), &s.name_any());
-        if s.spec.on_delete != ScheduleDeletion::Delete {
+        if s.spec.on_delete != ScheduleDeletion::Delete
+            || crate::controller::departed::namespace_leaving(
+                ctx,
+                &s.namespace().unwrap_or_default(),
+            )
+            .await
+        {
             return Ok(true);
         }
         expire::destroy(s, ctx).await.map_err(ScheduleError::Delete)
@@ -290,6 +298,11 @@ fn report(s: &Schedule, ctx: &Context, backups: &[Backup], st: &mut ScheduleStat
         })
         .count();
     st.restore_points = Some(u32::try_from(points).unwrap_or(u32::MAX));
+}
+
+/// `onDelete: Delete` of a deleted schedule: deletes its Backups; true once none is left.
+pub async fn destroy(s: &Schedule, ctx: &Context) -> Result<bool, crate::runtime::Error> {
+    expire::destroy(s, ctx).await
 }
 
 #[cfg(test)]
