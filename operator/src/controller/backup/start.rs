@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use holdfast_api::backup::{Backup, BackupPhase, BackupStatus, VolumeMode, VolumeStatus};
+use holdfast_api::backup::{Backup, BackupPhase, BackupStatus, VolumeStatus};
 use holdfast_api::common::NamespacedName;
 use holdfast_api::location::{AccessMode, BackupStorageLocation};
 use holdfast_api::reasons::{BackupReason, LocationReason};
@@ -40,11 +40,13 @@ pub(super) async fn location(
         Ok(bsl) => bsl,
         Err(r) => return Ok(Err(location_refused(st, r))),
     };
-    if bsl.spec.access_mode == AccessMode::ReadOnly && b.spec.volumes.mode != VolumeMode::Snapshot {
+    // Even a Backup of snapshots only writes its captured objects and metadata to its
+    // location: a ReadOnly one is never written to (issue 15).
+    if bsl.spec.access_mode == AccessMode::ReadOnly {
         let r = Refusal::new(
             LocationReason::LocationReadOnly,
             format!(
-                "BackupStorageLocation {} is ReadOnly; choose another spec.storageLocation",
+                "BackupStorageLocation {} is ReadOnly (restores only); choose another spec.storageLocation",
                 bsl.name_any()
             ),
         );
