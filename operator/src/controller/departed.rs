@@ -3,7 +3,8 @@
 //! Finished Backups and Schedules carry no finalizer: an operator that is uninstalled, or
 //! whose namespace is deleted, must leave nothing that can never be deleted. Their deletion
 //! is seen here instead, from the watch's last state of the object:
-//! - a Backup with `deletionPolicy: Delete` has its snapshots and copies removed;
+//! - a Backup's DataUploads are deleted and, with `deletionPolicy: Delete`, its snapshots and
+//!   copies removed;
 //! - a Schedule with `onDelete: Delete` has its Backups deleted (and they their data).
 //!
 //! Unless its namespace is being deleted (or gone): a namespace deleted, on purpose or by
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use holdfast_api::backup::{Backup, DeletionPolicy};
+use holdfast_api::backup::Backup;
 use holdfast_api::schedule::{Schedule, ScheduleDeletion};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
@@ -130,18 +131,15 @@ fn ours<K: Resource>(o: &K, claimed: Option<&str>, ctx: &Context) -> bool {
         || claimed == Some(ctx.namespace.as_str())
 }
 
-/// What a deleted Backup leaves to do. Pure.
-pub(crate) fn backup_data_to_remove(b: &Backup, finalizer: &str) -> bool {
+/// Whether a deleted Backup is left to this module: a finished one deleted without its
+/// finalizer (one deleted through it was cleaned up by the controller). Pure.
+pub(crate) fn left_to_us(b: &Backup, finalizer: &str) -> bool {
     let finished = b
         .status
         .as_ref()
         .and_then(|s| s.phase)
         .is_some_and(|p| p.is_terminal());
-    finished
-        && b.spec.deletion_policy == DeletionPolicy::Delete
-        && !b.annotations().contains_key(DATA_REMOVED)
-        // One deleted through its finalizer was cleaned up by the controller.
-        && !b.finalizers().iter().any(|f| f == finalizer)
+    finished && !b.finalizers().iter().any(|f| f == finalizer)
 }
 
 async fn handle(ctx: Arc<Context>, gone: Gone) {
@@ -151,18 +149,15 @@ async fn handle(ctx: Arc<Context>, gone: Gone) {
                 .status
                 .as_ref()
                 .and_then(|s| s.operator_namespace.as_deref());
-            if !ours(&*b, claimed, &ctx)
-                || !backup_data_to_remove(&b, super::backup::FINALIZER)
-                || namespace_leaving(&ctx, &b.namespace().unwrap_or_default()).await
-            {
+            if !ours(&*b, claimed, &ctx) || !left_to_us(&b, super::backup::FINALIZER) {
                 return;
             }
             let start = std::time::Instant::now();
             let mut wait = Duration::from_secs(2);
             loop {
-                match super::backup::remove_data(&b, &ctx).await {
+                match super::backup::after_deletion(&b, &ctx).await {
                     Ok(true) => {
-                        info!(backup = %b.name_any(), namespace = %b.namespace().unwrap_or_default(), "deleted backup's data removed");
+                        info!(backup = %b.name_any(), namespace = %b.namespace().unwrap_or_default(), policy = ?b.spec.deletion_policy, "deleted backup cleaned up");
                         return;
                     }
                     Ok(false) => {}
@@ -224,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_finished_backups_deleted_without_their_finalizer_lose_their_data() {
+    fn only_finished_backups_deleted_without_their_finalizer_are_left_to_us() {
         let b = |phase: &str, policy: &str, ann: bool, fin: bool| -> Backup {
             let mut v = serde_json::json!({
                 "apiVersion": "holdfast.dev/v1alpha1", "kind": "Backup",
@@ -240,29 +235,12 @@ mod tests {
             }
             serde_json::from_value(v).expect("backup")
         };
-        assert!(backup_data_to_remove(
-            &b("Completed", "Delete", false, false),
+        assert!(left_to_us(&b("Completed", "Delete", false, false), "f"));
+        assert!(left_to_us(
+            &b("PartiallyFailed", "Retain", true, false),
             "f"
         ));
-        assert!(backup_data_to_remove(
-            &b("PartiallyFailed", "Delete", false, false),
-            "f"
-        ));
-        assert!(!backup_data_to_remove(
-            &b("Completed", "Retain", false, false),
-            "f"
-        ));
-        assert!(!backup_data_to_remove(
-            &b("Completed", "Delete", true, false),
-            "f"
-        ));
-        assert!(!backup_data_to_remove(
-            &b("Completed", "Delete", false, true),
-            "f"
-        ));
-        assert!(!backup_data_to_remove(
-            &b("InProgress", "Delete", false, false),
-            "f"
-        ));
+        assert!(!left_to_us(&b("Completed", "Delete", false, true), "f"));
+        assert!(!left_to_us(&b("InProgress", "Delete", false, false), "f"));
     }
 }

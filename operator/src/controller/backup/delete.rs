@@ -163,6 +163,24 @@ pub(super) async fn cleanup(b: &Backup, ctx: &Context) -> Result<bool, Error> {
     Ok(true)
 }
 
+/// What a finished Backup deleted without its finalizer leaves to do
+/// (`controller::departed`): its DataUploads go, and its data per `deletionPolicy` unless it
+/// was removed already (expiry) or its namespace is being deleted. True when done.
+pub async fn after_deletion(b: &Backup, ctx: &Context) -> Result<bool, Error> {
+    cancel_children(b, ctx).await?;
+    if children_left(b, ctx).await? {
+        return Ok(false);
+    }
+    if b.spec.deletion_policy != DeletionPolicy::Delete
+        || b.annotations().contains_key(DATA_REMOVED)
+        || crate::controller::departed::namespace_leaving(ctx, &b.namespace().unwrap_or_default())
+            .await
+    {
+        return Ok(true);
+    }
+    remove_data(b, ctx).await
+}
+
 /// Removes the backup's snapshots and copies; true when done (snapshots still being deleted:
 /// false, call again).
 pub async fn remove_data(b: &Backup, ctx: &Context) -> Result<bool, Error> {

@@ -172,7 +172,7 @@ impl Reconciler for Backups {
     }
 }
 
-pub use delete::remove_data;
+pub use delete::{after_deletion, remove_data};
 
 impl Status for BackupStatus {
     fn summary(&self) -> (State, String, String) {
