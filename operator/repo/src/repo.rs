@@ -223,6 +223,94 @@ impl Repository {
         })
     }
 
+    /// The key files of the repository: id and content.
+    async fn key_files(&self) -> Result<Vec<(Id, KeyFile)>, RepoError> {
+        let store = &self.inner.store;
+        let mut out = Vec::new();
+        for k in store.list("keys/").await? {
+            let raw = store.get(&k.key).await?;
+            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|source| FormatError::Json {
+                what: k.key.clone(),
+                source,
+            })?;
+            let name = k.key.rsplit('/').next().unwrap_or_default();
+            let id = Id::parse(name).ok_or_else(|| FormatError::Invalid {
+                what: k.key.clone(),
+                reason: "key file name is not an id".into(),
+            })?;
+            out.push((id, kf));
+        }
+        Ok(out)
+    }
+
+    /// The ids of the key files that `password` opens (restic `key list` shows them all).
+    pub async fn keys_for(&self, password: &str) -> Result<Vec<Id>, RepoError> {
+        let mut out = Vec::new();
+        for (id, kf) in self.key_files().await? {
+            let pw = password.to_string();
+            let opened = tokio::task::spawn_blocking(move || kf.open(&pw))
+                .await
+                .map_err(|e| RepoError::Internal(e.to_string()))??;
+            if opened.is_some() {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many key files the repository has.
+    pub async fn key_count(&self) -> Result<usize, RepoError> {
+        Ok(self.inner.store.list("keys/").await?.len())
+    }
+
+    /// Adds a key file that opens the repository with `password` (as `restic key add`),
+    /// wrapping the same master key; its id. A password that already opens a key file is not
+    /// added twice.
+    pub async fn add_key(&self, password: &str, kdf: KdfParams) -> Result<Id, RepoError> {
+        if let Some(id) = self.keys_for(password).await?.into_iter().next() {
+            return Ok(id);
+        }
+        let key = self.inner.key.clone();
+        let pw = password.to_string();
+        let kf = tokio::task::spawn_blocking(move || {
+            KeyFile::create(&key, &pw, kdf, &username(), &hostname())
+        })
+        .await
+        .map_err(|e| RepoError::Internal(e.to_string()))??;
+        let json = serde_json::to_vec(&kf).map_err(|source| FormatError::Json {
+            what: "key file".into(),
+            source,
+        })?;
+        let id = Id::hash(&json);
+        self.inner
+            .store
+            .put(&FileType::Key.key(&id), Bytes::from(json))
+            .await?;
+        Ok(id)
+    }
+
+    /// Removes the key files that `password` opens (as `restic key remove`), never the last
+    /// one: with `keep` (a password that must still open the repository) checked first, so
+    /// that a rotation cannot lock everyone out. Returns how many were removed.
+    pub async fn remove_keys_for(&self, password: &str, keep: &str) -> Result<usize, RepoError> {
+        if self.keys_for(keep).await?.is_empty() {
+            return Err(RepoError::WrongPassword {
+                repo: format!(
+                    "{} (the password to keep opens no key file; nothing removed)",
+                    self.inner.store.describe()
+                ),
+            });
+        }
+        let gone = self.keys_for(password).await?;
+        let keeping = self.keys_for(keep).await?;
+        let mut n = 0;
+        for id in gone.iter().filter(|id| !keeping.contains(id)) {
+            self.inner.store.delete(&FileType::Key.key(id)).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// The store.
     pub fn store(&self) -> &DynStore {
         &self.inner.store

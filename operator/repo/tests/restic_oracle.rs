@@ -292,3 +292,74 @@ async fn flipped_byte_is_reported_naming_the_pack_and_wrong_password_fails_fast(
         assert!(!ok, "restic check passed a damaged pack:\n{out}\n{errout}");
     }
 }
+
+/// A key added for a user's passphrase opens the repository for the stock restic as for us;
+/// removing the old key (never the one to keep) leaves only the new passphrase working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_key_opens_the_repository_for_restic_and_the_old_one_can_go() {
+    let Some(restic_bin) = restic() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::write(src.join("f"), text_bytes(3, 200_000)).expect("w");
+    let repo_dir = tmp.path().join("repo");
+    let repo = init_local(&repo_dir).await;
+    backup(&repo, &src, BackupOptions::default())
+        .await
+        .expect("backup");
+    let url = repo_dir.display().to_string();
+    let user = "the user's own passphrase, kept outside the cluster";
+
+    assert!(repo.keys_for(user).await.expect("keys").is_empty());
+    assert_eq!(repo.keys_for(PASSWORD).await.expect("keys").len(), 1);
+    let id = repo.add_key(user, test_kdf()).await.expect("add key");
+    assert_eq!(
+        repo.add_key(user, test_kdf()).await.expect("again"),
+        id,
+        "a passphrase is added once"
+    );
+    assert_eq!(repo.key_count().await.expect("count"), 2);
+    let with_user = [("RESTIC_PASSWORD", user)];
+    let (ok, out, err) = try_restic(
+        &restic_bin,
+        &url,
+        &["snapshots", "--json", "--no-lock"],
+        None,
+        &with_user,
+    );
+    assert!(ok, "restic with the added key: {err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .expect("json")
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // Refused when the password to keep opens nothing: nobody is locked out.
+    let err = repo
+        .remove_keys_for(PASSWORD, "not a key")
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
+    assert_eq!(repo.key_count().await.expect("count"), 2);
+
+    assert_eq!(
+        repo.remove_keys_for(PASSWORD, user).await.expect("remove"),
+        1
+    );
+    assert_eq!(repo.key_count().await.expect("count"), 1);
+    let err = Repository::open(local_store(&repo_dir), PASSWORD)
+        .await
+        .expect_err("old password");
+    assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
+    Repository::open(local_store(&repo_dir), user)
+        .await
+        .expect("the user's passphrase opens it");
+    let (ok, _, err) = try_restic(&restic_bin, &url, &["check"], None, &with_user);
+    assert!(ok, "restic check with the user's passphrase: {err}");
+    let (ok, _, _) = try_restic(&restic_bin, &url, &["check"], None, &[]);
+    assert!(!ok, "the removed password no longer opens it");
+}
