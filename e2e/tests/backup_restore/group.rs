@@ -233,15 +233,24 @@ async fn group_snapshot_restores_mutually_consistent_volumes() {
         "--wait=true",
         "--timeout=120s",
     ]);
-    let left = e.kubectl_ok([
-        "get",
-        "volumegroupsnapshots,volumesnapshots",
-        "-n",
-        &app_ns,
-        "-o",
-        "name",
-    ]);
-    assert!(left.trim().is_empty(), "left behind: {left}");
+    // (A finished Backup goes at once; its data is removed after: controller::departed.)
+    wait_until(
+        "the group and its members to be removed",
+        Duration::from_secs(120),
+        Some(&app_ns),
+        || async {
+            let left = env().kubectl_ok([
+                "get",
+                "volumegroupsnapshots,volumesnapshots",
+                "-n",
+                &app_ns,
+                "-o",
+                "name",
+            ]);
+            left.trim().is_empty().then_some(())
+        },
+    )
+    .await;
     assert_no_leftovers(&s.client, &opns).await;
     delete_all(&s.client, &opns).await;
 }

@@ -11,6 +11,7 @@
 mod cadence;
 mod group;
 mod hooks;
+mod keys;
 mod maintenance;
 mod retry;
 

@@ -92,6 +92,13 @@ pub struct BackupStorageLocationSpec {
     /// Schedule starts no runs until its namespace is allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_namespaces: Option<AllowedNamespaces>,
+    /// The passphrase every repository on this location also opens with: the one key to keep
+    /// outside the cluster. With it and the bucket, a new cluster (or the stock `restic`)
+    /// opens every backup here. Omitted: the operator generates one into the Secret
+    /// `holdfast-passphrase-<location>` and shows the condition `PassphraseGenerated` until
+    /// this field names a Secret; export that Secret at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<LocationEncryption>,
     /// Settings of the repositories kept in this location.
     #[serde(default)]
     pub repository: RepositorySettings,
@@ -102,6 +109,15 @@ pub struct BackupStorageLocationSpec {
     /// Secret trigger a validation at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_interval: Option<Duration>,
+}
+
+/// The location's passphrase.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocationEncryption {
+    /// The key of a Secret in the location's namespace that holds the passphrase (any
+    /// string; at least 16 characters).
+    pub passphrase_secret_ref: crate::common::SecretKeyRef,
 }
 
 /// An S3-compatible bucket and prefix.
@@ -258,6 +274,9 @@ pub struct BackupStorageLocationStatus {
     /// The generation of the spec last validated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Where the passphrase the location's repositories open with is (`Secret/key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

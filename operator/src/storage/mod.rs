@@ -5,6 +5,7 @@
 pub mod access;
 pub mod layout;
 pub mod metadata;
+pub mod passphrase;
 pub mod repository;
 
 use std::collections::BTreeMap;

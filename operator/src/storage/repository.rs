@@ -26,11 +26,13 @@ pub const DATA_DELETED: &str = "holdfast.dev/data-deleted-at";
 pub const LOCATION_LABEL: &str = "holdfast.dev/location";
 pub const REPOSITORY_NAMESPACE_LABEL: &str = "holdfast.dev/repository-namespace";
 
-/// Creates the repository password Secret if it does not exist yet; returns its name.
+/// Creates the repository password Secret if it does not exist yet (with `existing`, the
+/// password an existing repository opens with, else a random one); returns its name.
 pub async fn ensure_password(
     ctx: &Context,
     location: &str,
     namespace: &str,
+    existing: Option<String>,
 ) -> Result<String, Error> {
     let name = layout::password_secret_name(location, namespace);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
@@ -61,7 +63,13 @@ pub async fn ensure_password(
         },
         data: Some(BTreeMap::from([(
             PASSWORD_KEY.to_string(),
-            ByteString(random_password()?.into_bytes()),
+            ByteString(
+                match existing {
+                    Some(p) => p,
+                    None => random_password()?,
+                }
+                .into_bytes(),
+            ),
         )])),
         ..Default::default()
     };
@@ -152,8 +160,39 @@ pub async fn ensure(
     bsl: &BackupStorageLocation,
     namespace: &str,
 ) -> Result<(), Error> {
-    ensure_password(ctx, &bsl.name_any(), namespace).await?;
-    open(ctx, bsl, namespace, true).await?;
+    let passphrase = super::passphrase::read(ctx, bsl)
+        .await?
+        .map_err(|message| Error::Config {
+            reason: "PassphraseMissing",
+            message,
+        })?;
+    // A repository that exists without a password Secret here (a new cluster, the Secret
+    // lost) is opened with the location's passphrase, which then serves as its password.
+    let have_secret = read_password(ctx, &bsl.name_any(), namespace)
+        .await?
+        .is_some();
+    let existing = if have_secret {
+        None
+    } else {
+        let store = super::open_repository_store(ctx, bsl, namespace).await?;
+        store
+            .head("config")
+            .await
+            .map_err(Error::store("reading the repository config"))?
+            .map(|_| passphrase.clone())
+    };
+    ensure_password(ctx, &bsl.name_any(), namespace, existing).await?;
+    let repo = open(ctx, bsl, namespace, true).await?;
+    super::passphrase::ensure_key(&repo, &passphrase)
+        .await
+        .map_err(|source| Error::Repository {
+            what: format!(
+                "adding the location's passphrase to the repository of namespace {namespace} on {}",
+                bsl.name_any()
+            ),
+            fix: "retrying".into(),
+            source: Box::new(source),
+        })?;
     record(ctx, &bsl.name_any(), namespace).await
 }
 

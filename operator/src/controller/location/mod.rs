@@ -30,6 +30,17 @@ use crate::storage;
 pub const MANAGER: &str = "holdfast-location-controller";
 /// Condition type set on locations that claim `default: true` but lose to an older one.
 pub const DEFAULT_CONFLICT: &str = "DefaultConflict";
+/// Condition type set (True) while the location's passphrase is one the operator generated.
+pub const PASSPHRASE_GENERATED: &str = "PassphraseGenerated";
+
+/// What the `PassphraseGenerated` condition and Event say. Pure.
+pub fn passphrase_generated_message(namespace: &str, secret: &str) -> String {
+    format!(
+        "no spec.encryption: the operator generated the passphrase every repository on this location opens with, into Secret {namespace}/{secret}. Export it now and keep it outside the cluster ({}); without it, losing the cluster loses the backups. Then set spec.encryption.passphraseSecretRef to {{name: {secret}, key: passphrase}} to clear this condition",
+        storage::passphrase::export_command(namespace, secret)
+    )
+}
+
 /// Condition type set (True) while `spec.s3.insecureSkipTlsVerify` is set.
 pub const INSECURE_TLS: &str = "InsecureTLS";
 /// Its reason.
@@ -121,13 +132,25 @@ impl Reconciler for Locations {
         st: &mut BackupStorageLocationStatus,
     ) -> Result<Action, LocationError> {
         let name = bsl.name_any();
-        let outcome = match storage::resolve_target(bsl, ctx).await {
+        let mut outcome = match storage::resolve_target(bsl, ctx).await {
             Ok(target) => {
                 let marker = format!("{}-{}", name, bsl.uid().unwrap_or_default());
                 probe::probe(&target, &marker).await
             }
             Err(f) => Err(f),
         };
+        // The passphrase every repository here opens with (generated when not given).
+        let (secret, key, generated) = storage::passphrase::source(bsl);
+        let ns = bsl.namespace().unwrap_or_default();
+        if let Err(message) = storage::passphrase::read(ctx, bsl).await? {
+            outcome = Err(ProbeFailure {
+                reason: probe::Reason::PassphraseMissing,
+                message,
+            });
+        }
+        st.passphrase = Some(format!("{secret}/{key}"));
+        let was_generated = conditions::get(&st.conditions, PASSPHRASE_GENERATED).is_some();
+        let generated_note = generated.then(|| passphrase_generated_message(&ns, &secret));
         // Default-location arbitration: the oldest location claiming default wins.
         let winner = storage::effective_default(self.all.state().iter().map(|l| {
             (
@@ -148,6 +171,31 @@ impl Reconciler for Locations {
             insecure,
             Timestamp::now(),
         );
+        match &generated_note {
+            Some(note) => {
+                conditions::set(
+                    &mut st.conditions,
+                    PASSPHRASE_GENERATED,
+                    true,
+                    PASSPHRASE_GENERATED,
+                    note,
+                    bsl.meta().generation,
+                    Timestamp::now(),
+                );
+                if !was_generated {
+                    tracing::warn!(location = %name, "{note}");
+                    ctx.event(
+                        bsl,
+                        EventType::Warning,
+                        PASSPHRASE_GENERATED,
+                        note,
+                        "Validate",
+                    )
+                    .await;
+                }
+            }
+            None => conditions::remove(&mut st.conditions, PASSPHRASE_GENERATED),
+        }
         if insecure && !was_insecure {
             tracing::warn!(location = %name, "TLS certificate verification is off for this location");
             ctx.event(

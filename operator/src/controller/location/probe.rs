@@ -21,6 +21,7 @@ pub enum Reason {
     InvalidConfiguration,
     InvalidStorageClass,
     StorageError,
+    PassphraseMissing,
 }
 
 impl Reason {
@@ -36,6 +37,7 @@ impl Reason {
             Self::InvalidConfiguration => "InvalidConfiguration",
             Self::InvalidStorageClass => "InvalidStorageClass",
             Self::StorageError => "StorageError",
+            Self::PassphraseMissing => "PassphraseMissing",
         }
     }
 }

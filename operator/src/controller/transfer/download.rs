@@ -99,6 +99,12 @@ impl Reconciler for Downloads {
         )
     }
 
+    /// A finished download keeps its finalizer: deleting it (its Restore does, when it ends)
+    /// must still remove a restored volume that no claim took.
+    fn hold_finished(&self, _action: &Action) -> bool {
+        true
+    }
+
     /// A download going away takes its volume along unless a claim already holds it (a
     /// restore cancelled or deleted after the copy but before its claim existed).
     async fn cleanup(&self, dd: &DataDownload, ctx: &Context) -> Result<bool, TransferError> {
