@@ -14,7 +14,7 @@ use crate::hooks::BackupHooks;
 /// Backups may store in object storage (a Kubernetes quantity such as `50Gi`). A Backup that
 /// starts while the namespace's stored bytes (the sum of `status.volumes[].copy.bytesUploaded`
 /// over its Backups) are at or over it fails with reason `QuotaExceeded`. On the Namespace
-/// because namespace admins cannot edit it (design record 0015).
+/// because namespace admins cannot edit it (design record 0016).
 pub const STORED_BYTES_LIMIT: &str = "holdfast.dev/stored-bytes-limit";
 
 /// The part of a Backup's spec that admission keeps immutable.

@@ -49,7 +49,7 @@ const HOOKS_ROLE: &str = "config/rbac/hooks_role.yaml";
 const RESTORER_ROLE: &str = "config/rbac/restorer_role.yaml";
 /// The ClusterRoles aggregated into admin, edit and view (what users may do with Holdfast's
 /// kinds), shipped as bundle manifests as the chart and `config/` ship them. OLM adds its own
-/// per owned CRD (design record 0015).
+/// per owned CRD (design record 0016).
 const TENANT_ROLES: &str = "config/rbac/tenant_roles.yaml";
 const SAMPLES: &str = "config/samples";
 const DESCRIPTION: &str = "docs/olm/description.md";

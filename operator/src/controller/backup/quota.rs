@@ -1,4 +1,4 @@
-//! The stored-bytes quota of a namespace (design record 0015). A cluster administrator sets
+//! The stored-bytes quota of a namespace (design record 0016). A cluster administrator sets
 //! the annotation `holdfast.dev/stored-bytes-limit` on a Namespace; a Backup of that namespace
 //! that starts while the namespace's stored bytes are at or over the limit fails with reason
 //! `QuotaExceeded`. Stored bytes: the sum, over the Backups that exist in the namespace, of the
