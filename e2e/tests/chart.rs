@@ -356,6 +356,52 @@ fn chart_grants_pods_exec_only_with_hooks_enabled() {
     assert_eq!(hooks_env(&off), "false");
 }
 
+/// The aggregated roles of `config/rbac/tenant_roles.yaml`, with the release's names and
+/// labels, the file's aggregation labels and the same rules; none with tenantRoles off.
+#[test]
+fn chart_aggregates_the_tenant_roles_of_config() {
+    let text = std::fs::read_to_string(env().repo.join("config/rbac/tenant_roles.yaml"))
+        .expect("config/rbac/tenant_roles.yaml");
+    let want: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("ClusterRole"))
+        .collect();
+    assert_eq!(want.len(), 2, "config has the view and the edit role");
+    let aggregated = |args: &[&str]| -> Vec<serde_yaml::Value> {
+        rendered("ClusterRole", args)
+            .into_iter()
+            .filter(|r| {
+                r["metadata"]["labels"].as_mapping().is_some_and(|l| {
+                    l.keys().any(|k| {
+                        k.as_str().is_some_and(|k| {
+                            k.starts_with("rbac.authorization.k8s.io/aggregate-to-")
+                        })
+                    })
+                })
+            })
+            .collect()
+    };
+    let got = aggregated(&[]);
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for w in &want {
+        let name = w["metadata"]["name"].as_str().expect("name");
+        let g = got
+            .iter()
+            .find(|g| g["metadata"]["name"].as_str() == Some(&format!("x-{name}")))
+            .unwrap_or_else(|| panic!("the chart renders no x-{name}: {got:?}"));
+        assert_eq!(g["rules"], w["rules"], "{name}: rules differ from config/");
+        for (k, v) in w["metadata"]["labels"].as_mapping().expect("labels") {
+            if k.as_str()
+                .is_some_and(|k| k.starts_with("rbac.authorization.k8s.io/"))
+            {
+                assert_eq!(&g["metadata"]["labels"][k], v, "{name}: label {k:?}");
+            }
+        }
+        assert_eq!(g["metadata"]["labels"]["app.kubernetes.io/instance"], "x");
+    }
+    assert!(aggregated(&["--set", "tenantRoles.enabled=false"]).is_empty());
+}
+
 /// The release as installed by the previous chart version (0.1.0, whose CRDs came from the
 /// chart's crds/ folder and were never upgraded), upgraded to this chart: the CRDs pass to the
 /// release (`--take-ownership`, once), and backups taken before and after restore.

@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Duration, LabelSelector, NamespacedName, Progress, conditions_schema};
 use crate::hooks::BackupHooks;
 
+/// Annotation on a Namespace, set by a cluster administrator: the most bytes the namespace's
+/// Backups may store in object storage (a Kubernetes quantity such as `50Gi`). A Backup that
+/// starts while the namespace's stored bytes (the sum of `status.volumes[].copy.bytesUploaded`
+/// over its Backups) are at or over it fails with reason `QuotaExceeded`. On the Namespace
+/// because namespace admins cannot edit it (design record 0016).
+pub const STORED_BYTES_LIMIT: &str = "holdfast.dev/stored-bytes-limit";
+
 /// The part of a Backup's spec that admission keeps immutable.
 // Only bounded fields fit the CEL cost budget; the controller works from the selection it
 // resolved into status at start, so later edits of other fields have no effect.

@@ -80,6 +80,11 @@ reasons! {
         HookFailed,
         /// A tenant Backup asked for cluster-scoped objects.
         ClusterResourcesNotAllowed,
+        /// The namespace's backups store at least the byte limit its Namespace sets
+        /// (annotation `holdfast.dev/stored-bytes-limit`); the message says usage and limit.
+        QuotaExceeded,
+        /// The namespace's `holdfast.dev/stored-bytes-limit` annotation is not a quantity.
+        QuotaInvalid,
     }
 }
 
@@ -185,5 +190,8 @@ reasons! {
         NothingHeld,
         /// The schedule is being deleted with `onDelete: Delete`: its backups are going.
         DeletingBackups,
+        /// The run's Backup was refused by a quota: a ResourceQuota on the number of Backups
+        /// (`count/backups.holdfast.dev`) or the namespace's stored-bytes limit. Retried.
+        QuotaExceeded,
     }
 }

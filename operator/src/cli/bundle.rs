@@ -47,6 +47,10 @@ const HOOKS_ROLE: &str = "config/rbac/hooks_role.yaml";
 /// What administrators' restores write objects with (a ClusterRole and its binding to the
 /// user holdfast:restorer), shipped as bundle manifests.
 const RESTORER_ROLE: &str = "config/rbac/restorer_role.yaml";
+/// The ClusterRoles aggregated into admin, edit and view (what users may do with Holdfast's
+/// kinds), shipped as bundle manifests as the chart and `config/` ship them. OLM adds its own
+/// per owned CRD (design record 0016).
+const TENANT_ROLES: &str = "config/rbac/tenant_roles.yaml";
 const SAMPLES: &str = "config/samples";
 const DESCRIPTION: &str = "docs/olm/description.md";
 const ICON: &str = "docs/olm/icon.svg";
@@ -110,7 +114,17 @@ pub fn render(root: &Path, crds: &[CustomResourceDefinition]) -> Result<Vec<(Pat
             format!("{header}{}", serde_yaml::to_string(&doc)?),
         ))
     };
-    Ok(vec![
+    let mut tenant_roles = Vec::new();
+    for doc in documents(root, TENANT_ROLES)? {
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .with_context(|| format!("a role without a name in {TENANT_ROLES}"))?;
+        tenant_roles.push((
+            Path::new(MANIFESTS).join(format!("{name}.clusterrole.yaml")),
+            format!("{header}{}", serde_yaml::to_string(&doc)?),
+        ));
+    }
+    Ok([
         restorer("ClusterRole", "holdfast-restorer.clusterrole.yaml")?,
         restorer(
             "ClusterRoleBinding",
@@ -122,7 +136,10 @@ pub fn render(root: &Path, crds: &[CustomResourceDefinition]) -> Result<Vec<(Pat
         ),
         (Path::new(DIR).join("metadata/annotations.yaml"), ann),
         (Path::new(DIR).join("bundle.Dockerfile"), dockerfile),
-    ])
+    ]
+    .into_iter()
+    .chain(tenant_roles)
+    .collect())
 }
 
 /// Reads a repository file.
@@ -670,6 +687,24 @@ mod tests {
             "holdfast"
         );
         assert_eq!(spec["permissions"][0]["rules"][0]["resources"][0], "leases");
+    }
+
+    #[test]
+    fn users_aggregated_roles_are_bundle_manifests_as_in_config() {
+        let files = render(&repo(), &holdfast_api::crds()).expect("render");
+        let want = documents(&repo(), TENANT_ROLES).expect("tenant roles");
+        assert_eq!(want.len(), 2);
+        for role in want {
+            let name = role["metadata"]["name"].as_str().expect("name");
+            let path = Path::new(MANIFESTS).join(format!("{name}.clusterrole.yaml"));
+            let (_, text) = files
+                .iter()
+                .find(|(p, _)| *p == path)
+                .unwrap_or_else(|| panic!("{} is not rendered", path.display()));
+            let got: Value = serde_yaml::from_str(text).expect("yaml");
+            assert_eq!(got, role, "{name}");
+            assert_eq!(got["kind"], "ClusterRole");
+        }
     }
 
     #[test]

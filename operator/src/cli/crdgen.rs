@@ -2,8 +2,9 @@
 //! the CRDs from the Rust types (into `crds/`, the Helm chart's `files/crds/` and the OLM
 //! bundle's `bundle/manifests/`), the chart's RBAC rules from
 //! `config/rbac/{cluster,restorer}_role.yaml`, the chart's copies of the admission policies,
-//! the SLA policy presets, the alert rules and the Grafana dashboard from `config/`, and the
-//! OLM bundle (`cli/bundle.rs`). `--check` fails on any drift.
+//! the users' aggregated roles, the SLA policy presets, the alert rules and the Grafana
+//! dashboard from `config/`, and the OLM bundle (`cli/bundle.rs`). `--check` fails on any
+//! drift.
 
 use std::path::{Path, PathBuf};
 
@@ -30,10 +31,15 @@ const RULES: [(&str, &str); 2] = [
 ];
 /// Files the chart carries as copies: source, copy, and whether the copy starts with a
 /// "generated" comment (JSON cannot).
-const COPIES: [(&str, &str, bool); 4] = [
+const COPIES: [(&str, &str, bool); 5] = [
     (
         "config/admission/tenant_policy.yaml",
         "charts/holdfast/files/tenant-policy.yaml",
+        true,
+    ),
+    (
+        "config/rbac/tenant_roles.yaml",
+        "charts/holdfast/files/tenant-roles.yaml",
         true,
     ),
     (

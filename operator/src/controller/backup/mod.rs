@@ -8,12 +8,14 @@
 //! `hooks.rs` (pre hooks before the snapshots, post hooks once they are cut), `group.rs`
 //! (volume group snapshots),
 //! `volume.rs` (snapshot and copy of each volume), `finish.rs` (metadata, result),
-//! `delete.rs` (cancel, deletion, expiry).
+//! `delete.rs` (cancel, deletion, expiry), `quota.rs` (the namespace's stored-bytes limit,
+//! checked once when the backup starts).
 
 mod delete;
 mod finish;
 mod group;
 mod hooks;
+pub mod quota;
 mod start;
 mod volume;
 
@@ -29,6 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
@@ -88,6 +91,8 @@ pub struct Backups;
 pub enum BackupError {
     #[error("finding the storage location: {0}")]
     Location(#[source] Error),
+    #[error("checking the namespace's stored-bytes limit: {0}")]
+    Quota(#[source] Error),
     #[error("capturing the objects: {0}")]
     Capture(#[source] Error),
     #[error("snapshotting or copying the volumes: {0}")]
@@ -108,6 +113,7 @@ impl ControllerError for BackupError {
     fn root(&self) -> &Error {
         match self {
             Self::Location(e)
+            | Self::Quota(e)
             | Self::Capture(e)
             | Self::Volumes(e)
             | Self::Metadata(e)
@@ -120,6 +126,7 @@ impl ControllerError for BackupError {
     fn step(&self) -> Option<&'static str> {
         Some(match self {
             Self::Location(_) => "finding the storage location",
+            Self::Quota(_) => "checking the namespace's stored-bytes limit",
             Self::Capture(_) => "capturing the objects",
             Self::Volumes(_) => "snapshotting or copying the volumes",
             Self::Metadata(_) => "writing the backup's metadata",
@@ -212,6 +219,15 @@ async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action
         Err(action) => return Ok(action),
     };
     if st.start_time.is_none() {
+        let ns = b.namespace().unwrap_or_default();
+        let uid = b.uid();
+        if let Err(r) = quota::check(ctx, &ns, uid.as_deref())
+            .await
+            .map_err(BackupError::Quota)?
+        {
+            publish(ctx, b, EventType::Warning, r.reason, &r.message).await;
+            return Ok(fail(st, BackupPhase::Failed, r));
+        }
         st.phase = Some(BackupPhase::InProgress);
         st.start_time = Some(Time(Timestamp::now()));
         ctx.metrics.started("backup");

@@ -161,8 +161,11 @@ impl Status for ScheduleStatus {
     fn summary(&self) -> (State, String, String) {
         let reason = self.reason.clone().unwrap_or_else(|| "Active".into());
         let message = self.message.clone().unwrap_or_default();
+        let refused = reason == ScheduleReason::QuotaExceeded.as_str();
         match self.phase {
             Some(SchedulePhase::Invalid) => (State::Failed, reason, message),
+            // Runs are refused until someone frees or raises the quota: Stalled, not Ready.
+            Some(_) if refused => (State::Failed, reason, message),
             Some(_) => (State::Ready, reason, message),
             None => (State::Progressing, reason, message),
         }
@@ -204,16 +207,17 @@ async fn step(
             .schedule_interval(&s.namespace().unwrap_or_default(), &s.name_any(), gap);
     }
     let backups = list(s, ctx).await.map_err(ScheduleError::Observe)?;
-    let wake = run::start_due(s, ctx, &plan, &backups, st)
+    let started = run::start_due(s, ctx, &plan, &backups, st)
         .await
         .map_err(ScheduleError::Run)?;
     let backups = list(s, ctx).await.map_err(ScheduleError::Observe)?;
     expire::apply(s, ctx, &plan, &backups, st)
         .await
         .map_err(ScheduleError::Expire)?;
-    report(s, ctx, &backups, st);
+    report(s, ctx, &backups, st, started.refused);
     let now = jiff::Timestamp::now();
-    let until = wake
+    let until = started
+        .wake
         .map(|w| w.duration_since(now).unsigned_abs())
         .unwrap_or(RECHECK);
     Ok(Action::requeue(
@@ -258,8 +262,15 @@ fn invalid(st: &mut ScheduleStatus, r: Refusal) -> Action {
     Action::await_change()
 }
 
-/// Phase, the newest successful backup, the running ones and the restore points.
-fn report(s: &Schedule, ctx: &Context, backups: &[Backup], st: &mut ScheduleStatus) {
+/// Phase, the newest successful backup, the running ones and the restore points; a run a
+/// quota refused in this pass is the reason and message.
+fn report(
+    s: &Schedule,
+    ctx: &Context,
+    backups: &[Backup],
+    st: &mut ScheduleStatus,
+    refused: Option<Refusal>,
+) {
     let (phase, reason) = if s.spec.paused {
         (SchedulePhase::Paused, ScheduleReason::Paused)
     } else {
@@ -268,6 +279,10 @@ fn report(s: &Schedule, ctx: &Context, backups: &[Backup], st: &mut ScheduleStat
     st.phase = Some(phase);
     st.reason = Some(reason.into());
     st.message = None;
+    if let Some(r) = refused {
+        st.reason = Some(r.reason.into());
+        st.message = Some(r.message);
+    }
     let phase_of = |b: &Backup| b.status.as_ref().and_then(|s| s.phase);
     st.active = backups
         .iter()
@@ -325,5 +340,20 @@ mod tests {
         );
         assert_eq!(a, Action::await_change());
         assert_eq!(st.reason.as_deref(), Some("PolicyNotFound"));
+        // Runs refused by a quota: Stalled with the quota's words, until a run starts.
+        let st = ScheduleStatus {
+            phase: Some(SchedulePhase::Active),
+            reason: Some("QuotaExceeded".into()),
+            message: Some("exceeded quota: backup-count".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            st.summary(),
+            (
+                State::Failed,
+                "QuotaExceeded".into(),
+                "exceeded quota: backup-count".into()
+            )
+        );
     }
 }

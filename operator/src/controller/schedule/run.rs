@@ -2,10 +2,17 @@
 //! `holdfast.dev/run-now` value. A run's Backup has a name derived from its scheduled time, so
 //! a pass repeated after a crash adopts it instead of starting it twice; the cursor in status
 //! moves only after the Backup exists.
+//!
+//! A run whose Backup is refused by a quota (a ResourceQuota on `count/backups.holdfast.dev`,
+//! or the namespace's stored-bytes limit) does not start: the schedule says so in its status
+//! (reason `QuotaExceeded`) and one Warning Event, and tries the run again every
+//! [`REFUSED_RETRY`] (its cursor stays before the run, so a newer run supersedes it and the
+//! refused one counts as missed).
 
 use std::collections::BTreeMap;
 
 use holdfast_api::backup::{Backup, BackupPhase};
+use holdfast_api::reasons::ScheduleReason;
 use holdfast_api::schedule::{
     CADENCE_LABEL, RUN_NOW, SCHEDULE_LABEL, SCHEDULED_TIME, Schedule, ScheduleStatus,
 };
@@ -18,28 +25,41 @@ use tracing::info;
 
 use super::cadence::{self, Situation};
 use super::plan::{Plan, Track};
+use crate::controller::backup::quota;
+use crate::runtime::error::{Refusable, Refusal};
 use crate::runtime::kube_ext::create_or_adopt;
 use crate::runtime::names::short_hash;
 use crate::runtime::{Context, Error};
 
 /// Default `startingDeadline`.
 const DEADLINE: SignedDuration = SignedDuration::from_mins(5);
+/// How soon a run refused by a quota is tried again.
+pub(super) const REFUSED_RETRY: SignedDuration = SignedDuration::from_secs(30);
 
-/// Starts what is due; returns when the next run is due.
+/// What a pass of [`start_due`] did.
+pub(super) struct Started {
+    /// When the next run is due (or a refused run is tried again).
+    pub wake: Option<Timestamp>,
+    /// The first run a quota refused, for the status.
+    pub refused: Option<Refusal>,
+}
+
+/// Starts what is due; says when to look again and which run a quota refused.
 pub(super) async fn start_due(
     s: &Schedule,
     ctx: &Context,
     plan: &Plan,
     backups: &[Backup],
     st: &mut ScheduleStatus,
-) -> Result<Option<Timestamp>, Error> {
+) -> Result<Started, Error> {
     let now = Timestamp::now();
     let busy = backups.iter().any(running);
     let due = decide_all(s, plan, st, now, busy);
-    let mut runs: Vec<(Track, Timestamp, String)> = due
+    // (track, slot, Backup name, on demand)
+    let mut runs: Vec<(Track, Timestamp, String, bool)> = due
         .runs
         .iter()
-        .map(|&(track, slot)| (track, slot, name(s, plan, track, slot)))
+        .map(|&(track, slot)| (track, slot, name(s, plan, track, slot), false))
         .collect();
     let run_now = s.annotations().get(RUN_NOW).cloned();
     let now_wanted = run_now
@@ -52,14 +72,27 @@ pub(super) async fn start_due(
             Track::Both
         };
         let n = format!("{}-now-{}", prefix(s), short_hash(&[v]));
-        runs.push((track, now, n));
+        runs.push((track, now, n, true));
     }
-    for (track, slot, n) in &runs {
-        start(s, ctx, plan, *track, *slot, n).await?;
+    let mut refused: Vec<(&str, Refusal)> = Vec::new();
+    let mut now_refused = false;
+    let mut cursors = due.cursors.clone();
+    for (track, slot, n, on_demand) in &runs {
+        if let Err(r) = start(s, ctx, plan, *track, *slot, n).await? {
+            // A refused run stays due: its cursors stay just before it (a run on demand
+            // stays wanted: `lastRunNow` is not set).
+            if *on_demand {
+                now_refused = true;
+            } else {
+                hold_cursors(&mut cursors, *track, *slot);
+            }
+            refused.push((n, r));
+        }
     }
-    // Everything due exists now: move the cursors and count what was missed.
+    // Everything due exists now, but for the refused runs: move the cursors and count what
+    // was missed.
     let ns = s.namespace().unwrap_or_default();
-    for (track, cursor) in &due.cursors {
+    for (track, cursor) in &cursors {
         *cursor_mut(st, *track) = Some(Time(*cursor));
     }
     if due.missed > 0 {
@@ -67,21 +100,54 @@ pub(super) async fn start_due(
         st.last_missed_time = Some(Time(now));
         ctx.metrics.schedule_missed(&ns, &s.name_any(), due.missed);
         let note = format!(
-            "{} run(s) were due but did not start (the operator was down, or the previous run was still going with concurrencyPolicy Forbid)",
+            "{} run(s) were due but did not start (the operator was down, the previous run was still going with concurrencyPolicy Forbid, or a quota refused the run's Backup)",
             due.missed
         );
         ctx.event(s, EventType::Warning, "RunsMissed", &note, "Schedule")
             .await;
     }
-    if let Some(v) = now_wanted {
+    if let Some(v) = now_wanted.filter(|_| !now_refused) {
         st.last_run_now = Some(v.clone());
     }
-    if !runs.is_empty() {
+    if runs.len() > refused.len() {
         st.last_run_time = Some(Time(now));
     }
     st.next_run_time = due.next.get(&false).map(|t| Time(*t));
     st.next_copy_time = due.next.get(&true).map(|t| Time(*t));
-    Ok(due.wake)
+    let Some((name, first)) = refused.into_iter().next() else {
+        return Ok(Started {
+            wake: due.wake,
+            refused: None,
+        });
+    };
+    info!(schedule = %s.name_any(), namespace = %ns, backup = %name, reason = first.reason, message = %first.message, "a quota refused the run's Backup; trying again later");
+    if st.reason.as_deref() != Some(ScheduleReason::QuotaExceeded.as_str()) {
+        ctx.event(
+            s,
+            EventType::Warning,
+            first.reason,
+            &first.message,
+            "Schedule",
+        )
+        .await;
+    }
+    let retry = now + REFUSED_RETRY;
+    Ok(Started {
+        wake: Some(due.wake.map_or(retry, |w| w.min(retry))),
+        refused: Some(first),
+    })
+}
+
+/// Keeps the cursors of the lines a refused run of `slot` belongs to just before it, so the
+/// run is due again (and, once a newer run is due, counted as missed). Pure.
+fn hold_cursors(cursors: &mut [(Track, Timestamp)], run: Track, slot: Timestamp) {
+    let before = slot - SignedDuration::from_secs(1);
+    for (line, cursor) in cursors.iter_mut() {
+        let covers = run == *line || run == Track::Both || *line == Track::Both;
+        if covers && *cursor >= slot {
+            *cursor = before;
+        }
+    }
 }
 
 /// The runs to start, cursors to move and missed runs of every line, at `now`.
@@ -201,6 +267,7 @@ fn name(s: &Schedule, plan: &Plan, track: Track, slot: Timestamp) -> String {
     }
 }
 
+/// Creates the run's Backup (or adopts it); `Ok(Err(refusal))` when a quota refused it.
 async fn start(
     s: &Schedule,
     ctx: &Context,
@@ -208,16 +275,66 @@ async fn start(
     track: Track,
     slot: Timestamp,
     name: &str,
-) -> Result<(), Error> {
-    let b = backup(s, plan, track, slot, name);
-    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
-    if create_or_adopt(&api, &b, "create Backup").await?.is_some() {
-        info!(schedule = %s.name_any(), backup = %name, cadence = track.label(), %slot, "started a scheduled backup");
-        let note = format!("started Backup {name} ({} run of {slot})", track.label());
-        ctx.event(s, EventType::Normal, "BackupStarted", &note, "Schedule")
-            .await;
+) -> Refusable<()> {
+    let ns = s.namespace().unwrap_or_default();
+    let api: Api<Backup> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Err(r) = quota::check(ctx, &ns, None).await? {
+        // A run whose Backup exists already (a pass repeated after a crash) has started.
+        if api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("get Backup"))?
+            .is_some()
+        {
+            return Ok(Ok(()));
+        }
+        return Ok(Err(Refusal::new(
+            ScheduleReason::QuotaExceeded,
+            format!(
+                "the run's Backup {name} was not created: {}; the schedule tries again every {}s",
+                r.message,
+                REFUSED_RETRY.as_secs()
+            ),
+        )));
     }
-    Ok(())
+    let b = backup(s, plan, track, slot, name);
+    match create_or_adopt(&api, &b, "create Backup").await {
+        Ok(Some(_)) => {
+            info!(schedule = %s.name_any(), backup = %name, cadence = track.label(), %slot, "started a scheduled backup");
+            let note = format!("started Backup {name} ({} run of {slot})", track.label());
+            ctx.event(s, EventType::Normal, "BackupStarted", &note, "Schedule")
+                .await;
+            Ok(Ok(()))
+        }
+        Ok(None) => Ok(Ok(())),
+        Err(e) => match count_quota_refusal(name, &e) {
+            Some(r) => Ok(Err(r)),
+            None => Err(e),
+        },
+    }
+}
+
+/// The refusal of a Backup that a ResourceQuota of the namespace (`count/backups.holdfast.dev`
+/// or any other) refused, naming the quota as the API server did. Pure.
+fn count_quota_refusal(name: &str, e: &Error) -> Option<Refusal> {
+    let Error::Kube {
+        source: kube::Error::Api(status),
+        ..
+    } = e
+    else {
+        return None;
+    };
+    if status.code != 403 || !status.message.contains("exceeded quota") {
+        return None;
+    }
+    Some(Refusal::new(
+        ScheduleReason::QuotaExceeded,
+        format!(
+            "the run's Backup {name} was refused by the API server: {}; raise that ResourceQuota's count/backups.holdfast.dev (it must leave room for one Backup more than the schedule keeps) or delete Backups of this namespace; the schedule tries again every {}s",
+            status.message,
+            REFUSED_RETRY.as_secs()
+        ),
+    ))
 }
 
 /// The Backup of one run: the template's spec and metadata (never the Schedule's own labels,
@@ -320,6 +437,69 @@ mod tests {
         let d = decide_all(&s, &plan, &st, ts("2026-12-06T10:05:01Z"), false);
         assert_eq!(d.runs, [(Track::Both, ts("2026-12-06T10:05:00Z"))]);
         assert_eq!(d.cursors, [(Track::Both, ts("2026-12-06T10:05:00Z"))]);
+    }
+
+    #[test]
+    fn a_refused_run_stays_due_and_a_newer_one_supersedes_it() {
+        let s = schedule();
+        let plan = super::super::plan::resolve(&s, None).expect("plan");
+        let slot = ts("2026-12-06T10:05:00Z");
+        let mut st = ScheduleStatus::default();
+        let d = decide_all(&s, &plan, &st, ts("2026-12-06T10:05:01Z"), false);
+        let mut cursors = d.cursors.clone();
+        hold_cursors(&mut cursors, Track::Both, slot);
+        for (track, c) in &cursors {
+            *cursor_mut(&mut st, *track) = Some(Time(*c));
+        }
+        // Tried again on the next pass, nothing counted as missed.
+        let d = decide_all(&s, &plan, &st, ts("2026-12-06T10:05:31Z"), false);
+        assert_eq!(d.runs, [(Track::Both, slot)]);
+        assert_eq!(d.missed, 0);
+        // Still refused when the next slot comes: that one runs, the refused one is missed.
+        let d = decide_all(&s, &plan, &st, ts("2026-12-06T10:10:02Z"), false);
+        assert_eq!(d.runs, [(Track::Both, ts("2026-12-06T10:10:00Z"))]);
+        assert_eq!(d.missed, 1);
+    }
+
+    #[test]
+    fn only_the_lines_of_a_refused_run_are_held() {
+        let t = ts("2026-12-06T01:00:00Z");
+        let mut c = vec![(Track::Snapshot, t), (Track::Copy, t)];
+        hold_cursors(&mut c, Track::Copy, t);
+        assert_eq!(
+            c,
+            [
+                (Track::Snapshot, t),
+                (Track::Copy, ts("2026-12-06T00:59:59Z"))
+            ]
+        );
+        let mut c = vec![(Track::Snapshot, t), (Track::Copy, t)];
+        hold_cursors(&mut c, Track::Both, t);
+        assert!(c.iter().all(|(_, x)| *x < t));
+    }
+
+    #[test]
+    fn a_resource_quota_refusal_names_the_quota() {
+        let api = |code: u16, message: &str| Error::Kube {
+            call: "create Backup",
+            source: kube::Error::Api(
+                kube::core::Status::failure(message, "Forbidden")
+                    .with_code(code)
+                    .boxed(),
+            ),
+        };
+        let msg = "backups.holdfast.dev \"n-1\" is forbidden: exceeded quota: backup-count, requested: count/backups.holdfast.dev=1, used: count/backups.holdfast.dev=2, limited: count/backups.holdfast.dev=2";
+        let r = count_quota_refusal("n-1", &api(403, msg)).expect("a quota refusal");
+        assert_eq!(r.reason, "QuotaExceeded");
+        assert!(
+            r.message.contains("exceeded quota: backup-count"),
+            "{}",
+            r.message
+        );
+        assert!(r.message.contains("Backup n-1"), "{}", r.message);
+        assert!(r.message.contains("every 30s"), "{}", r.message);
+        assert!(count_quota_refusal("n-1", &api(403, "forbidden: User cannot")).is_none());
+        assert!(count_quota_refusal("n-1", &api(500, "exceeded quota")).is_none());
     }
 
     #[test]
