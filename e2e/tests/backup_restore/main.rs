@@ -9,6 +9,7 @@
 //! cadence each) come next, so every other scenario overlaps with them instead of waiting.
 
 mod cadence;
+mod faults;
 mod group;
 mod hooks;
 mod maintenance;

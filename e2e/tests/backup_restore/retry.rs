@@ -13,10 +13,10 @@ use kube::api::{Api, ListParams};
 
 use super::{Share, app, assert_no_leftovers, backup_yaml, delete_all, setup};
 
-const BIG_MIB: u64 = 200;
+pub(super) const BIG_MIB: u64 = 200;
 
 /// Claim `big` written with `BIG_MIB` MiB of random data by pod `big`.
-fn big_app() -> String {
+pub(super) fn big_app() -> String {
     format!(
         r#"apiVersion: v1
 kind: PersistentVolumeClaim
@@ -44,7 +44,7 @@ spec:
 
 /// The pids of the mover process of upload `du` (its `holdfast mover … --journal <du>`; the
 /// node agent's runner may fork, and a fork keeps the command line).
-fn mover_pids(du: &str) -> Vec<u32> {
+pub(super) fn mover_pids(du: &str) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -71,7 +71,11 @@ fn mover_pids(du: &str) -> Vec<u32> {
 }
 
 /// Bytes of pack files in the repository of namespace `ns`.
-async fn pack_bytes(bucket: &str, bsl: &holdfast_api::BackupStorageLocation, ns: &str) -> u64 {
+pub(super) async fn pack_bytes(
+    bucket: &str,
+    bsl: &holdfast_api::BackupStorageLocation,
+    ns: &str,
+) -> u64 {
     let prefix = format!(
         "{}/data/",
         holdfast::storage::layout::repository_prefix(bsl, ns)
@@ -105,7 +109,12 @@ async fn big_upload(s: &super::Setup) -> String {
 
 /// Kills every process of the mover of upload `du` (none of `seen`) once the repository holds
 /// `share` bytes of packs; returns their pids.
-async fn kill_mover_at(s: &super::Setup, du: &str, share: u64, seen: &[u32]) -> Vec<u32> {
+pub(super) async fn kill_mover_at(
+    s: &super::Setup,
+    du: &str,
+    share: u64,
+    seen: &[u32],
+) -> Vec<u32> {
     let (opns, app_ns) = (&s.opns.name, &s.app_ns.name);
     let bsl = app::location("primary", &s.bucket);
     let found = wait_until(
@@ -136,7 +145,7 @@ async fn kill_mover_at(s: &super::Setup, du: &str, share: u64, seen: &[u32]) -> 
 }
 
 /// Lock and journal objects left in the repository of the setup's application namespace.
-async fn leftovers(s: &super::Setup) -> Vec<String> {
+pub(super) async fn leftovers(s: &super::Setup) -> Vec<String> {
     let bsl = app::location("primary", &s.bucket);
     let store = app::s3_store(&s.bucket).await;
     let repo = holdfast::storage::layout::repository_prefix(&bsl, &s.app_ns.name);
