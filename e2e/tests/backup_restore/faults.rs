@@ -69,7 +69,7 @@ fn trials() -> Trials {
         op_restores: n("HOLDFAST_FAULT_OPERATOR_RESTORE_TRIALS", 2, 10),
         s3: n("HOLDFAST_FAULT_S3_TRIALS", 3, 12),
         twice: n("HOLDFAST_FAULT_TWICE_TRIALS", 1, 5),
-        mib: if long { 64 } else { 32 },
+        mib: if long { 48 } else { 32 },
     }
 }
 
@@ -421,6 +421,15 @@ async fn check_read_data(s: &Setup) {
     );
 }
 
+/// Deletes every object of the setup's bucket (the trials upload gigabytes in the long mode).
+async fn empty_bucket(s: &Setup) {
+    use holdfast_store::Store;
+    let store = app::s3_store(&s.bucket).await;
+    for o in store.list("").await.expect("list bucket") {
+        store.delete(&o.key).await.expect("delete object");
+    }
+}
+
 /// Deletes Backup `name` and waits until it and its VolumeSnapshots are gone.
 async fn delete_backup(s: &Setup, name: &str) {
     let api: Api<Backup> = Api::namespaced(s.client.clone(), &s.opns.name);
@@ -696,7 +705,9 @@ async fn mover_killed_at_random_points() {
                 break;
             };
             let found = Instant::now();
-            let at = rng.secs(0.0, run * 1.1);
+            // Anywhere in a run as long as the first one (a resumed attempt is shorter, so
+            // later kills may come after it ended: recorded as such).
+            let at = rng.secs(0.0, run);
             seen.extend(&pids);
             tokio::time::sleep(at.saturating_sub(found.elapsed())).await;
             if alive(&pids) && kill9(&pids) {
@@ -766,6 +777,7 @@ async fn mover_killed_at_random_points() {
     check_read_data(&s).await;
     eprintln!("{}", summary(&records));
     delete_all(&s.client, &opns).await;
+    empty_bucket(&s).await;
 }
 
 /// The operator is killed (SIGKILL) at random times of backups and of restores, once or twice
@@ -821,7 +833,7 @@ async fn operator_killed_at_random_points() {
         let span = if restore { restore_secs } else { backup_secs };
         let mut at = Vec::new();
         for _ in 0..kills {
-            let wait = rng.secs(0.0, span);
+            let wait = rng.secs(0.0, span * 0.9);
             let pause = rng.secs(0.0, 3.0);
             tokio::time::sleep(wait).await;
             let kind = if restore { "restore" } else { "backup" };
@@ -832,9 +844,13 @@ async fn operator_killed_at_random_points() {
                 "-n",
                 &opns,
                 "-o",
-                "jsonpath={.status.phase}",
+                "jsonpath={.status.phase} {.status.volumes[*].phase}",
             ]);
-            if ["Completed", "PartiallyFailed", "Failed"].contains(&phase.trim()) {
+            let phase = phase.trim().to_string();
+            if ["Completed", "PartiallyFailed", "Failed"]
+                .iter()
+                .any(|p| phase.starts_with(p))
+            {
                 at.push(format!(
                     "{:.1}s (already {})",
                     wait.as_secs_f64(),
@@ -915,6 +931,7 @@ async fn operator_killed_at_random_points() {
     check_read_data(&s).await;
     eprintln!("{}", summary(&records));
     delete_all(&s.client, &opns).await;
+    empty_bucket(&s).await;
 }
 
 /// Kinds of S3 trouble a trial injects.
@@ -1102,6 +1119,7 @@ async fn s3_errors_and_stalls() {
     check_read_data(&s).await;
     eprintln!("{}", summary(&records));
     delete_all(&s.client, &opns).await;
+    empty_bucket(&s).await;
 }
 
 /// A mover killed twice during one backup, at random points of its upload: the backup still
@@ -1199,4 +1217,5 @@ async fn mover_killed_twice_uploads_under_1_2x() {
     check_read_data(&s).await;
     eprintln!("{}", summary(&records));
     delete_all(&s.client, &opns).await;
+    empty_bucket(&s).await;
 }
