@@ -649,13 +649,171 @@ async fn finish_restore(s: &Setup, name: &str, target: &TestNamespace, want: Opt
     ]);
 }
 
+/// Pids of the mover processes of transfer `name` (a DataUpload or DataDownload): its pod's
+/// name is in their environment (`HOLDFAST_HOSTNAME`, the lock host).
+fn transfer_pids(name: &str) -> Vec<u32> {
+    let mut pids = mover_pids(name);
+    let want = format!("{}={name}", holdfast::mover::protocol::env::HOSTNAME);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if raw.split(|b| *b == 0).nth(1) != Some(b"mover".as_slice()) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|b| *b == 0).any(|v| v == want.as_bytes()) && !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// Waits for a mover process of transfer `name` that is none of `seen`; `None` once `ended`
+/// says the transfer is over.
+async fn next_mover_of<F, Fut>(name: &str, seen: &[u32], ended: F) -> Option<Vec<u32>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let p = transfer_pids(name);
+        if !p.is_empty() && !p.iter().any(|x| seen.contains(x)) {
+            return Some(p);
+        }
+        if ended().await {
+            return None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mover of {name} ran for 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sleeps until `at` after `since` while `pids` run; `Some(lifetime)` if they ended first.
+async fn until_or_ended(pids: &[u32], since: Instant, at: Duration) -> Option<Duration> {
+    while since.elapsed() < at {
+        if !alive(pids) {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The median of `xs` (not empty).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Where a kill of a mover landed, or that the mover ended first.
+enum Kill {
+    Landed(String),
+    Missed(String),
+}
+
+/// Kills mover `pids` (found at `found`) at a random point: half the time after a random
+/// share of its run (`est` seconds, a typical first attempt's run), otherwise (uploads only)
+/// once the repository holds a random share of the data still to upload. Returns where it
+/// landed, and the mover's lifetime when it ended before.
+async fn kill_at_random_point(
+    s: &Setup,
+    rng: &mut Rng,
+    pids: &[u32],
+    found: Instant,
+    est: f64,
+    upload: Option<(u64, f64)>,
+) -> (Kill, Option<Duration>) {
+    let bsl = app::location("primary", &s.bucket);
+    match upload {
+        Some((stored_before, data)) if rng.below(2) == 0 => {
+            let now = pack_bytes(&s.bucket, &bsl, &s.app_ns.name).await;
+            let done = now.saturating_sub(stored_before) as f64;
+            let share = rng.between(0.05, 0.95);
+            let target = now + (share * (data - done).max(0.0)) as u64;
+            let what = format!("{:.0}% of the rest stored", share * 100.0);
+            loop {
+                if !alive(pids) {
+                    return (Kill::Missed(format!("{what} (mover had ended)")), None);
+                }
+                if pack_bytes(&s.bucket, &bsl, &s.app_ns.name).await >= target {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if kill9(pids) {
+                let t = found.elapsed().as_secs_f64();
+                (Kill::Landed(format!("{what} ({t:.1}s)")), None)
+            } else {
+                (Kill::Missed(format!("{what} (mover had ended)")), None)
+            }
+        }
+        _ => {
+            let at = rng.secs(0.0, est);
+            let what = format!("{:.1}s", at.as_secs_f64());
+            if let Some(life) = until_or_ended(pids, found, at).await {
+                return (
+                    Kill::Missed(format!("{what} (mover had ended)")),
+                    Some(life),
+                );
+            }
+            if kill9(pids) {
+                (Kill::Landed(what), None)
+            } else {
+                (Kill::Missed(format!("{what} (mover had ended)")), None)
+            }
+        }
+    }
+}
+
+/// The DataDownload of Restore `restore` (its name).
+async fn download_of(s: &Setup, restore: &str) -> String {
+    let api: Api<holdfast_api::DataDownload> = Api::namespaced(s.client.clone(), &s.opns.name);
+    wait_until(
+        &format!("the download of restore {restore}"),
+        Duration::from_secs(300),
+        Some(&s.opns.name),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|d| d.spec.restore.name == restore)
+                .and_then(|d| d.metadata.name)
+        },
+    )
+    .await
+}
+
+async fn download_status(s: &Setup, dd: &str) -> Option<holdfast_api::transfer::TransferStatus> {
+    let api: Api<holdfast_api::DataDownload> = Api::namespaced(s.client.clone(), &s.opns.name);
+    api.get_opt(dd).await.ok().flatten().and_then(|d| d.status)
+}
+
 // ------------------------------------------------------------------ the trials
 
-/// The mover of a backup is killed (SIGKILL of its processes) at random times of its run, once
-/// or twice per backup (in the long mode one trial in ten kills it once more than the retries
-/// allow). A backup whose mover was killed at most `--mover-retries` (3) times completes, with
-/// as many retries, and its snapshot holds the volume's bytes; one killed more often fails its
-/// volume with the cause ("gave up after 4 attempts"). Nothing is left behind.
+/// The mover of a backup is killed (SIGKILL of its processes) at random points of its run,
+/// once or twice per backup (in the long mode one trial in ten kills it once more than the
+/// retries allow): at a random time, or once a random share of the data is stored. Trials go
+/// on until the wanted number had a kill land (a mover may end before its kill). A backup
+/// whose mover was killed at most `--mover-retries` (3) times completes with as many retries,
+/// and its snapshot holds the volume's bytes; one killed more often fails its volume with the
+/// cause ("gave up after 4 attempts"). Every fifth trial (the last one in the small mode) then
+/// restores the backup with its restore mover killed once or twice at random times: it
+/// completes with the bytes. Nothing is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mover_killed_at_random_points() {
     let t = trials();
@@ -666,6 +824,7 @@ async fn mover_killed_at_random_points() {
     let (app_ns, opns) = (s.app_ns.name.clone(), s.opns.name.clone());
     deploy_vol(&app_ns, t.mib).await;
     let data = f64::from(t.mib) * f64::from(1u32 << 20);
+    let bsl = app::location("primary", &s.bucket);
 
     // A first backup without faults: how long its mover runs.
     refresh(&app_ns, t.mib);
@@ -676,17 +835,20 @@ async fn mover_killed_at_random_points() {
     while alive(&first) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let run = started.elapsed().as_secs_f64().max(1.0);
+    // Runs of first attempts that no kill ended: what a kill time is drawn against.
+    let mut runs = vec![started.elapsed().as_secs_f64().max(1.0)];
     let b = wait_backup(&s.client, &opns, "m0", Duration::from_secs(600)).await;
     assert_eq!(backup_outcome(&b), "Completed");
     delete_backup(&s, "m0").await;
     eprintln!(
-        "faults: a mover without faults ran {run:.1} s for {} MiB",
-        t.mib
+        "faults: a mover without faults ran {:.1} s for {} MiB",
+        runs[0], t.mib
     );
 
     let mut records = Vec::new();
-    for trial in 1..=t.mover {
+    let (mut trial, mut landed_trials, mut restores) = (0, 0, 0);
+    while landed_trials < t.mover && trial < 2 * t.mover.max(1) {
+        trial += 1;
         let sums = refresh(&app_ns, t.mib);
         let planned = if t.long && rng.below(10) == 0 {
             4
@@ -695,29 +857,50 @@ async fn mover_killed_at_random_points() {
         };
         proxy.reset_counts();
         let name = format!("m{trial}");
+        let stored_before = pack_bytes(&s.bucket, &bsl, &app_ns).await;
         let t0 = Instant::now();
         env().apply_yaml(&opns, &backup_yaml(&name, &app_ns, VOL_SELECTOR));
         let du = upload_of(&s, &name, "vol-data").await;
         let mut seen: Vec<u32> = Vec::new();
         let mut kills: Vec<String> = Vec::new();
-        for _ in 0..planned {
-            let Some(pids) = next_mover(&s, &du, &seen).await else {
+        let mut killed = 0;
+        for j in 0..planned {
+            let ended = || async {
+                upload_status(&s, &du)
+                    .await
+                    .is_some_and(|st| st.phase.is_terminal())
+            };
+            let Some(pids) = next_mover_of(&du, &seen, ended).await else {
                 break;
             };
             let found = Instant::now();
-            // Anywhere in a run as long as the first one (a resumed attempt is shorter, so
-            // later kills may come after it ended: recorded as such).
-            let at = rng.secs(0.0, run);
             seen.extend(&pids);
-            tokio::time::sleep(at.saturating_sub(found.elapsed())).await;
-            if alive(&pids) && kill9(&pids) {
-                kills.push(format!("{:.1}s", at.as_secs_f64()));
-            } else {
-                kills.push(format!("{:.1}s (mover had ended)", at.as_secs_f64()));
-                break;
+            let (kill, life) = kill_at_random_point(
+                &s,
+                &mut rng,
+                &pids,
+                found,
+                median(&runs),
+                Some((stored_before, data)),
+            )
+            .await;
+            match kill {
+                Kill::Landed(w) => {
+                    killed += 1;
+                    kills.push(w);
+                }
+                Kill::Missed(w) => {
+                    if let (0, Some(life)) = (j, life) {
+                        runs.push(life.as_secs_f64());
+                    }
+                    kills.push(w);
+                    break;
+                }
             }
         }
-        let killed = kills.iter().filter(|k| !k.contains("ended")).count();
+        if killed > 0 {
+            landed_trials += 1;
+        }
         let b = wait_backup(&s.client, &opns, &name, Duration::from_secs(1200)).await;
         let outcome = backup_outcome(&b);
         let st = upload_status(&s, &du).await.expect("upload status");
@@ -737,9 +920,10 @@ async fn mover_killed_at_random_points() {
                 "trial {trial}: the snapshot does not hold the volume's data"
             );
         } else {
+            // The only volume failed: the Backup is Failed (PartiallyFailed with others).
             assert!(
-                outcome.starts_with("PartiallyFailed (MoverFailed"),
-                "{outcome}"
+                outcome.contains("Failed (MoverFailed"),
+                "trial {trial}: {outcome}"
             );
             let m = st.message.clone().unwrap_or_default();
             assert!(
@@ -748,34 +932,117 @@ async fn mover_killed_at_random_points() {
             );
         }
         let journals = assert_clean(&s, &format!("mover trial {trial}")).await;
-        if outcome == "Completed" {
-            assert!(
-                journals.is_empty(),
-                "trial {trial}: journal left: {journals:?}"
-            );
-        }
-        delete_backup(&s, &name).await;
+        assert!(
+            journals.is_empty(),
+            "trial {trial} ({outcome}): journal left: {journals:?}"
+        );
         let r = Record {
-            kind: "mover killed",
+            kind: "mover killed in a backup",
             trial,
             faults: format!(
                 "kills at {} (retries {}), uploaded {:.2}x the data",
-                kills.join(", "),
+                if kills.is_empty() {
+                    "-".to_string()
+                } else {
+                    kills.join(", ")
+                },
                 st.retries,
                 counts.uploaded as f64 / data
             ),
-            outcome: if journals.is_empty() {
-                outcome
-            } else {
-                format!("{outcome}; {} journal entries left", journals.len())
-            },
+            outcome: outcome.clone(),
             seconds: t0.elapsed().as_secs_f64(),
         };
         print_record(&r);
         records.push(r);
+
+        // A restore of this backup with its mover killed.
+        let restore_now = if t.long {
+            trial % 5 == 0
+        } else {
+            landed_trials == t.mover
+        };
+        if outcome == "Completed" && restore_now {
+            restores += 1;
+            let rname = format!("mr{trial}");
+            let target = TestNamespace {
+                name: format!("{app_ns}-mr{trial}"),
+            };
+            let t0 = Instant::now();
+            env().apply_yaml(&opns, &restore_yaml(&rname, &name, &app_ns, &target.name));
+            let dd = download_of(&s, &rname).await;
+            let mut seen: Vec<u32> = Vec::new();
+            let mut kills: Vec<String> = Vec::new();
+            let mut killed = 0;
+            for _ in 0..1 + rng.below(2) {
+                let ended = || async {
+                    download_status(&s, &dd)
+                        .await
+                        .is_some_and(|st| st.phase.is_terminal())
+                };
+                let Some(pids) = next_mover_of(&dd, &seen, ended).await else {
+                    break;
+                };
+                let found = Instant::now();
+                seen.extend(&pids);
+                let (kill, _) =
+                    kill_at_random_point(&s, &mut rng, &pids, found, median(&runs), None).await;
+                match kill {
+                    Kill::Landed(w) => {
+                        killed += 1;
+                        kills.push(w);
+                    }
+                    Kill::Missed(w) => {
+                        kills.push(w);
+                        break;
+                    }
+                }
+            }
+            let r = wait_restore(&s, &rname, Duration::from_secs(1200)).await;
+            let outcome = restore_outcome(&r);
+            assert_eq!(
+                outcome,
+                "Completed",
+                "restore {rname} (kills {kills:?}): {:#?}\n{}",
+                r.status,
+                s.op.logs()
+            );
+            let dst = download_status(&s, &dd).await.expect("download status");
+            assert_eq!(dst.retries as usize, killed, "{dst:#?}");
+            let secs = t0.elapsed().as_secs_f64();
+            finish_restore(&s, &rname, &target, Some(&sums)).await;
+            let journals = assert_clean(&s, &format!("mover restore trial {trial}")).await;
+            assert!(journals.is_empty(), "journal left: {journals:?}");
+            let r = Record {
+                kind: "mover killed in a restore",
+                trial,
+                faults: format!(
+                    "kills at {} (retries {})",
+                    if kills.is_empty() {
+                        "-".to_string()
+                    } else {
+                        kills.join(", ")
+                    },
+                    dst.retries
+                ),
+                outcome,
+                seconds: secs,
+            };
+            print_record(&r);
+            records.push(r);
+        }
+        delete_backup(&s, &name).await;
     }
+    assert!(
+        landed_trials >= t.mover,
+        "only {landed_trials} of {trial} trials had a kill land (wanted {})",
+        t.mover
+    );
+    assert!(restores > 0 || t.mover == 0, "no restore trial ran");
     check_read_data(&s).await;
-    eprintln!("{}", summary(&records));
+    eprintln!(
+        "faults: {trial} mover trials, {landed_trials} with a kill that landed\n{}",
+        summary(&records)
+    );
     delete_all(&s.client, &opns).await;
     empty_bucket(&s).await;
 }
@@ -783,7 +1050,8 @@ async fn mover_killed_at_random_points() {
 /// The operator is killed (SIGKILL) at random times of backups and of restores, once or twice
 /// each, and started again after a random pause: every backup completes with the volume's
 /// bytes in its snapshot, every restore completes with the bytes back in a new namespace, and
-/// nothing is left behind.
+/// nothing is left behind. Trials go on until the wanted number of backups and of restores had
+/// a kill before they finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_at_random_points() {
     let t = trials();
@@ -811,10 +1079,24 @@ async fn operator_killed_at_random_points() {
     eprintln!(
         "faults: without faults a backup took {backup_secs:.0} s, a restore {restore_secs:.0} s"
     );
+    // Durations of runs without a kill: what kill times are drawn against.
+    let (mut backup_runs, mut restore_runs) = (vec![backup_secs], vec![restore_secs]);
 
     let mut records = Vec::new();
-    for trial in 1..=(t.op_backups + t.op_restores) {
-        let restore = trial > t.op_backups;
+    let (mut trial, mut killed_backups, mut killed_restores) = (0, 0, 0);
+    loop {
+        let restore = if killed_backups < t.op_backups {
+            false
+        } else if killed_restores < t.op_restores {
+            true
+        } else {
+            break;
+        };
+        trial += 1;
+        assert!(
+            trial <= 2 * (t.op_backups + t.op_restores),
+            "{trial} trials and still too few kills landed: {killed_backups} in backups, {killed_restores} in restores"
+        );
         let kills = 1 + rng.below(2) as usize;
         let t0 = Instant::now();
         let (name, target) = if restore {
@@ -830,10 +1112,11 @@ async fn operator_killed_at_random_points() {
             env().apply_yaml(&opns, &backup_yaml(&name, &app_ns, VOL_SELECTOR));
             (name, None)
         };
-        let span = if restore { restore_secs } else { backup_secs };
+        let est = median(if restore { &restore_runs } else { &backup_runs });
         let mut at = Vec::new();
+        let mut landed = 0;
         for _ in 0..kills {
-            let wait = rng.secs(0.0, span * 0.9);
+            let wait = rng.secs(0.0, est * 0.9);
             let pause = rng.secs(0.0, 3.0);
             tokio::time::sleep(wait).await;
             let kind = if restore { "restore" } else { "backup" };
@@ -851,14 +1134,11 @@ async fn operator_killed_at_random_points() {
                 .iter()
                 .any(|p| phase.starts_with(p))
             {
-                at.push(format!(
-                    "{:.1}s (already {})",
-                    wait.as_secs_f64(),
-                    phase.trim()
-                ));
+                at.push(format!("{:.1}s (already {phase})", wait.as_secs_f64()));
                 break;
             }
             s.op.kill();
+            landed += 1;
             tokio::time::sleep(pause).await;
             restarts += 1;
             let refs: Vec<&str> = s.args.iter().map(String::as_str).collect();
@@ -867,11 +1147,7 @@ async fn operator_killed_at_random_points() {
             at.push(format!(
                 "{:.1}s in {} (down {:.1}s)",
                 wait.as_secs_f64(),
-                if phase.trim().is_empty() {
-                    "-"
-                } else {
-                    phase.trim()
-                },
+                if phase.is_empty() { "-" } else { &phase },
                 pause.as_secs_f64()
             ));
         }
@@ -905,6 +1181,12 @@ async fn operator_killed_at_random_points() {
             );
             (outcome, t0.elapsed().as_secs_f64())
         };
+        match (restore, landed > 0) {
+            (true, true) => killed_restores += 1,
+            (false, true) => killed_backups += 1,
+            (true, false) => restore_runs.push(outcome.1),
+            (false, false) => backup_runs.push(outcome.1),
+        }
         let journals = assert_clean(&s, &format!("operator trial {trial}")).await;
         assert!(
             journals.is_empty(),
@@ -929,7 +1211,10 @@ async fn operator_killed_at_random_points() {
         records.push(r);
     }
     check_read_data(&s).await;
-    eprintln!("{}", summary(&records));
+    eprintln!(
+        "faults: {trial} operator trials, {restarts} operator kills ({killed_backups} backups and {killed_restores} restores had one)\n{}",
+        summary(&records)
+    );
     delete_all(&s.client, &opns).await;
     empty_bucket(&s).await;
 }
