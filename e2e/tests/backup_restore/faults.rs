@@ -1228,7 +1228,7 @@ enum Trouble {
     /// Some of each.
     Mixed,
     /// S3 unreachable (every connection reset) for 10-30 s (long: 10-120 s) from a random
-    /// moment of the transfer.
+    /// moment of the first half of a typical transfer.
     Outage,
     /// 0.5-2% of requests never answered (the client's 120 s read timeout ends them).
     Hangs,
@@ -1299,7 +1299,10 @@ async fn s3_errors_and_stalls() {
     deploy_vol(&app_ns, t.mib).await;
 
     refresh(&app_ns, t.mib);
-    let (b, span) = run_backup(&s, "s0", Duration::from_secs(600)).await;
+    let (b, first) = run_backup(&s, "s0", Duration::from_secs(600)).await;
+    // Durations of backups and restores so far: an outage starts within the first half of
+    // a typical one.
+    let (mut backups, mut restores) = (vec![first], Vec::new());
     assert_eq!(backup_outcome(&b), "Completed");
     delete_backup(&s, "s0").await;
     let kinds: &[Trouble] = if t.long {
@@ -1323,8 +1326,9 @@ async fn s3_errors_and_stalls() {
         let sums = refresh(&app_ns, t.mib);
         let name = format!("s{trial}");
         proxy.reset_counts();
-        let what = inject(&proxy, kind, &mut rng, span, t.long);
+        let what = inject(&proxy, kind, &mut rng, median(&backups) * 0.5, t.long);
         let (b, secs) = run_backup(&s, &name, timeout).await;
+        backups.push(secs);
         proxy.set_plan(Plan::clean());
         let counts = proxy.counts();
         let outcome = backup_outcome(&b);
@@ -1363,11 +1367,17 @@ async fn s3_errors_and_stalls() {
             name: format!("{app_ns}-sr{trial}"),
         };
         proxy.reset_counts();
+        let span = median(if restores.is_empty() {
+            &backups
+        } else {
+            &restores
+        }) * 0.5;
         let what = inject(&proxy, kind, &mut rng, span, t.long);
         let t0 = Instant::now();
         env().apply_yaml(&opns, &restore_yaml(&rname, &from, &app_ns, &target.name));
         let r = wait_restore(&s, &rname, timeout).await;
         let secs = t0.elapsed().as_secs_f64();
+        restores.push(secs);
         proxy.set_plan(Plan::clean());
         let counts = proxy.counts();
         let outcome = restore_outcome(&r);
