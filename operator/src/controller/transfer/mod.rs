@@ -274,6 +274,9 @@ const MOVER_DEATH: Duration = Duration::from_secs(10);
 /// nothing to do (it completed, so its mover ended cleanly, or its locks are stale by now),
 /// else after the returned wait (zero: now). Pure.
 fn release_due(st: &TransferStatus, now: Timestamp) -> Option<Duration> {
+    if !mover_ran(st) {
+        return None;
+    }
     let cancelled = match st.phase {
         TransferPhase::Failed => false,
         TransferPhase::Cancelled => true,
@@ -294,6 +297,12 @@ fn release_due(st: &TransferStatus, now: Timestamp) -> Option<Duration> {
     } else {
         Some(Duration::ZERO)
     }
+}
+
+/// Whether a mover pod of the transfer was ever started (a transfer refused before that has no
+/// mover that could have left anything). Pure.
+fn mover_ran(st: &TransferStatus) -> bool {
+    st.mover_pod.is_some() || st.retries > 0
 }
 
 /// A finished transfer whose temporary objects are gone: removes what its dead mover left
@@ -325,9 +334,7 @@ async fn release_deleted(
     name: &str,
     journal: bool,
 ) -> bool {
-    let ran = st.is_some_and(|s| {
-        s.phase != TransferPhase::Completed && (s.mover_pod.is_some() || s.retries > 0)
-    });
+    let ran = st.is_some_and(|s| s.phase != TransferPhase::Completed && mover_ran(s));
     if !ran {
         return true;
     }
@@ -356,8 +363,17 @@ async fn release_dead_mover(
     journal: bool,
 ) -> bool {
     let removed = async {
-        let Ok(bsl) = storage::location(ctx, Some(location)).await? else {
-            return Ok(0);
+        let bsl = match storage::location(ctx, Some(location)).await? {
+            Ok(bsl) => bsl,
+            // Gone: nothing of it can be reached any more.
+            Err(r) if r.reason == LocationReason::LocationNotFound.as_str() => return Ok(0),
+            // Unavailable (its last probe failed, as in an outage): later.
+            Err(r) => {
+                return Err(Error::Internal {
+                    what: "reaching the location",
+                    message: r.message,
+                });
+            }
         };
         let repo = storage::repository::open(ctx, &bsl, repository, false).await?;
         let internal = |what: &'static str| {
@@ -455,6 +471,8 @@ mod tests {
             completion_time: at(10_000 - 2),
             ..Default::default()
         };
+        assert_eq!(release_due(&st, now), None, "refused before a mover ran");
+        st.mover_pod = Some("m".into());
         assert_eq!(release_due(&st, now), Some(Duration::ZERO));
         st.completion_time = at(10_000 - 31 * 60);
         assert_eq!(release_due(&st, now), None, "its locks are stale by now");
