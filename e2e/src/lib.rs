@@ -10,6 +10,7 @@
 pub mod app;
 pub mod operator;
 pub mod ops;
+pub mod s3proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 //! cadence each) come next, so every other scenario overlaps with them instead of waiting.
 
 mod cadence;
+mod faults;
 mod group;
 mod hooks;
 mod keys;
@@ -704,6 +705,16 @@ async fn cancel_leaves_nothing() {
         "jsonpath={.items[*].spec.containers[0].resources.limits.memory}",
     ]);
     assert!(limits.contains("768Mi"), "mover pod resources: {limits:?}");
+    // Once a mover stored packs it holds a repository lock (and named them in its journal):
+    // the cancel must not leave those behind.
+    let bsl = app::location("primary", &s.bucket);
+    wait_until(
+        "a mover to store packs",
+        Duration::from_secs(120),
+        Some(&opns),
+        || async { (retry::pack_bytes(&s.bucket, &bsl, &s.app_ns.name).await > 0).then_some(()) },
+    )
+    .await;
     e.kubectl_ok([
         "patch",
         "backup",
@@ -733,6 +744,15 @@ async fn cancel_leaves_nothing() {
         none_listed(&uploads).await,
         "DataUploads of the cancelled backup are gone"
     );
+    // Nor a lock or journal of the movers the cancel ended (removed a moment after their
+    // pods went).
+    wait_until(
+        "the cancelled movers' locks and journals to be removed",
+        Duration::from_secs(90),
+        Some(&opns),
+        || async { retry::leftovers(&s).await.is_empty().then_some(()) },
+    )
+    .await;
     delete_all(&s.client, &opns).await;
 }
 

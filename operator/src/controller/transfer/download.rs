@@ -87,16 +87,24 @@ impl Reconciler for Downloads {
         st: &TransferStatus,
     ) -> Result<Action, TransferError> {
         let discard = st.phase != TransferPhase::Completed;
-        Ok(
-            if cleanup(ctx, &dd.name_any(), discard)
-                .await
-                .map_err(TransferError::Cleanup)?
-            {
-                Action::await_change()
-            } else {
-                Action::requeue(POLL)
-            },
+        let cleaned = cleanup(ctx, &dd.name_any(), discard)
+            .await
+            .map_err(TransferError::Cleanup)?;
+        if !cleaned {
+            return Ok(Action::requeue(POLL));
+        }
+        // A failed or cancelled transfer's dead mover may have left locks
+        // (the store unreachable when it failed, or the mover killed by a cancel).
+        let again = super::release_finished(
+            ctx,
+            st,
+            &dd.spec.storage_location,
+            &dd.spec.repository,
+            &dd.name_any(),
+            false,
         )
+        .await;
+        Ok(again.map_or_else(Action::await_change, Action::requeue))
     }
 
     /// A finished download keeps its finalizer: deleting it (its Restore does, when it ends)
@@ -108,9 +116,19 @@ impl Reconciler for Downloads {
     /// A download going away takes its volume along unless a claim already holds it (a
     /// restore cancelled or deleted after the copy but before its claim existed).
     async fn cleanup(&self, dd: &DataDownload, ctx: &Context) -> Result<bool, TransferError> {
-        cleanup(ctx, &dd.name_any(), true)
+        Ok(cleanup(ctx, &dd.name_any(), true)
             .await
-            .map_err(TransferError::Cleanup)
+            .map_err(TransferError::Cleanup)?
+            && super::release_deleted(
+                ctx,
+                &dd.metadata,
+                dd.status.as_ref(),
+                &dd.spec.storage_location,
+                &dd.spec.repository,
+                &dd.name_any(),
+                false,
+            )
+            .await)
     }
 }
 
@@ -227,7 +245,15 @@ async fn follow(
             "Failed",
             st.start_time.as_ref().map(|t| t.0),
         );
-        super::release_locks(ctx, &dd.spec.storage_location, &dd.spec.repository, &name).await;
+        // What its dead mover left; if the store cannot be reached now, `finished` goes on.
+        super::release_dead_mover(
+            ctx,
+            &dd.spec.storage_location,
+            &dd.spec.repository,
+            &name,
+            false,
+        )
+        .await;
         cleanup(ctx, &name, true).await?;
         return Ok(Action::requeue(Duration::ZERO));
     }

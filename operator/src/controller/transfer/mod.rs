@@ -260,32 +260,153 @@ async fn location(
     })
 }
 
-/// Removes the repository locks that a mover which did not end cleanly (killed, failed) left:
-/// they carry its host name, which is its pod's name, unique to the transfer and dead now.
-/// Best effort: a lock left here goes stale after 30 minutes anyway.
-async fn release_locks(ctx: &Context, location: &str, repository: &str, host: &str) {
+/// How long after a failed or cancelled transfer the operator keeps trying to remove what its
+/// dead mover left in the repository: a lock is stale (ignored by restic and by us) this long
+/// after its last refresh, so none of its locks holds anything up by then.
+const RELEASE_FOR: Duration = Duration::from_secs(30 * 60);
+
+/// How long after a mover pod was deleted (cancel, deletion; without grace, so the object goes
+/// at once) its locks are left alone: its process may live a moment longer and still take or
+/// refresh a lock.
+const MOVER_DEATH: Duration = Duration::from_secs(10);
+
+/// When to remove what the dead mover of a finished transfer left: `None` when there is
+/// nothing to do (it completed, so its mover ended cleanly, or its locks are stale by now),
+/// else after the returned wait (zero: now). Pure.
+fn release_due(st: &TransferStatus, now: Timestamp) -> Option<Duration> {
+    if !mover_ran(st) {
+        return None;
+    }
+    let cancelled = match st.phase {
+        TransferPhase::Failed => false,
+        TransferPhase::Cancelled => true,
+        _ => return None,
+    };
+    let Some(ended) = &st.completion_time else {
+        return Some(Duration::ZERO);
+    };
+    let age = now.duration_since(ended.0);
+    if age.is_negative() {
+        return Some(Duration::ZERO);
+    }
+    let age = age.unsigned_abs();
+    if age >= RELEASE_FOR {
+        None
+    } else if cancelled && age < MOVER_DEATH {
+        Some(MOVER_DEATH - age)
+    } else {
+        Some(Duration::ZERO)
+    }
+}
+
+/// Whether a mover pod of the transfer was ever started (a transfer refused before that has no
+/// mover that could have left anything). Pure.
+fn mover_ran(st: &TransferStatus) -> bool {
+    st.mover_pod.is_some() || st.retries > 0
+}
+
+/// A finished transfer whose temporary objects are gone: removes what its dead mover left
+/// (see [`release_due`], [`release_dead_mover`]). `None` when done, else when to look again.
+async fn release_finished(
+    ctx: &Context,
+    st: &TransferStatus,
+    location: &str,
+    repository: &str,
+    name: &str,
+    journal: bool,
+) -> Option<Duration> {
+    match release_due(st, Timestamp::now())? {
+        Duration::ZERO => (!release_dead_mover(ctx, location, repository, name, journal).await)
+            .then_some(WAIT * 3),
+        wait => Some(wait),
+    }
+}
+
+/// A transfer being deleted whose temporary objects are gone: a mover that did not complete
+/// may have left locks (and an upload its journal); once its process is surely dead, one
+/// attempt removes them (deletion is not held up by an unreachable store). True when done.
+async fn release_deleted(
+    ctx: &Context,
+    meta: &kube::api::ObjectMeta,
+    st: Option<&TransferStatus>,
+    location: &str,
+    repository: &str,
+    name: &str,
+    journal: bool,
+) -> bool {
+    let ran = st.is_some_and(|s| s.phase != TransferPhase::Completed && mover_ran(s));
+    if !ran {
+        return true;
+    }
+    if let Some(t) = &meta.deletion_timestamp
+        && Timestamp::now().duration_since(t.0).unsigned_abs() < MOVER_DEATH
+        && t.0 < Timestamp::now()
+    {
+        return false;
+    }
+    release_dead_mover(ctx, location, repository, name, journal).await;
+    true
+}
+
+/// Removes what a mover that did not end cleanly (killed, failed, gave up) left in the
+/// repository: its locks, which carry its host name (its pod's name, unique to the transfer
+/// and dead now), and with `journal` the upload's journal (the transfer never resumes again;
+/// the packs it names stay until a prune finds them unused). True when nothing is left, or the
+/// location is gone; false when the store could not be reached (try again later: during an
+/// S3 outage the mover and this both fail, and a lock left would hold maintenance for 30
+/// minutes).
+async fn release_dead_mover(
+    ctx: &Context,
+    location: &str,
+    repository: &str,
+    host: &str,
+    journal: bool,
+) -> bool {
     let removed = async {
-        let Ok(bsl) = storage::location(ctx, Some(location)).await? else {
-            return Ok(0);
+        let bsl = match storage::location(ctx, Some(location)).await? {
+            Ok(bsl) => bsl,
+            // Gone: nothing of it can be reached any more.
+            Err(r) if r.reason == LocationReason::LocationNotFound.as_str() => return Ok(0),
+            // Unavailable (its last probe failed, as in an outage): later.
+            Err(r) => {
+                return Err(Error::Internal {
+                    what: "reaching the location",
+                    message: r.message,
+                });
+            }
         };
         let repo = storage::repository::open(ctx, &bsl, repository, false).await?;
-        repo.remove_locks_of_host(host)
-            .await
-            .map_err(|e| Error::Internal {
-                what: "removing the locks of a dead mover",
+        let internal = |what: &'static str| {
+            move |e: holdfast_repo::RepoError| Error::Internal {
+                what,
                 message: e.to_string(),
-            })
+            }
+        };
+        let n = repo
+            .remove_locks_of_host(host)
+            .await
+            .map_err(internal("removing the locks of a dead mover"))?;
+        if journal {
+            holdfast_repo::backup::clear_journal(&repo, host)
+                .await
+                .map_err(internal("removing the journal of a failed upload"))?;
+        }
+        Ok::<_, Error>(n)
     }
     .await;
     match removed {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            transfer = host,
-            locks = n,
-            "removed the locks of a dead mover"
-        ),
+        Ok(0) => true,
+        Ok(n) => {
+            tracing::info!(
+                transfer = host,
+                locks = n,
+                "removed the locks of a dead mover"
+            );
+            true
+        }
         Err(e) => {
-            tracing::warn!(transfer = host, error = %e, "could not remove the locks of a dead mover")
+            tracing::warn!(transfer = host, error = %e, "could not remove the locks of a dead mover; trying again");
+            false
         }
     }
 }
@@ -339,6 +460,37 @@ mod tests {
         assert_eq!(l.get(TRANSFER_LABEL).map(String::as_str), Some("t1"));
         assert!(l.contains_key("holdfast.dev/backup-uid"));
         assert!(!l.contains_key("argocd.argoproj.io/instance"));
+    }
+
+    #[test]
+    fn a_dead_movers_leftovers_are_removed_after_a_failure_or_cancel_for_half_an_hour() {
+        let now = Timestamp::from_second(10_000).expect("ts");
+        let at = |s: i64| Some(Time(Timestamp::from_second(s).expect("ts")));
+        let mut st = TransferStatus {
+            phase: TransferPhase::Failed,
+            completion_time: at(10_000 - 2),
+            ..Default::default()
+        };
+        assert_eq!(release_due(&st, now), None, "refused before a mover ran");
+        st.mover_pod = Some("m".into());
+        assert_eq!(release_due(&st, now), Some(Duration::ZERO));
+        st.completion_time = at(10_000 - 31 * 60);
+        assert_eq!(release_due(&st, now), None, "its locks are stale by now");
+        st.completion_time = None;
+        assert_eq!(release_due(&st, now), Some(Duration::ZERO));
+        // A cancelled transfer's mover pod was deleted without grace: its process may still
+        // run a moment.
+        st.phase = TransferPhase::Cancelled;
+        st.completion_time = at(10_000 - 2);
+        assert_eq!(release_due(&st, now), Some(Duration::from_secs(8)));
+        st.completion_time = at(10_000 - 60);
+        assert_eq!(release_due(&st, now), Some(Duration::ZERO));
+        st.phase = TransferPhase::Completed;
+        assert_eq!(
+            release_due(&st, now),
+            None,
+            "a mover that ended cleanly left nothing"
+        );
     }
 
     #[test]

@@ -72,17 +72,38 @@ impl Reconciler for Uploads {
         &self,
         du: &DataUpload,
         ctx: &Context,
-        _st: &TransferStatus,
+        st: &TransferStatus,
     ) -> Result<Action, TransferError> {
-        Ok(if cleanup(ctx, du).await.map_err(TransferError::Cleanup)? {
-            Action::await_change()
-        } else {
-            Action::requeue(POLL)
-        })
+        let cleaned = cleanup(ctx, du).await.map_err(TransferError::Cleanup)?;
+        if !cleaned {
+            return Ok(Action::requeue(POLL));
+        }
+        // A failed or cancelled transfer's dead mover may have left locks and its journal
+        // (the store unreachable when it failed, or the mover killed by a cancel).
+        let again = super::release_finished(
+            ctx,
+            st,
+            &du.spec.storage_location,
+            &du.spec.repository,
+            &du.name_any(),
+            true,
+        )
+        .await;
+        Ok(again.map_or_else(Action::await_change, Action::requeue))
     }
 
     async fn cleanup(&self, du: &DataUpload, ctx: &Context) -> Result<bool, TransferError> {
-        cleanup(ctx, du).await.map_err(TransferError::Cleanup)
+        Ok(cleanup(ctx, du).await.map_err(TransferError::Cleanup)?
+            && super::release_deleted(
+                ctx,
+                &du.metadata,
+                du.status.as_ref(),
+                &du.spec.storage_location,
+                &du.spec.repository,
+                &du.name_any(),
+                true,
+            )
+            .await)
     }
 }
 
@@ -244,7 +265,15 @@ async fn follow(du: &DataUpload, ctx: &Context, st: &mut TransferStatus) -> Resu
         );
     } else {
         ctx.metrics.finished("dataupload", "Failed", start);
-        super::release_locks(ctx, &du.spec.storage_location, &du.spec.repository, &name).await;
+        // What its dead mover left; if the store cannot be reached now, `finished` goes on.
+        super::release_dead_mover(
+            ctx,
+            &du.spec.storage_location,
+            &du.spec.repository,
+            &name,
+            true,
+        )
+        .await;
     }
     info!(upload = %name, phase = ?st.phase, snapshot = ?st.snapshot_id, bytes = st.bytes_total, uploaded = st.bytes_uploaded, "upload ended");
     cleanup(ctx, du).await?;
