@@ -431,8 +431,13 @@ async fn delete_backup(s: &Setup, name: &str) {
         "--wait=true",
         "--timeout=300s",
     ]);
+    // A finished Backup goes at once; its snapshots are removed after (controller::departed).
+    let gone = wait_until_some_or(Duration::from_secs(180), || async {
+        snapshots_of(&b).trim().is_empty().then_some(())
+    })
+    .await;
     let vs = snapshots_of(&b);
-    assert!(vs.trim().is_empty(), "the snapshots of {name} stayed: {vs}");
+    assert!(gone.is_some(), "the snapshots of {name} stayed: {vs}");
 }
 
 /// The DataUpload of claim `pvc` of Backup `backup`.
