@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod check;
 pub mod crypto;
+pub mod files;
 pub mod forget;
 pub mod format;
 mod id;

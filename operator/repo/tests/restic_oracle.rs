@@ -225,7 +225,7 @@ async fn compression_modes_all_pass_restic_check() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flipped_byte_is_reported_naming_the_pack_and_wrong_password_fails_fast() {
+async fn flipped_byte_is_reported_naming_the_pack_and_wrong_password_is_named() {
     let tmp = tempfile::tempdir().expect("tmp");
     let src = tmp.path().join("src");
     std::fs::create_dir_all(&src).expect("mkdir");
@@ -236,13 +236,11 @@ async fn flipped_byte_is_reported_naming_the_pack_and_wrong_password_fails_fast(
         .await
         .expect("backup");
 
-    let started = std::time::Instant::now();
     let err = Repository::open(local_store(&repo_dir), "wrong")
         .await
         .expect_err("wrong password");
     assert!(matches!(err, RepoError::WrongPassword { .. }), "{err}");
     assert!(err.to_string().contains("wrong password"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 
     // Flip one byte in the biggest pack (a data pack).
     let packs = files_under(&repo_dir.join("data"));
@@ -362,4 +360,145 @@ async fn added_key_opens_the_repository_for_restic_and_the_old_one_can_go() {
     assert!(ok, "restic check with the user's passphrase: {err}");
     let (ok, _, _) = try_restic(&restic_bin, &url, &["check"], None, &[]);
     assert!(!ok, "the removed password no longer opens it");
+}
+
+/// Files held in memory (the operator's catalog: object archive and metadata) stored as a
+/// snapshot: restic checks, lists and restores it byte for byte; an unchanged file kept
+/// from an earlier snapshot stores nothing again, a changed one only its changed chunks;
+/// reading verifies every blob, a flipped byte fails naming the blob; removed snapshots are
+/// gone for restic too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_files_snapshot_dedups_restores_with_restic_and_is_verified() {
+    use holdfast_repo::files::{self, Entry, Options};
+    let Some(restic_bin) = restic() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo_dir = tmp.path().join("repo");
+    let repo = init_local(&repo_dir).await;
+    let url = repo_dir.display().to_string();
+    let archive = text_bytes(5, 8 << 20);
+    let opts = |tag: &str| Options {
+        paths: vec!["/shop/nightly".into()],
+        tags: vec![tag.into(), "holdfast-test".into()],
+        hostname: "catalog".into(),
+    };
+    let (first, snap) = files::save(
+        &repo,
+        vec![
+            Entry::New {
+                name: "resources.tar".into(),
+                data: archive.clone(),
+            },
+            Entry::New {
+                name: "metadata.json".into(),
+                data: b"{\"v\":1}".to_vec(),
+            },
+        ],
+        opts("first"),
+    )
+    .await
+    .expect("save");
+    run_restic(&restic_bin, &url, &["check", "--read-data"], None);
+    let out = tmp.path().join("by-restic");
+    run_restic(
+        &restic_bin,
+        &url,
+        &[
+            "restore",
+            &first.to_hex(),
+            "--target",
+            out.to_str().expect("utf8"),
+        ],
+        None,
+    );
+    assert_eq!(
+        std::fs::read(out.join("resources.tar")).expect("read"),
+        archive
+    );
+    assert_eq!(
+        std::fs::read(out.join("metadata.json")).expect("read"),
+        b"{\"v\":1}"
+    );
+
+    let index = repo.load_index().await.expect("index");
+    let nodes = files::list(&repo, &index, &snap).await.expect("list");
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["metadata.json", "resources.tar"]);
+    assert_eq!(
+        files::read(&repo, &index, &nodes[1]).await.expect("read"),
+        archive
+    );
+    let chunks = nodes[1].content.as_ref().expect("content").len();
+    assert!(chunks >= 4, "8 MiB in {chunks} chunks");
+
+    // Kept as is: one new blob (the metadata) and one tree.
+    let blobs = |i: &holdfast_repo::Index| i.by_pack().values().map(Vec::len).sum::<usize>();
+    let before = blobs(&index);
+    let (second, _) = files::save(
+        &repo,
+        vec![
+            Entry::Kept(nodes[1].clone()),
+            Entry::New {
+                name: "metadata.json".into(),
+                data: b"{\"v\":2}".to_vec(),
+            },
+        ],
+        opts("second"),
+    )
+    .await
+    .expect("save kept");
+    let index = repo.load_index().await.expect("index");
+    assert_eq!(blobs(&index), before + 2);
+
+    // A few bytes changed in the middle: most chunks are found again.
+    let mut changed = archive.clone();
+    changed.splice(4 << 20..4 << 20, b"one more object".iter().copied());
+    let before = blobs(&index);
+    files::save(
+        &repo,
+        vec![Entry::New {
+            name: "resources.tar".into(),
+            data: changed,
+        }],
+        opts("third"),
+    )
+    .await
+    .expect("save changed");
+    let index = repo.load_index().await.expect("index");
+    let added = blobs(&index) - before;
+    assert!(
+        added <= 3 && added < chunks,
+        "{added} new blobs for a small change of {chunks} chunks"
+    );
+    run_restic(&restic_bin, &url, &["check", "--read-data"], None);
+    let listed = run_restic(
+        &restic_bin,
+        &url,
+        &["snapshots", "--json", "--tag", "holdfast-test"],
+        None,
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+
+    files::remove(&repo, &[second]).await.expect("remove");
+    let listed = run_restic(&restic_bin, &url, &["snapshots", "--json"], None);
+    assert!(
+        !listed.contains(&second.to_hex()) && listed.contains(&first.to_hex()),
+        "{listed}"
+    );
+
+    // Tamper with the first data pack: reading the archive fails, naming the blob.
+    let (pack, _) = index
+        .get(&nodes[1].content.as_ref().expect("content")[0])
+        .expect("indexed");
+    let path = repo_dir
+        .join("data")
+        .join(&pack.to_hex()[..2])
+        .join(pack.to_hex());
+    let mut bytes = std::fs::read(&path).expect("read pack");
+    bytes[100] ^= 0x01;
+    std::fs::write(&path, bytes).expect("write pack");
+    let err = files::read(&repo, &index, &nodes[1])
+        .await
+        .expect_err("tampered");
+    assert!(err.to_string().contains(&pack.to_string()), "{err}");
 }
