@@ -20,7 +20,7 @@ const FILE_MODE: u32 = 0o644;
 #[derive(Debug, Clone)]
 pub enum Entry {
     New { name: String, data: Vec<u8> },
-    Kept(Node),
+    Kept(Box<Node>),
 }
 
 /// What describes the snapshot (restic's own fields).
@@ -123,6 +123,7 @@ async fn save_locked(
     for e in entries {
         let node = match e {
             Entry::Kept(n) => {
+                let n = *n;
                 for id in n.content.iter().flatten() {
                     if index.get(id).is_none() {
                         return Err(RepoError::BlobNotFound { id: *id });

@@ -436,7 +436,7 @@ async fn in_memory_files_snapshot_dedups_restores_with_restic_and_is_verified() 
     let (second, _) = files::save(
         &repo,
         vec![
-            Entry::Kept(nodes[1].clone()),
+            Entry::Kept(Box::new(nodes[1].clone())),
             Entry::New {
                 name: "metadata.json".into(),
                 data: b"{\"v\":2}".to_vec(),
