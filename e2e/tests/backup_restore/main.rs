@@ -9,6 +9,7 @@
 //! cadence each) come next, so every other scenario overlaps with them instead of waiting.
 
 mod cadence;
+mod confidential;
 mod faults;
 mod group;
 mod hooks;
@@ -415,6 +416,24 @@ fn backup_prefix(s: &Setup, ns: &str, name: &str) -> String {
     )
 }
 
+/// How many snapshots of the location's catalog (restic's own listing) record backup `b`:
+/// its metadata and objects, or its objects alone while it runs.
+async fn catalog_records(s: &Setup, b: &Backup) -> usize {
+    use holdfast::storage::layout::CATALOG;
+    let password = repo_password(&s.client, &s.opns.name, CATALOG).await;
+    let uid = format!("uid:{}", b.metadata.uid.clone().unwrap_or_default());
+    app::restic_snapshots(&s.bucket, CATALOG, &password)
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .filter(|v| {
+            v["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t.as_str() == Some(uid.as_str())))
+        })
+        .count()
+}
+
 async fn bucket_keys(s: &Setup, prefix: &str) -> Vec<String> {
     use holdfast_store::Store;
     app::s3_store(&s.bucket)
@@ -624,26 +643,26 @@ async fn deletion_policy_delete_removes_data_and_retain_keeps_it() {
     ]);
     delete_backup("b1");
     delete_backup("b2");
+    assert_eq!(catalog_records(&s, &b2).await, 1, "b2 recorded in the catalog");
     wait_until(
-        "b2's repository snapshots, bucket objects and VolumeSnapshots to be removed",
+        "b2's repository snapshots, catalog record and VolumeSnapshots to be removed",
         Duration::from_secs(120),
         Some(&opns),
         || async {
             (restic_count() == Some(2)
-                && bucket_keys(&s, &backup_prefix(&s, &opns, "b2"))
-                    .await
-                    .is_empty()
+                && catalog_records(&s, &b2).await == 0
                 && snapshots_of(&b2).trim().is_empty())
             .then_some(())
         },
     )
     .await;
     assert_eq!(restic_count(), Some(2), "b1 retained");
+    assert_eq!(catalog_records(&s, &b1).await, 1, "b1's record retained");
     assert!(
-        !bucket_keys(&s, &backup_prefix(&s, &opns, "b1"))
+        bucket_keys(&s, &backup_prefix(&s, &opns, "b1"))
             .await
             .is_empty(),
-        "b1's objects retained"
+        "nothing of a backup in the bucket outside its repositories"
     );
     let vs = snapshots_of(&b1);
     assert_eq!(vs.lines().count(), 2, "b1's snapshots retained: {vs}");
@@ -735,10 +754,10 @@ async fn cancel_leaves_nothing() {
         vs.trim().is_empty(),
         "cancelled backup's snapshots are gone: {vs}"
     );
-    assert!(
-        bucket_keys(&s, &backup_prefix(&s, &opns, "cancelled"))
-            .await
-            .is_empty()
+    assert_eq!(
+        catalog_records(&s, &b).await,
+        0,
+        "the cancelled backup's objects are gone from the catalog"
     );
     assert!(
         none_listed(&uploads).await,

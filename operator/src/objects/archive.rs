@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use flate2::Compression;
 use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
 use kube::api::DynamicObject;
 use serde::{Deserialize, Serialize};
 
@@ -88,7 +86,8 @@ pub struct IndexEntry {
     pub path: String,
 }
 
-/// Writes items (in the given order) into a tar.gz.
+/// Writes items (in the given order) into a tar (uncompressed: the catalog compresses and
+/// deduplicates its chunks across backups, which a gzip stream would defeat).
 pub fn write(items: &[Item]) -> Result<Vec<u8>, ObjectsError> {
     let mut index = Index {
         version: FORMAT_VERSION,
@@ -123,8 +122,7 @@ pub fn write(items: &[Item]) -> Result<Vec<u8>, ObjectsError> {
         what: "writing the archive".into(),
         cause: e.to_string(),
     };
-    let gz = GzEncoder::new(Vec::new(), Compression::default());
-    let mut tar = tar::Builder::new(gz);
+    let mut tar = tar::Builder::new(Vec::new());
     for (path, data) in std::iter::once((INDEX_PATH.to_string(), index_json)).chain(files) {
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);
@@ -134,17 +132,38 @@ pub fn write(items: &[Item]) -> Result<Vec<u8>, ObjectsError> {
         tar.append_data(&mut header, &path, data.as_slice())
             .map_err(archive_err)?;
     }
-    let gz = tar.into_inner().map_err(archive_err)?;
-    gz.finish().map_err(archive_err)
+    tar.into_inner().map_err(archive_err)
 }
 
-/// Reads the items of an archive written by [`write()`], in index order.
+/// Writes items into a tar.gz, as operators before the catalog did.
+#[cfg(test)]
+pub fn write_gz(items: &[Item]) -> Result<Vec<u8>, ObjectsError> {
+    use flate2::{Compression, write::GzEncoder};
+    use std::io::Write;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(&write(items)?).map_err(|e| ObjectsError::Archive {
+        what: "compressing the archive".into(),
+        cause: e.to_string(),
+    })?;
+    gz.finish().map_err(|e| ObjectsError::Archive {
+        what: "compressing the archive".into(),
+        cause: e.to_string(),
+    })
+}
+
+/// Reads the items of an archive written by [`write()`] (a tar, or the tar.gz of backups
+/// written before the catalog), in index order.
 pub fn read(archive: &[u8]) -> Result<Vec<Item>, ObjectsError> {
     let err = |what: &str, cause: String| ObjectsError::Archive {
         what: what.to_string(),
         cause,
     };
-    let mut tar = tar::Archive::new(GzDecoder::new(archive));
+    let stream: Box<dyn std::io::Read + '_> = if archive.starts_with(&[0x1f, 0x8b]) {
+        Box::new(GzDecoder::new(archive))
+    } else {
+        Box::new(archive)
+    };
+    let mut tar = tar::Archive::new(stream);
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut total = 0u64;
     let entries = tar

@@ -42,8 +42,17 @@ pub fn backup_prefix(bsl: &BackupStorageLocation, namespace: &str, backup: &str)
     format!("{}/backups/{namespace}/{backup}", holdfast_prefix(bsl))
 }
 
-/// Key prefix (inside the bucket) of the repository of a source namespace.
+/// The name under which the location's catalog repository (every backup's object archive
+/// and metadata, see `storage::catalog`) is handled like a namespace's repository: a
+/// Kubernetes namespace name has no dots, so it names no namespace.
+pub const CATALOG: &str = "holdfast.catalog";
+
+/// Key prefix (inside the bucket) of the repository of a source namespace (of the catalog
+/// for [`CATALOG`]).
 pub fn repository_prefix(bsl: &BackupStorageLocation, namespace: &str) -> String {
+    if namespace == CATALOG {
+        return format!("{}/catalog", holdfast_prefix(bsl));
+    }
     format!("{}/repo/{namespace}", holdfast_prefix(bsl))
 }
 
@@ -102,6 +111,7 @@ mod tests {
             "prod/holdfast/backups/shop/b1"
         );
         assert_eq!(repository_prefix(&b, "shop"), "prod/holdfast/repo/shop");
+        assert_eq!(repository_prefix(&b, CATALOG), "prod/holdfast/catalog");
         assert_eq!(
             repository_url(&b, "shop"),
             "s3:http://minio:9000/b/prod/holdfast/repo/shop"

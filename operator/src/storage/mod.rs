@@ -3,6 +3,7 @@
 //! to reach a repository. Talks to the cluster (Secrets, locations) and to object storage.
 
 pub mod access;
+pub mod catalog;
 pub mod layout;
 pub mod metadata;
 pub mod passphrase;
@@ -424,9 +425,21 @@ async fn open_with_prefix(
     Ok(Arc::new(store))
 }
 
-/// Deletes every object of a backup from the bucket, `metadata.json` first (the backup stops
-/// being visible before its parts go).
+/// Deletes a backup's record from the location's catalog, then any objects an older
+/// operator left under the backup's prefix (`metadata.json` first): the backup stops being
+/// visible before its parts go.
 pub async fn delete_backup_objects(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    b: &holdfast_api::backup::Backup,
+) -> Result<(), Error> {
+    catalog::remove(ctx, bsl, &catalog::origin_uid(b)).await?;
+    delete_legacy_objects(ctx, bsl, &b.namespace().unwrap_or_default(), &b.name_any()).await
+}
+
+/// Deletes what an operator before the catalog wrote in plain text under a backup's prefix
+/// (`metadata.json` first); nothing when there is nothing.
+pub async fn delete_legacy_objects(
     ctx: &Context,
     bsl: &BackupStorageLocation,
     ns: &str,

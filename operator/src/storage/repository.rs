@@ -224,7 +224,7 @@ pub async fn record(ctx: &Context, location: &str, namespace: &str) -> Result<()
 }
 
 /// Notes on the BackupRepository that data was forgotten now (so prune follows).
-async fn deleted(ctx: &Context, location: &str, namespace: &str) -> Result<(), Error> {
+pub(crate) async fn deleted(ctx: &Context, location: &str, namespace: &str) -> Result<(), Error> {
     record(ctx, location, namespace).await?;
     let api: Api<BackupRepository> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();

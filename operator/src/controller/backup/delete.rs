@@ -36,13 +36,7 @@ pub(super) async fn cancel(
     let snapshots_left = remove_snapshots(b, ctx).await?;
     if let Some(loc) = &st.storage_location
         && let Ok(Ok(bsl)) = storage::location(ctx, Some(loc)).await
-        && let Err(e) = storage::delete_backup_objects(
-            ctx,
-            &bsl,
-            &b.namespace().unwrap_or_default(),
-            &b.name_any(),
-        )
-        .await
+        && let Err(e) = storage::delete_backup_objects(ctx, &bsl, b).await
     {
         // Best effort: a cancelled backup tries to leave no objects behind in the bucket.
         warn!(backup = %b.name_any(), error = %e, "could not remove the cancelled backup's objects");
@@ -227,9 +221,9 @@ async fn remove_copies(b: &Backup, ctx: &Context) -> Result<(), Error> {
             by_ns.entry(v.pvc.namespace.clone()).or_default().push(id);
         }
     }
-    let ns = b.namespace().unwrap_or_default();
-    let r = match repository::forget(ctx, &bsl, by_ns).await {
-        Ok(()) => storage::delete_backup_objects(ctx, &bsl, &ns, &b.name_any()).await,
+    // The record first: the backup stops being one (restores, sync) before its copies go.
+    let r = match storage::delete_backup_objects(ctx, &bsl, b).await {
+        Ok(()) => repository::forget(ctx, &bsl, by_ns).await,
         Err(e) => Err(e),
     };
     if let Err(e) = &r {

@@ -14,13 +14,12 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tokio_util::bytes::Bytes;
 use tracing::info;
 
 use super::{backup_ref, delete, publish};
 use crate::runtime::{Context, Error};
 use crate::storage::metadata::{BackupMetadata, FORMAT_VERSION};
-use crate::storage::{self, layout};
+use crate::storage;
 
 /// Writes `metadata.json` and ends the backup.
 pub(super) async fn complete(
@@ -49,17 +48,10 @@ pub(super) async fn complete(
         spec: b.spec.clone(),
     };
     let ns = b.namespace().unwrap_or_default();
-    let key = format!(
-        "{}/{}",
-        layout::backup_prefix(bsl, &ns, &b.name_any()),
-        layout::METADATA
-    );
     let body = serde_json::to_vec_pretty(&md).map_err(Error::internal("serialising metadata"))?;
-    storage::open_bucket(ctx, bsl)
-        .await?
-        .put(&key, Bytes::from(body))
-        .await
-        .map_err(Error::store(format!("writing {key}")))?;
+    storage::catalog::write_record(ctx, bsl, b, body).await?;
+    // What a backup begun by an older operator left in plain text in the bucket.
+    storage::delete_legacy_objects(ctx, bsl, &ns, &b.name_any()).await?;
     st.phase = Some(phase);
     st.reason = reason.map(Into::into);
     st.message = message;

@@ -10,14 +10,13 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::Action;
-use tokio_util::bytes::Bytes;
 use tracing::info;
 
 use super::{fail, waiting};
 use crate::objects;
 use crate::runtime::error::Refusal;
 use crate::runtime::{Context, Error};
-use crate::storage::{self, layout};
+use crate::storage;
 
 /// How often a backup waiting for its location looks again.
 const LOCATION_RETRY: Duration = Duration::from_secs(15);
@@ -127,16 +126,7 @@ pub(super) async fn capture(
             ));
         }
     };
-    let key = format!(
-        "{}/{}",
-        layout::backup_prefix(bsl, &ns, &b.name_any()),
-        layout::RESOURCES
-    );
-    storage::open_bucket(ctx, bsl)
-        .await?
-        .put(&key, Bytes::from(captured.archive))
-        .await
-        .map_err(Error::store(format!("writing {key}")))?;
+    storage::catalog::write_objects(ctx, bsl, b, captured.archive).await?;
     st.namespaces = namespaces;
     st.warnings = Some(captured.warnings.len() as u32);
     st.volumes = captured.pvcs.iter().map(volume_status).collect();

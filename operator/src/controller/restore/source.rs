@@ -20,7 +20,7 @@ use crate::objects::{self, archive::Item};
 use crate::runtime::error::{Refusable, Refusal};
 use crate::runtime::{Context, Error};
 use crate::storage::metadata::BackupMetadata;
-use crate::storage::{self, layout};
+use crate::storage::{self, catalog, layout};
 
 /// How often a restore waiting for its location looks again.
 const LOCATION_RETRY: Duration = Duration::from_secs(15);
@@ -205,32 +205,64 @@ impl Sources {
     }
 }
 
-/// Reads `metadata.json` and the object archive of the backup.
+/// Reads `metadata.json` and the object archive of the backup: from the location's catalog,
+/// or, for a backup written before the catalog, from the bucket. Every byte read from the
+/// catalog is authenticated; damage refuses the restore naming what is damaged.
 async fn read(
     r: &Restore,
     ctx: &Context,
     backup: Backup,
     bsl: BackupStorageLocation,
 ) -> Refusable<Source> {
-    let store = storage::open_bucket(ctx, &bsl).await?;
-    let bns = backup.namespace().unwrap_or_default();
-    let prefix = layout::backup_prefix(&bsl, &bns, &backup.name_any());
-    let md_key = format!("{prefix}/{}", layout::METADATA);
-    let md: BackupMetadata = match store.get(&md_key).await {
-        Ok(b) => match serde_json::from_slice(&b) {
-            Ok(m) => m,
-            Err(e) => {
-                return Ok(Err(Refusal::new(
-                    RestoreReason::BackupCorrupt,
-                    format!("{md_key}: {e}"),
-                )));
+    let corrupt = |m: String| Ok(Err(Refusal::new(RestoreReason::BackupCorrupt, m)));
+    let (md_bytes, archive, what) =
+        match catalog::read(ctx, &bsl, &catalog::origin_uid(&backup)).await? {
+            catalog::Found::Record { metadata, archive } => {
+                (metadata, archive, format!("the catalog of location {}", bsl.name_any()))
             }
-        },
+            catalog::Found::Corrupt(m) => return corrupt(m),
+            catalog::Found::Missing => match read_legacy(ctx, &bsl, &backup).await? {
+                Ok(found) => found,
+                Err(refusal) => return Ok(Err(refusal)),
+            },
+        };
+    let md: BackupMetadata = match serde_json::from_slice(&md_bytes) {
+        Ok(m) => m,
+        Err(e) => return corrupt(format!("{} in {what}: {e}", layout::METADATA)),
+    };
+    let items = match objects::read_archive(&archive) {
+        Ok(i) => i,
+        Err(e) => return corrupt(format!("the object archive in {what}: {e}")),
+    };
+    let mapping = namespace_mapping(r, &ctx.namespace, &md.namespaces);
+    Ok(Ok(Source {
+        backup,
+        bsl,
+        md,
+        archive,
+        items,
+        mapping,
+    }))
+}
+
+/// A backup written before the catalog: `metadata.json` and `resources.tar.gz` under its
+/// prefix in the bucket (metadata, archive, where).
+async fn read_legacy(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    backup: &Backup,
+) -> Refusable<(Vec<u8>, Vec<u8>, String)> {
+    let store = storage::open_bucket(ctx, bsl).await?;
+    let bns = backup.namespace().unwrap_or_default();
+    let prefix = layout::backup_prefix(bsl, &bns, &backup.name_any());
+    let md_key = format!("{prefix}/{}", layout::METADATA);
+    let md = match store.get(&md_key).await {
+        Ok(b) => b.to_vec(),
         Err(e) if e.is_not_found() => {
             return Ok(Err(Refusal::new(
                 RestoreReason::BackupIncomplete,
                 format!(
-                    "{md_key} is missing in location {}: the backup never finished writing",
+                    "location {} has no record of this backup (its catalog has none, nor {md_key}): it never finished writing, or was deleted there",
                     bsl.name_any()
                 ),
             )));
@@ -243,24 +275,7 @@ async fn read(
         .await
         .map_err(Error::store(format!("reading {key}")))?
         .to_vec();
-    let items = match objects::read_archive(&archive) {
-        Ok(i) => i,
-        Err(e) => {
-            return Ok(Err(Refusal::new(
-                RestoreReason::BackupCorrupt,
-                format!("{key}: {e}"),
-            )));
-        }
-    };
-    let mapping = namespace_mapping(r, &ctx.namespace, &md.namespaces);
-    Ok(Ok(Source {
-        backup,
-        bsl,
-        md,
-        archive,
-        items,
-        mapping,
-    }))
+    Ok(Ok((md, archive, format!("the bucket ({prefix})"))))
 }
 
 /// The backup must be finished, and a tenant may not map namespaces. Pure.

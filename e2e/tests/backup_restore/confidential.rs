@@ -1,0 +1,139 @@
+//! Nothing readable in the bucket (issue 15, item 2): after a backup of a namespace holding a
+//! Secret, a ConfigMap and a file that carry a marker, no object in the bucket holds the
+//! marker (plain, base64 at any alignment, inside a gzip or zstd stream) nor the captured
+//! object's name, in its content or its key. The stock restic restores the objects from the
+//! location's catalog, where the marker is (so the scan looks for what was backed up).
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use holdfast::storage::layout::CATALOG;
+use holdfast_store::Store;
+use std::io::Read;
+
+use super::{Share, app, completed_backup, env, repo_password, setup};
+
+/// The strings that give `needle` away: itself and its base64 encodings at the three byte
+/// alignments (without the characters its neighbours change).
+fn giveaways(needle: &str) -> Vec<Vec<u8>> {
+    let mut out = vec![needle.as_bytes().to_vec()];
+    for k in 0..3 {
+        let mut b = vec![0u8; k];
+        b.extend_from_slice(needle.as_bytes());
+        let enc = B64.encode(&b);
+        let skip = if k == 0 { 0 } else { 4 };
+        out.push(enc.as_bytes()[skip..enc.len() - 4].to_vec());
+    }
+    out
+}
+
+/// The object and what a gzip or zstd stream at its start decodes to.
+fn readings(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![data.to_vec()];
+    if data.starts_with(&[0x1f, 0x8b]) {
+        let mut d = Vec::new();
+        if flate2::read::GzDecoder::new(data).read_to_end(&mut d).is_ok() {
+            out.push(d);
+        }
+    }
+    if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        && let Ok(d) = zstd::stream::decode_all(data)
+    {
+        out.push(d);
+    }
+    out
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_readable_in_the_bucket() {
+    let s = setup("conf", 2, &[], Share::Together).await;
+    let e = env();
+    let (opns, app_ns) = (s.opns.name.clone(), s.app_ns.name.clone());
+    let marker = format!("marker-{}-do-not-leak", holdfast_e2e::random_suffix());
+    let object = format!("confidential-{}", holdfast_e2e::random_suffix());
+    e.apply_yaml(
+        &app_ns,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {object}}}\nstringData: {{token: {marker}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {object}}}\ndata: {{note: {marker}}}\n"
+        ),
+    );
+    app::sh(
+        &app_ns,
+        "deploy/writer",
+        &format!("echo {marker} > /data/marker.txt && sync"),
+    );
+    let b = completed_backup(&s, "conf", "").await;
+
+    let store = app::s3_store(&s.bucket).await;
+    let keys = store.list("").await.expect("list the bucket");
+    assert!(keys.len() > 10, "{} objects", keys.len());
+    let needles: Vec<Vec<u8>> = giveaways(&marker)
+        .into_iter()
+        .chain(giveaways(&object))
+        .collect();
+    let mut scanned = 0u64;
+    for o in &keys {
+        assert!(
+            !o.key.contains(&object) && !o.key.contains("conf/"),
+            "an object name gives the backup away: {}",
+            o.key
+        );
+        let data = store.get(&o.key).await.expect("get");
+        scanned += data.len() as u64;
+        for r in readings(&data) {
+            for n in &needles {
+                assert!(
+                    !holds(&r, n),
+                    "{} holds {:?} in the clear",
+                    o.key,
+                    String::from_utf8_lossy(n)
+                );
+            }
+        }
+    }
+    eprintln!("scanned {} objects, {scanned} bytes", keys.len());
+
+    // The stock restic restores the objects from the catalog: the Secret is there.
+    let password = repo_password(&s.client, &opns, CATALOG).await;
+    let dir = std::env::temp_dir().join(format!("hf-conf-{}", holdfast_e2e::random_suffix()));
+    let uid = format!("uid:{}", b.metadata.uid.clone().unwrap_or_default());
+    let out = app::restic(
+        &s.bucket,
+        CATALOG,
+        &password,
+        &[
+            "restore",
+            "latest",
+            "--no-lock",
+            "--tag",
+            &uid,
+            "--target",
+            dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restic restore from the catalog: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tar_bytes = std::fs::read(dir.join("resources.tar")).expect("resources.tar restored");
+    let mut secret = None;
+    let mut archive = tar::Archive::new(tar_bytes.as_slice());
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        if path.contains("secrets.core") && path.ends_with(&format!("{object}.json")) {
+            let mut v = String::new();
+            entry.read_to_string(&mut v).expect("read");
+            secret = Some(v);
+        }
+    }
+    let secret = secret.expect("the Secret in the restored archive");
+    assert!(secret.contains(&B64.encode(&marker)), "{secret}");
+    let md = std::fs::read_to_string(dir.join("metadata.json")).expect("metadata.json restored");
+    assert!(md.contains("\"Completed\""), "{md}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
