@@ -31,7 +31,10 @@ fn readings(data: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![data.to_vec()];
     if data.starts_with(&[0x1f, 0x8b]) {
         let mut d = Vec::new();
-        if flate2::read::GzDecoder::new(data).read_to_end(&mut d).is_ok() {
+        if flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut d)
+            .is_ok()
+        {
             out.push(d);
         }
     }

@@ -10,6 +10,7 @@
 
 mod cadence;
 mod confidential;
+mod disaster;
 mod faults;
 mod group;
 mod hooks;
@@ -643,7 +644,11 @@ async fn deletion_policy_delete_removes_data_and_retain_keeps_it() {
     ]);
     delete_backup("b1");
     delete_backup("b2");
-    assert_eq!(catalog_records(&s, &b2).await, 1, "b2 recorded in the catalog");
+    assert_eq!(
+        catalog_records(&s, &b2).await,
+        1,
+        "b2 recorded in the catalog"
+    );
     wait_until(
         "b2's repository snapshots, catalog record and VolumeSnapshots to be removed",
         Duration::from_secs(120),

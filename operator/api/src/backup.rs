@@ -262,6 +262,10 @@ pub struct BackupStatus {
     /// Warnings recorded (details in Events and logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warnings: Option<u32>,
+    /// Set on a Backup made from a record in its location's catalog (by another cluster, or
+    /// before this one was rebuilt), not by a run in this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced: Option<SyncedBackup>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -269,6 +273,19 @@ pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// Where a synced Backup came from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncedBackup {
+    /// The location whose catalog holds the backup.
+    pub location: String,
+    /// The uid of the Backup that wrote it (in the catalog's tags `uid:<uid>`).
+    pub origin_uid: String,
+    /// When this cluster found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
 }
 
 /// Progress with display strings for `kubectl get`.

@@ -109,6 +109,12 @@ pub struct BackupStorageLocationSpec {
     /// Secret trigger a validation at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_interval: Option<Duration>,
+    /// How often the location's catalog is read for backups this cluster does not have yet
+    /// (written by another cluster, or before this one was rebuilt): each complete one
+    /// appears as a Backup labelled `holdfast.dev/synced`, and a synced Backup whose record
+    /// is gone from the location is removed (default 1m; `0s` turns sync off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<Duration>,
 }
 
 /// The location's passphrase.
@@ -277,6 +283,12 @@ pub struct BackupStorageLocationStatus {
     /// Where the passphrase the location's repositories open with is (`Secret/key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<String>,
+    /// When the location's catalog was last synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Complete backups recorded in the location's catalog at the last sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups_in_catalog: Option<u32>,
     /// Standard conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]

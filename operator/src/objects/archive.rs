@@ -141,10 +141,11 @@ pub fn write_gz(items: &[Item]) -> Result<Vec<u8>, ObjectsError> {
     use flate2::{Compression, write::GzEncoder};
     use std::io::Write;
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&write(items)?).map_err(|e| ObjectsError::Archive {
-        what: "compressing the archive".into(),
-        cause: e.to_string(),
-    })?;
+    gz.write_all(&write(items)?)
+        .map_err(|e| ObjectsError::Archive {
+            what: "compressing the archive".into(),
+            cause: e.to_string(),
+        })?;
     gz.finish().map_err(|e| ObjectsError::Archive {
         what: "compressing the archive".into(),
         cause: e.to_string(),

@@ -142,7 +142,9 @@ pub async fn records(repo: &Repository) -> Result<Vec<(Id, Snapshot)>, RepoError
             Some(s) => out.push((id, s.clone())),
             None => {
                 let r = repo.clone();
-                set.spawn(async move { (id, r.load_json::<Snapshot>(FileType::Snapshot, &id).await) });
+                set.spawn(
+                    async move { (id, r.load_json::<Snapshot>(FileType::Snapshot, &id).await) },
+                );
             }
         }
     }
@@ -207,9 +209,7 @@ pub async fn write_record(
 ) -> Result<(), Error> {
     let repo = open_for_write(ctx, bsl).await?;
     let uid = origin_uid(b);
-    let all = records(&repo)
-        .await
-        .map_err(repo_error(bsl, "listing"))?;
+    let all = records(&repo).await.map_err(repo_error(bsl, "listing"))?;
     let objects: Vec<Id> = of_uid(&all, &uid, TAG_OBJECTS).map(|(id, _)| *id).collect();
     if of_uid(&all, &uid, TAG_BACKUP).next().is_none() {
         let mut entries = vec![Entry::New {
@@ -230,7 +230,9 @@ pub async fn write_record(
                     .find(|n| n.name == OBJECTS_FILE)
                     .ok_or_else(|| Error::Internal {
                         what: "catalog",
-                        message: format!("the objects snapshot of backup uid {uid} has no {OBJECTS_FILE}"),
+                        message: format!(
+                            "the objects snapshot of backup uid {uid} has no {OBJECTS_FILE}"
+                        ),
                     })?;
                 entries.push(Entry::Kept(Box::new(node)));
             }
@@ -281,6 +283,20 @@ async fn legacy_archive(
         .to_vec())
 }
 
+/// One file of a catalog snapshot (every byte verified); `None` when it has no such file.
+pub async fn file(
+    repo: &Repository,
+    index: &holdfast_repo::Index,
+    s: &Snapshot,
+    name: &str,
+) -> Result<Option<Vec<u8>>, RepoError> {
+    let nodes = files::list(repo, index, s).await?;
+    match nodes.iter().find(|n| n.name == name) {
+        Some(n) => files::read(repo, index, n).await.map(Some),
+        None => Ok(None),
+    }
+}
+
 /// A backup's record as read from the catalog.
 pub enum Found {
     /// No complete record of that backup.
@@ -298,9 +314,7 @@ pub async fn read(ctx: &Context, bsl: &BackupStorageLocation, uid: &str) -> Resu
     let Some(repo) = open_for_read(ctx, bsl).await? else {
         return Ok(Found::Missing);
     };
-    let all = records(&repo)
-        .await
-        .map_err(repo_error(bsl, "listing"))?;
+    let all = records(&repo).await.map_err(repo_error(bsl, "listing"))?;
     let Some((id, s)) = of_uid(&all, uid, TAG_BACKUP).last() else {
         return Ok(Found::Missing);
     };
@@ -363,9 +377,7 @@ pub async fn remove(ctx: &Context, bsl: &BackupStorageLocation, uid: &str) -> Re
     let Some(repo) = open_for_read(ctx, bsl).await? else {
         return Ok(());
     };
-    let all = records(&repo)
-        .await
-        .map_err(repo_error(bsl, "listing"))?;
+    let all = records(&repo).await.map_err(repo_error(bsl, "listing"))?;
     for kind in [TAG_BACKUP, TAG_OBJECTS] {
         let ids: Vec<Id> = of_uid(&all, uid, kind).map(|(id, _)| *id).collect();
         if ids.is_empty() {

@@ -196,6 +196,31 @@ pub async fn ensure(
     record(ctx, &bsl.name_any(), namespace).await
 }
 
+/// Makes sure a mover can open the repository of `namespace` for reading without writing
+/// anything to the location: a cluster that has no password Secret for it (a new cluster
+/// restoring what another wrote) gets one holding the location's passphrase, one of the
+/// repository's keys.
+pub async fn ensure_readable(
+    ctx: &Context,
+    bsl: &BackupStorageLocation,
+    namespace: &str,
+) -> Result<(), Error> {
+    if read_password(ctx, &bsl.name_any(), namespace)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let passphrase = super::passphrase::read(ctx, bsl)
+        .await?
+        .map_err(|message| Error::Config {
+            reason: "PassphraseMissing",
+            message,
+        })?;
+    ensure_password(ctx, &bsl.name_any(), namespace, Some(passphrase)).await?;
+    Ok(())
+}
+
 /// Name of the BackupRepository object of `namespace` on `location`.
 pub fn object_name(location: &str, namespace: &str) -> String {
     child_name(&format!("{location}-{namespace}"), &[location, namespace])

@@ -215,6 +215,11 @@ async fn remove_copies(b: &Backup, ctx: &Context) -> Result<(), Error> {
             });
         }
     };
+    if bsl.spec.access_mode == holdfast_api::location::AccessMode::ReadOnly {
+        // Never written to: the copies stay for whoever writes to the location.
+        info!(backup = %b.name_any(), location = %loc, "location is ReadOnly; the backup's copies are left in it");
+        return Ok(());
+    }
     let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for v in &st.volumes {
         if let Some(id) = v.copy.as_ref().and_then(|c| c.snapshot_id.clone()) {

@@ -18,8 +18,8 @@ use tracing::info;
 
 use super::{backup_ref, delete, publish};
 use crate::runtime::{Context, Error};
-use crate::storage::metadata::{BackupMetadata, FORMAT_VERSION};
 use crate::storage;
+use crate::storage::metadata::{BackupMetadata, FORMAT_VERSION};
 
 /// Writes `metadata.json` and ends the backup.
 pub(super) async fn complete(

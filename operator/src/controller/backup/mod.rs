@@ -203,6 +203,13 @@ impl Status for BackupStatus {
 /// One pass of the state machine over `st`: each phase returns when it wants to be looked at
 /// again, or falls through to the next.
 async fn step(b: &Backup, ctx: &Context, st: &mut BackupStatus) -> Result<Action, BackupError> {
+    // Made by sync from a location's catalog, its status follows: never run here.
+    if st.phase.is_none()
+        && b.annotations()
+            .contains_key(crate::storage::catalog::ORIGIN_UID)
+    {
+        return Ok(Action::await_change());
+    }
     if st.phase.is_none() {
         st.phase = Some(BackupPhase::Pending);
     }

@@ -2,6 +2,7 @@
 //! reports Available/Unavailable with a reason. Talks to the cluster and to object storage.
 
 pub mod probe;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +49,10 @@ const INSECURE_TLS_REASON: &str = "InsecureSkipTlsVerify";
 /// Its message.
 const INSECURE_TLS_MESSAGE: &str = "spec.s3.insecureSkipTlsVerify is set: the operator and its movers do not verify the endpoint's certificate, so anyone on the network path can read and alter backups and the credentials in transit; set spec.s3.caBundle to the CA that signed the server's certificate and remove insecureSkipTlsVerify";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a location's catalog is synced unless `spec.syncInterval` says otherwise.
+const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// Condition type of the last sync's outcome.
+pub const SYNCED: &str = "Synced";
 
 /// The location controller's phase functions and the cache of all locations.
 struct Locations {
@@ -235,8 +240,79 @@ impl Reconciler for Locations {
             .map(|d| d.as_std())
             .unwrap_or(DEFAULT_INTERVAL)
             .max(Duration::from_secs(5));
-        Ok(Action::requeue(interval))
+        let next_sync = match outcome {
+            Ok(()) => sync_if_due(bsl, ctx, st).await,
+            Err(_) => None,
+        };
+        Ok(Action::requeue(
+            next_sync.map_or(interval, |n| n.min(interval)),
+        ))
     }
+}
+
+/// Syncs the location's catalog when its interval has passed (conditions `Synced`, Events
+/// when Backups were made or removed); returns how long until the next sync is due (`None`:
+/// sync is off).
+async fn sync_if_due(
+    bsl: &BackupStorageLocation,
+    ctx: &Context,
+    st: &mut BackupStorageLocationStatus,
+) -> Option<Duration> {
+    let every = bsl
+        .spec
+        .sync_interval
+        .map(|d| d.as_std())
+        .unwrap_or(DEFAULT_SYNC_INTERVAL);
+    if every.is_zero() {
+        conditions::remove(&mut st.conditions, SYNCED);
+        return None;
+    }
+    let every = every.max(Duration::from_secs(5));
+    let now = Timestamp::now();
+    if let Some(last) = st.last_sync_time.as_ref().map(|t| t.0) {
+        let since = now.duration_since(last).unsigned_abs();
+        if since < every && st.observed_generation == bsl.meta().generation {
+            return Some(every - since);
+        }
+    }
+    let generation = bsl.meta().generation;
+    match sync::sync(ctx, bsl).await {
+        Ok(r) => {
+            st.backups_in_catalog = Some(r.records);
+            let note = r.message();
+            conditions::set(
+                &mut st.conditions,
+                SYNCED,
+                true,
+                "Synced",
+                &note,
+                generation,
+                now,
+            );
+            if r.created > 0 || r.removed > 0 {
+                ctx.event(bsl, EventType::Normal, "Synced", &note, "Sync")
+                    .await;
+            }
+        }
+        Err(e) => {
+            let note = format!(
+                "reading the location's catalog failed: {e}; retried in {}s",
+                every.as_secs()
+            );
+            tracing::warn!(location = %bsl.name_any(), "{note}");
+            conditions::set(
+                &mut st.conditions,
+                SYNCED,
+                false,
+                "SyncFailed",
+                &note,
+                generation,
+                now,
+            );
+        }
+    }
+    st.last_sync_time = Some(Time(now));
+    Some(every)
 }
 
 impl Status for BackupStorageLocationStatus {

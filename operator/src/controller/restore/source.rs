@@ -217,9 +217,11 @@ async fn read(
     let corrupt = |m: String| Ok(Err(Refusal::new(RestoreReason::BackupCorrupt, m)));
     let (md_bytes, archive, what) =
         match catalog::read(ctx, &bsl, &catalog::origin_uid(&backup)).await? {
-            catalog::Found::Record { metadata, archive } => {
-                (metadata, archive, format!("the catalog of location {}", bsl.name_any()))
-            }
+            catalog::Found::Record { metadata, archive } => (
+                metadata,
+                archive,
+                format!("the catalog of location {}", bsl.name_any()),
+            ),
             catalog::Found::Corrupt(m) => return corrupt(m),
             catalog::Found::Missing => match read_legacy(ctx, &bsl, &backup).await? {
                 Ok(found) => found,

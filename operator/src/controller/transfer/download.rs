@@ -148,6 +148,7 @@ async fn prepare(
         Ok(bsl) => bsl,
         Err(action) => return Ok(action),
     };
+    crate::storage::repository::ensure_readable(ctx, &bsl, &dd.spec.repository).await?;
     let labels = labels_for(&name, dd.labels());
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let pvc = temporary_claim(dd, &ctx.namespace, labels.clone());
