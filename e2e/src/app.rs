@@ -222,12 +222,17 @@ pub const WORKLOADS: [&str; 2] = ["deploy/writer", "statefulset/web"];
 
 /// Waits until `target`'s pod has seeded its data.
 pub async fn wait_seeded(ns: &str, target: &str) {
+    wait_seeded_on(env(), ns, target).await
+}
+
+/// [`wait_seeded`] on the cluster of `e`.
+pub async fn wait_seeded_on(e: &crate::Env, ns: &str, target: &str) {
     wait_until(
         &format!("{target} in {ns} to seed its volume"),
         Duration::from_secs(180),
         Some(ns),
         || async move {
-            let o = env().kubectl([
+            let o = e.kubectl([
                 "exec",
                 "-n",
                 ns,
@@ -246,7 +251,12 @@ pub async fn wait_seeded(ns: &str, target: &str) {
 /// `sha256sum` of every file under `/data` of `target`'s pod, sorted by path, plus the
 /// symlink targets: equal lists mean byte-identical contents.
 pub fn volume_checksums(ns: &str, target: &str) -> String {
-    env().kubectl_ok([
+    volume_checksums_on(env(), ns, target)
+}
+
+/// [`volume_checksums`] on the cluster of `e`.
+pub fn volume_checksums_on(e: &crate::Env, ns: &str, target: &str) -> String {
+    e.kubectl_ok([
         "exec",
         "-n",
         ns,
@@ -303,9 +313,14 @@ pub fn restic(
 /// Deploys the sample application into `ns` (`mib` MiB in each claim) and waits until both
 /// workloads wrote their data.
 pub async fn deploy_seeded(ns: &str, mib: u32) {
-    crate::env().apply_yaml(ns, &sample_app_yaml(mib));
+    deploy_seeded_on(env(), ns, mib).await
+}
+
+/// [`deploy_seeded`] on the cluster of `e`.
+pub async fn deploy_seeded_on(e: &crate::Env, ns: &str, mib: u32) {
+    e.apply_yaml(ns, &sample_app_yaml(mib));
     for w in WORKLOADS {
-        wait_seeded(ns, w).await;
+        wait_seeded_on(e, ns, w).await;
     }
 }
 

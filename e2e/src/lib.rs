@@ -11,6 +11,7 @@ pub mod app;
 pub mod operator;
 pub mod ops;
 pub mod s3proxy;
+pub mod second;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,30 +59,58 @@ pub fn repo_root() -> PathBuf {
 /// The test environment, starting a testbed the first time when no `KUBECONFIG` is set.
 pub fn env() -> &'static Env {
     ENV.get_or_init(|| {
-        let repo = repo_root();
         let mut vars: BTreeMap<String, String> = std::env::vars().collect();
         if !vars.contains_key("KUBECONFIG") {
-            let testbed = repo.join("e2e/testbed");
-            let up = Command::new(&testbed)
-                .arg("up")
-                .status()
-                .expect("run e2e/testbed up");
-            assert!(up.success(), "e2e/testbed up failed; see its output above");
-            let out = Command::new(&testbed)
-                .arg("env")
-                .output()
-                .expect("run e2e/testbed env");
-            assert!(out.status.success(), "e2e/testbed env failed");
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((k, v)) = line
-                    .trim()
-                    .strip_prefix("export ")
-                    .and_then(|l| l.split_once('='))
-                {
-                    vars.insert(k.to_string(), v.trim_matches(['"', '\'']).to_string());
-                }
-            }
+            vars.extend(testbed_up(None, &[]));
         }
+        Env::from_vars(repo_root(), &vars)
+    })
+}
+
+/// Runs `e2e/testbed up` (in `dir` when given, else the default state dir; with `vars` in
+/// its environment) and returns the variables `e2e/testbed env` exports.
+pub fn testbed_up(dir: Option<&Path>, vars: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let testbed = repo_root().join("e2e/testbed");
+    let with_dir = |c: &mut Command| {
+        if let Some(d) = dir {
+            c.env("HOLDFAST_TESTBED_DIR", d);
+        }
+        // Nothing of the testbed the caller runs against (a second one is started so).
+        for v in [
+            "KUBECONFIG",
+            "HOLDFAST_TESTBED_KUBECTL",
+            "HOLDFAST_S3_ENDPOINT",
+            "HOLDFAST_S3_ACCESS_KEY",
+            "HOLDFAST_S3_SECRET_KEY",
+        ] {
+            c.env_remove(v);
+        }
+        c.envs(vars.iter().copied());
+    };
+    let mut up = Command::new(&testbed);
+    up.arg("up");
+    with_dir(&mut up);
+    assert!(
+        up.status().expect("run e2e/testbed up").success(),
+        "e2e/testbed up failed; see its output above"
+    );
+    let mut envc = Command::new(&testbed);
+    envc.arg("env");
+    with_dir(&mut envc);
+    let out = envc.output().expect("run e2e/testbed env");
+    assert!(out.status.success(), "e2e/testbed env failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (k, v) = line.trim().strip_prefix("export ")?.split_once('=')?;
+            Some((k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        })
+        .collect()
+}
+
+impl Env {
+    /// The environment these variables describe (`KUBECONFIG`, `HOLDFAST_S3_*`, ...).
+    pub fn from_vars(repo: PathBuf, vars: &BTreeMap<String, String>) -> Env {
         let kubectl = vars
             .get("HOLDFAST_TESTBED_KUBECTL")
             .map(PathBuf::from)
@@ -112,10 +141,8 @@ pub fn env() -> &'static Env {
                 .cloned()
                 .unwrap_or_else(|| "holdfast-node-1".into()),
         }
-    })
-}
+    }
 
-impl Env {
     /// A new client (one per test: clients are bound to the runtime that made them).
     pub async fn client(&self) -> Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
@@ -171,31 +198,33 @@ impl Env {
 /// installed ones do).
 pub fn ensure_crds() {
     static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let e = env();
-        e.kubectl_ok(
-            ["apply", "--server-side", "--force-conflicts", "-f"]
-                .map(String::from)
-                .into_iter()
-                .chain([e
-                    .repo
-                    .join("config/rbac/restorer_role.yaml")
-                    .display()
-                    .to_string()]),
-        );
-        e.kubectl_ok(
-            ["apply", "--server-side", "--force-conflicts", "-f"]
-                .map(String::from)
-                .into_iter()
-                .chain([e.repo.join("crds").display().to_string()]),
-        );
-        e.kubectl_ok(
-            ["wait", "--for=condition=Established", "--timeout=60s", "-f"]
-                .map(String::from)
-                .into_iter()
-                .chain([e.repo.join("crds").display().to_string()]),
-        );
-    });
+    DONE.get_or_init(|| ensure_crds_on(env()));
+}
+
+/// [`ensure_crds`] on the cluster of `e` (every time).
+pub fn ensure_crds_on(e: &Env) {
+    e.kubectl_ok(
+        ["apply", "--server-side", "--force-conflicts", "-f"]
+            .map(String::from)
+            .into_iter()
+            .chain([e
+                .repo
+                .join("config/rbac/restorer_role.yaml")
+                .display()
+                .to_string()]),
+    );
+    e.kubectl_ok(
+        ["apply", "--server-side", "--force-conflicts", "-f"]
+            .map(String::from)
+            .into_iter()
+            .chain([e.repo.join("crds").display().to_string()]),
+    );
+    e.kubectl_ok(
+        ["wait", "--for=condition=Established", "--timeout=60s", "-f"]
+            .map(String::from)
+            .into_iter()
+            .chain([e.repo.join("crds").display().to_string()]),
+    );
 }
 
 /// A namespace of one test; deleted when dropped (without waiting).

@@ -35,7 +35,11 @@ fn free_port() -> u16 {
 impl Operator {
     /// Starts the operator for operator namespace `namespace` with extra arguments.
     pub fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
-        let e = env();
+        Self::start_on(env(), namespace, identity, extra)
+    }
+
+    /// [`Operator::start`] against the cluster of `e` (a second testbed).
+    pub fn start_on(e: &crate::Env, namespace: &str, identity: &str, extra: &[&str]) -> Self {
         let http_port = free_port();
         let log =
             std::env::temp_dir().join(format!("holdfast-operator-{namespace}-{identity}.log"));
