@@ -7,7 +7,10 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use holdfast::storage::layout::CATALOG;
+use holdfast_api::restore::RestorePhase;
 use holdfast_store::Store;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use std::io::Read;
 
 use super::{Share, app, completed_backup, env, repo_password, setup};
@@ -138,5 +141,88 @@ async fn nothing_readable_in_the_bucket() {
     assert!(secret.contains(&B64.encode(&marker)), "{secret}");
     let md = std::fs::read_to_string(dir.join("metadata.json")).expect("metadata.json restored");
     assert!(md.contains("\"Completed\""), "{md}");
+
+    // The user's passphrase alone: restic checks every byte of the catalog and of the
+    // volumes' repository, and restores the volume with the marked file.
+    let passphrase = {
+        let sec = Api::<Secret>::namespaced(s.client.clone(), &opns)
+            .get("holdfast-passphrase-primary")
+            .await
+            .expect("passphrase Secret");
+        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
+    };
+    for repo in [CATALOG, app_ns.as_str()] {
+        let out = app::restic(&s.bucket, repo, &passphrase, &["check", "--read-data"]);
+        assert!(
+            out.status.success(),
+            "restic check --read-data of {repo} with the passphrase: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let writer = b
+        .status
+        .as_ref()
+        .expect("status")
+        .volumes
+        .iter()
+        .find(|v| v.pvc.name == "writer-data")
+        .and_then(|v| v.copy.as_ref())
+        .and_then(|c| c.snapshot_id.clone())
+        .expect("the writer volume's copy");
+    let vol = dir.join("volume");
+    let out = app::restic(
+        &s.bucket,
+        &app_ns,
+        &passphrase,
+        &["restore", &writer, "--target", vol.to_str().expect("utf-8")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = std::fs::read_to_string(vol.join("marker.txt")).expect("marker.txt restored");
+    assert_eq!(found.trim(), marker);
     let _ = std::fs::remove_dir_all(&dir);
+
+    // A flipped byte in the record's objects: the restore fails naming what is damaged, and
+    // restores nothing.
+    let catalog = format!(
+        "{}/data/",
+        holdfast::storage::layout::repository_prefix(&app::location("primary", &s.bucket), CATALOG)
+    );
+    let packs = store.list(&catalog).await.expect("list catalog packs");
+    let biggest = packs.iter().max_by_key(|o| o.size).expect("a catalog pack");
+    let mut bytes = store.get(&biggest.key).await.expect("get pack").to_vec();
+    bytes[100] ^= 0x20;
+    store
+        .put(&biggest.key, bytes.into())
+        .await
+        .expect("put damaged pack");
+    let target = format!("{app_ns}-again");
+    e.apply_yaml(
+        &opns,
+        &super::restore_yaml(
+            "damaged",
+            &format!("  source: {{backup: conf}}\n  namespaceMapping: {{{app_ns}: {target}}}\n"),
+        ),
+    );
+    let r = super::wait_restore(&s.client, &opns, "damaged").await;
+    let st = r.status.expect("status");
+    assert_eq!(
+        (st.phase, st.reason.as_deref()),
+        (Some(RestorePhase::Failed), Some("BackupCorrupt")),
+        "{st:#?}"
+    );
+    let why = st.message.unwrap_or_default();
+    assert!(
+        why.contains("resources.tar")
+            && why.contains(biggest.key.rsplit('/').next().unwrap_or("?")),
+        "{why}"
+    );
+    let created = e.kubectl(["get", "namespace", &target]);
+    assert!(
+        !created.status.success(),
+        "a damaged backup restored namespace {target}"
+    );
 }
