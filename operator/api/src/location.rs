@@ -283,6 +283,10 @@ pub struct BackupStorageLocationStatus {
     /// Where the passphrase the location's repositories open with is (`Secret/key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<String>,
+    /// The last change of passphrase: the new one is added to every repository on the
+    /// location before the old one's key files are removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<PassphraseRotation>,
     /// When the location's catalog was last synced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
@@ -293,6 +297,37 @@ pub struct BackupStorageLocationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// A change of the location's passphrase (`spec.encryption`), repository by repository.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PassphraseRotation {
+    /// The passphrase replaced (`Secret/key`).
+    pub from: String,
+    /// The new one (`Secret/key`).
+    pub to: String,
+    /// `InProgress`, `Completed` or `Failed` (retried on every validation).
+    pub phase: RotationPhase,
+    /// Repositories on the location (the catalog included).
+    pub repositories: u32,
+    /// Repositories that open with the new passphrase and no longer with the old one.
+    pub rotated: u32,
+    /// What is left to do, or what went wrong and how to fix it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// Where a passphrase rotation is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RotationPhase {
+    #[default]
+    InProgress,
+    Completed,
+    Failed,
 }
 
 /// Whether a location can be used.

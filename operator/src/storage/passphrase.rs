@@ -155,6 +155,19 @@ pub async fn ensure_key(
     Ok(())
 }
 
+/// Forgets that `repo` opens with `passphrase` (its key files were removed).
+pub fn forget_key(repo: &holdfast_repo::Repository, passphrase: &str) {
+    let entry = (
+        repo.store().describe(),
+        holdfast_repo::Id::hash(passphrase.as_bytes()).0,
+    );
+    if let Ok(mut s) = HAS_KEY.lock()
+        && let Some(s) = s.as_mut()
+    {
+        s.remove(&entry);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

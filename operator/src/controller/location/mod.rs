@@ -2,6 +2,7 @@
 //! reports Available/Unavailable with a reason. Talks to the cluster and to object storage.
 
 pub mod probe;
+pub mod rotate;
 pub mod sync;
 
 use std::sync::Arc;
@@ -153,7 +154,12 @@ impl Reconciler for Locations {
                 message,
             });
         }
-        st.passphrase = Some(format!("{secret}/{key}"));
+        // A passphrase other than the one the repositories were given: rotated below.
+        let current = format!("{secret}/{key}");
+        let rotating_from = st.passphrase.clone().filter(|p| *p != current);
+        if rotating_from.is_none() {
+            st.passphrase = Some(current.clone());
+        }
         let was_generated = conditions::get(&st.conditions, PASSPHRASE_GENERATED).is_some();
         let generated_note = generated.then(|| passphrase_generated_message(&ns, &secret));
         // Default-location arbitration: the oldest location claiming default wins.
@@ -240,6 +246,9 @@ impl Reconciler for Locations {
             .map(|d| d.as_std())
             .unwrap_or(DEFAULT_INTERVAL)
             .max(Duration::from_secs(5));
+        if let (Ok(()), Some(from)) = (&outcome, rotating_from) {
+            rotate_passphrase(bsl, ctx, st, &from, &current).await;
+        }
         let next_sync = match outcome {
             Ok(()) => sync_if_due(bsl, ctx, st).await,
             Err(_) => None,
@@ -247,6 +256,71 @@ impl Reconciler for Locations {
         Ok(Action::requeue(
             next_sync.map_or(interval, |n| n.min(interval)),
         ))
+    }
+}
+
+/// Rotates the location's passphrase from `from` to `to` (both `Secret/key`), recording `to`
+/// once every repository opens with it; a ReadOnly location is never written to, so it
+/// takes the new passphrase as it is.
+async fn rotate_passphrase(
+    bsl: &BackupStorageLocation,
+    ctx: &Context,
+    st: &mut BackupStorageLocationStatus,
+    from: &str,
+    to: &str,
+) {
+    if bsl.spec.access_mode == holdfast_api::location::AccessMode::ReadOnly {
+        st.passphrase = Some(to.to_string());
+        return;
+    }
+    match rotate::rotate(ctx, bsl, from, to, st).await {
+        Ok(true) => {
+            st.passphrase = Some(to.to_string());
+            let note = st
+                .rotation
+                .as_ref()
+                .and_then(|r| r.message.clone())
+                .unwrap_or_default();
+            info!(location = %bsl.name_any(), "passphrase rotated: {note}");
+            ctx.event(bsl, EventType::Normal, "PassphraseRotated", &note, "Rotate")
+                .await;
+        }
+        Ok(false) => {
+            let note = st
+                .rotation
+                .as_ref()
+                .and_then(|r| r.message.clone())
+                .unwrap_or_default();
+            tracing::warn!(location = %bsl.name_any(), "passphrase rotation: {note}");
+            ctx.event(
+                bsl,
+                EventType::Warning,
+                "PassphraseRotationFailed",
+                &note,
+                "Rotate",
+            )
+            .await;
+        }
+        Err(e) => {
+            let note = format!(
+                "{e}; retried on the next validation (the old passphrase still opens every repository)"
+            );
+            st.rotation = Some(holdfast_api::location::PassphraseRotation {
+                from: from.to_string(),
+                to: to.to_string(),
+                phase: holdfast_api::location::RotationPhase::Failed,
+                message: Some(note.clone()),
+                ..Default::default()
+            });
+            ctx.event(
+                bsl,
+                EventType::Warning,
+                "PassphraseRotationFailed",
+                &note,
+                "Rotate",
+            )
+            .await;
+        }
     }
 }
 
