@@ -6,8 +6,8 @@
 //! to the location (see `storage::catalog::open_for_read`).
 //!
 //! A record's Backup goes to its own namespace when that exists here and this operator
-//! watches it, else to the operator namespace as `<namespace>.<name>` (a name no Backup
-//! written here can have), where an administrator can restore it: that is how a lost
+//! watches it, else to the operator namespace as `<namespace>.<name>` (when a Backup
+//! there has that name already, the record is reported as not shown), where an administrator can restore it: that is how a lost
 //! namespace comes back on a new cluster.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
