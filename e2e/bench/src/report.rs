@@ -356,9 +356,9 @@ impl<'a> Report<'a> {
         let _ = writeln!(
             s,
             "**Ceiling fraction** (holdfast's first backup of the incompressible file (b) vs reading the same bytes \
-             and PUTting them to the same MinIO in 32 MiB objects, 4 in flight, unsigned payloads, no processing): \
-             **{}** (target ≥ 0.6: {}). Against a ceiling that signs payloads (SHA-256 of each body, what the mover \
-             does on plain-http endpoints): {}. Mixed tree (a) vs its ceiling: {}.\n",
+             and PUTting them to the same MinIO in 32 MiB objects, 4 in flight, unsigned payloads with a CRC32C as \
+             the mover sends its packs, no processing): **{}** (target ≥ 0.6: {}). Against a ceiling that signs \
+             payloads (SigV4 SHA-256 of each body): {}. Mixed tree (a) vs its ceiling: {}.\n",
             f2(ceil),
             if ceil.is_none_or(|c| c >= 0.6) {
                 "met"

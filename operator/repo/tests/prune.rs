@@ -209,7 +209,7 @@ async fn forget_and_prune_on_minio() {
     let Some(minio) = MinioServer::start() else {
         return;
     };
-    let store = holdfast_store::S3Store::new(minio.config("prune", "repo"))
+    let store = holdfast_store::S3Store::new(minio.repository_config("prune", "repo"))
         .await
         .expect("client");
     store.ensure_bucket().await.expect("bucket");
