@@ -301,6 +301,9 @@ const SAMPLES: usize = 4;
 /// at all; blobs in between are rare (whole files are homogeneous more often than not).
 const WORTH_COMPRESSING: usize = 62;
 
+/// The largest zstd output buffer a worker keeps between blobs.
+const OUT_KEPT: usize = 2 << 20;
+
 thread_local! {
     /// zstd's context and an output buffer per worker thread, reused for every blob.
     static ZSTD: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>, Vec<u8>)>> =
@@ -349,10 +352,15 @@ fn with_compressed<R>(
         }
         out.clear();
         out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-        match zc.compress_to_buffer(plain, out) {
+        let r = match zc.compress_to_buffer(plain, out) {
             Ok(n) if n < plain.len() => f(&out[..n], Some(plain_len)),
             _ => f(plain, None),
+        };
+        // Keep a buffer for average chunks (1 MiB), not the largest one seen (8 MiB).
+        if out.capacity() > OUT_KEPT {
+            *out = Vec::new();
         }
+        r
     })
 }
 
@@ -1199,7 +1207,17 @@ async fn backup_locked(
         }
         None => None,
     };
-    let (tx, rx) = mpsc::channel(opts.uploads_in_flight.max(1));
+    let threads = opts.threads.max(1);
+    // Finished packs waiting for an upload slot. Every worker keeps a data pack open, so the
+    // queue is shorter by the extra open packs: uploads + queue + open packs, the pack
+    // buffers alive at once, stay what they were with one shared data pack (2 × uploads +
+    // 2) while there are no more workers than uploads.
+    let queue = opts
+        .uploads_in_flight
+        .max(1)
+        .saturating_sub(threads - 1)
+        .max(1);
+    let (tx, rx) = mpsc::channel(queue);
     let up = tokio::spawn(uploader(
         repo.clone(),
         rx,
@@ -1212,13 +1230,12 @@ async fn backup_locked(
         index: index.clone(),
         excluded,
         pending: Mutex::new(HashSet::new()),
-        data: Packer::new(opts.threads.max(1), tx.clone(), opts.pack_size),
+        data: Packer::new(threads, tx.clone(), opts.pack_size),
         trees: Packer::new(1, tx, opts.pack_size),
         level: opts.compression.level(),
         stats: opts.stats.clone(),
         errors: Mutex::new(Vec::new()),
     };
-    let threads = opts.threads.max(1);
     let src = source.to_path_buf();
     let walked = tokio::task::spawn_blocking(move || {
         let pool = rayon::ThreadPoolBuilder::new()
