@@ -23,7 +23,7 @@ pub async fn s3_store(bucket: &str) -> S3Store {
         session_token: None,
         storage_class: None,
         retry: Default::default(),
-        unsigned_payload: None,
+        payload: Default::default(),
     })
     .await
     .expect("s3 client")

@@ -20,7 +20,8 @@ pub struct CeilingArgs {
     pub endpoint: String,
     #[arg(long)]
     pub bucket: String,
-    /// Send payloads unsigned (no SHA-256 of the body).
+    /// Send payloads unsigned (no SHA-256 of the body), with a CRC32C over plain http:
+    /// exactly how the mover PUTs its encrypted files.
     #[arg(long)]
     pub unsigned: bool,
     /// Object size in MiB (16–64 per PERFORMANCE.md).
@@ -49,7 +50,11 @@ pub async fn run(a: CeilingArgs) -> anyhow::Result<()> {
             session_token: None,
             storage_class: None,
             retry: holdfast_store::RetryPolicy::default(),
-            unsigned_payload: Some(a.unsigned),
+            payload: if a.unsigned {
+                holdfast_store::PayloadProtection::SelfAuthenticated
+            } else {
+                holdfast_store::PayloadProtection::Signed
+            },
         })
         .await?,
     );

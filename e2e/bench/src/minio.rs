@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use holdfast_store::testing::free_port;
-use holdfast_store::{RetryPolicy, S3Config, S3Store, Store};
+use holdfast_store::{PayloadProtection, RetryPolicy, S3Config, S3Store, Store};
 
 pub const ACCESS_KEY: &str = "holdfast-bench";
 pub const SECRET_KEY: &str = "holdfast-bench-secret";
@@ -91,8 +91,8 @@ impl Minio {
         proc_cpu_seconds(self.pid()).unwrap_or(0.0)
     }
 
-    /// A store handle on `bucket`; `unsigned` sends payloads without a SHA-256.
-    pub async fn store(&self, bucket: &str, unsigned: Option<bool>) -> anyhow::Result<S3Store> {
+    /// A store handle on `bucket` (bucket administration: payloads signed, the default).
+    pub async fn store(&self, bucket: &str) -> anyhow::Result<S3Store> {
         Ok(S3Store::new(S3Config {
             endpoint: Some(self.endpoint.clone()),
             region: Some(REGION.into()),
@@ -106,25 +106,25 @@ impl Minio {
             session_token: None,
             storage_class: None,
             retry: RetryPolicy::default(),
-            unsigned_payload: unsigned,
+            payload: PayloadProtection::default(),
         })
         .await?)
     }
 
     pub async fn create_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        self.store(bucket, None).await?.ensure_bucket().await?;
+        self.store(bucket).await?.ensure_bucket().await?;
         Ok(())
     }
 
     /// Bytes and objects stored in `bucket`.
     pub async fn bucket_size(&self, bucket: &str) -> anyhow::Result<(u64, u64)> {
-        let objs = self.store(bucket, None).await?.list("").await?;
+        let objs = self.store(bucket).await?.list("").await?;
         Ok((objs.iter().map(|o| o.size).sum(), objs.len() as u64))
     }
 
     /// Deletes every object of `bucket` and the bucket.
     pub async fn remove_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        let store = self.store(bucket, None).await?;
+        let store = self.store(bucket).await?;
         let objs = store.list("").await?;
         let client = store.client();
         for batch in objs.chunks(1000) {

@@ -536,7 +536,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir)?;
         }
     }
-    std::fs::write(&args.md, report.markdown())?;
+    let previous = std::fs::read_to_string(&args.md).ok();
+    std::fs::write(
+        &args.md,
+        report::with_appendix(report.markdown(), previous.as_deref()),
+    )?;
     std::fs::write(
         &args.json,
         serde_json::to_string_pretty(&report.json())? + "\n",

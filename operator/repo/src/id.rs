@@ -49,6 +49,43 @@ impl Id {
     }
 }
 
+/// A SHA-256 fed piece by piece: a pack's name, hashed while the pack is assembled, each
+/// blob as it is appended (still in the cache of the thread that encrypted it), so the
+/// finished pack is not read a second time.
+#[derive(Clone)]
+pub struct IdHasher(aws_lc_rs::digest::Context);
+
+impl IdHasher {
+    pub fn new() -> IdHasher {
+        IdHasher(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The id of everything fed so far.
+    pub fn finish(self) -> Id {
+        let d = self.0.finish();
+        let mut out = [0u8; 32];
+        // A SHA-256 digest is 32 bytes.
+        out.copy_from_slice(d.as_ref());
+        Id(out)
+    }
+}
+
+impl Default for IdHasher {
+    fn default() -> IdHasher {
+        IdHasher::new()
+    }
+}
+
+impl fmt::Debug for IdHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdHasher")
+    }
+}
+
 impl fmt::Display for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_hex())
@@ -86,5 +123,16 @@ mod tests {
         );
         let big = vec![7u8; 3_000_001];
         assert_eq!(Id::hash(&big), Id(Sha256::digest(&big).into()));
+    }
+
+    #[test]
+    fn piecewise_hash_equals_the_hash_of_the_whole() {
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i * 31 % 251) as u8).collect();
+        let mut h = IdHasher::new();
+        for piece in data.chunks(65_537) {
+            h.update(piece);
+        }
+        assert_eq!(h.finish(), Id::hash(&data));
+        assert_eq!(IdHasher::default().finish(), Id::hash(b""));
     }
 }

@@ -38,7 +38,7 @@ async fn s3_repository_roundtrips_with_restic() {
     let tmp = tempfile::tempdir().expect("tmp");
     let src = tmp.path().join("src");
     make_tree(&src, 12 << 20);
-    let store = s3(minio.config("holdfast", "repo/ours")).await;
+    let store = s3(minio.repository_config("holdfast", "repo/ours")).await;
     let repo = Repository::init(store, PASSWORD, test_kdf())
         .await
         .expect("init");
@@ -100,9 +100,12 @@ async fn s3_repository_roundtrips_with_restic() {
     assert!(ok, "{o}\n{e}");
     let (ok, o, e) = try_restic(&restic, &url2, &["backup", "."], Some(&src), &env);
     assert!(ok, "{o}\n{e}");
-    let repo2 = Repository::open(s3(minio.config("holdfast", "repo/restic")).await, PASSWORD)
-        .await
-        .expect("open");
+    let repo2 = Repository::open(
+        s3(minio.repository_config("holdfast", "repo/restic")).await,
+        PASSWORD,
+    )
+    .await
+    .expect("open");
     let out2 = tmp.path().join("ours-from-restic");
     restore(&repo2, "latest", &out2, RestoreOptions::default())
         .await
@@ -191,13 +194,13 @@ async fn s3_backup_through_fault_proxy_is_complete_and_checks_clean() {
     make_tree(&src, 12 << 20);
     let counter = Arc::new(AtomicU64::new(0));
     let port = fault_proxy(minio.port, counter.clone()).await;
-    let mut cfg = minio.config("faulty", "repo");
+    let mut cfg = minio.repository_config("faulty", "repo");
     cfg.endpoint = Some(format!("http://127.0.0.1:{port}"));
     cfg.retry.max_attempts = 12;
     cfg.retry.initial_backoff = std::time::Duration::from_millis(5);
     cfg.retry.max_backoff = std::time::Duration::from_millis(200);
     // Create the bucket directly, then go through the proxy for everything else.
-    s3(minio.config("faulty", "repo")).await;
+    s3(minio.repository_config("faulty", "repo")).await;
     let faulty: DynStore = Arc::new(S3Store::new(cfg).await.expect("client"));
     let repo = Repository::init(faulty, PASSWORD, test_kdf())
         .await
@@ -224,9 +227,12 @@ async fn s3_backup_through_fault_proxy_is_complete_and_checks_clean() {
     );
 
     // Checked without the proxy, by us and by restic.
-    let direct = Repository::open(s3(minio.config("faulty", "repo")).await, PASSWORD)
-        .await
-        .expect("open");
+    let direct = Repository::open(
+        s3(minio.repository_config("faulty", "repo")).await,
+        PASSWORD,
+    )
+    .await
+    .expect("open");
     let rep = check(
         &direct,
         CheckOptions {

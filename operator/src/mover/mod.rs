@@ -22,7 +22,9 @@ use holdfast_repo::forget::{self, ForgetOptions, GroupBy, KeepDuration, KeepPoli
 use holdfast_repo::prune::{self, PruneOptions, PruneSummary};
 use holdfast_repo::restore::{self, RestoreOptions};
 use holdfast_repo::{KdfParams, RepoError, Repository};
-use holdfast_store::{DynStore, LocalStore, Location, RetryPolicy, S3Config, S3Store};
+use holdfast_store::{
+    DynStore, LocalStore, Location, PayloadProtection, RetryPolicy, S3Config, S3Store,
+};
 
 use self::protocol::{
     BackupCounters, BackupEvent, MaintenanceEvent, PruneReport, RestoreEvent, env,
@@ -76,6 +78,12 @@ pub struct RepoArgs {
         global = true
     )]
     pub s3_attempts: u32,
+    /// Sign every PUT body with SigV4 (a SHA-256 of each pack) instead of sending it as
+    /// UNSIGNED-PAYLOAD, with a CRC32C over plain http. Not needed for integrity: every
+    /// file of the repository is encrypted and authenticated. For S3-compatible servers
+    /// that refuse unsigned payloads or the `x-amz-checksum-crc32c` header.
+    #[arg(long, env = env::S3_SIGNED_PAYLOADS, global = true)]
+    pub s3_signed_payloads: bool,
 }
 
 /// Mover actions.
@@ -308,7 +316,14 @@ async fn open_store(args: &RepoArgs) -> anyhow::Result<DynStore> {
                     max_attempts: args.s3_attempts.max(1),
                     ..RetryPolicy::default()
                 },
-                unsigned_payload: None,
+                // Every file of a restic repository authenticates itself (encrypted and
+                // MAC'd, or, for key files, MAC'd by the password's key): no SHA-256 of the
+                // bodies is needed on the way.
+                payload: if args.s3_signed_payloads {
+                    PayloadProtection::Signed
+                } else {
+                    PayloadProtection::SelfAuthenticated
+                },
             };
             Arc::new(S3Store::new(cfg).await?)
         }

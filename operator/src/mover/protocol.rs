@@ -23,6 +23,10 @@ pub mod env {
     pub const S3_INSECURE_SKIP_TLS_VERIFY: &str = "HOLDFAST_S3_INSECURE_SKIP_TLS_VERIFY";
     /// Attempts per S3 request.
     pub const S3_ATTEMPTS: &str = "HOLDFAST_S3_ATTEMPTS";
+    /// `true`: SigV4-sign every PUT body (a SHA-256 of it) instead of sending
+    /// `UNSIGNED-PAYLOAD` (with a CRC32C over plain http); for S3-compatible servers that
+    /// refuse either.
+    pub const S3_SIGNED_PAYLOADS: &str = "HOLDFAST_S3_SIGNED_PAYLOADS";
     /// The mover's host name: in its repository locks (the operator sets the pod's name), and
     /// in snapshots when `--host` is not given.
     pub const HOSTNAME: &str = "HOLDFAST_HOSTNAME";

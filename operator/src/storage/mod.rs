@@ -16,7 +16,7 @@ use holdfast_api::location::{
     AccessMode, AllowedNamespaces, BackupStorageLocation, LocationPhase, S3Location,
 };
 use holdfast_api::reasons::LocationReason;
-use holdfast_store::{DynStore, RetryPolicy, S3Config, S3Store};
+use holdfast_store::{DynStore, PayloadProtection, RetryPolicy, S3Config, S3Store};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -331,7 +331,7 @@ pub async fn resolve_target(
                 max_attempts: 1,
                 ..RetryPolicy::default()
             },
-            unsigned_payload: None,
+            payload: PayloadProtection::default(),
         },
         marker_prefix: format!("{}/", layout::holdfast_prefix(bsl)),
         read_write: spec.access_mode == AccessMode::ReadWrite,

@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 pub use local::LocalStore;
 pub use retry::RetryPolicy;
-pub use s3::{S3Config, S3Store};
+pub use s3::{PayloadProtection, S3Config, S3Store};
 
 /// One object as returned by [`Store::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]

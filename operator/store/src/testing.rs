@@ -234,6 +234,15 @@ impl MinioServer {
             ..Default::default()
         }
     }
+
+    /// [`Self::config`] with the PUTs the mover uses for repositories: unsigned payloads
+    /// with a CRC32C ([`crate::PayloadProtection::SelfAuthenticated`]).
+    pub fn repository_config(&self, bucket: &str, prefix: &str) -> crate::S3Config {
+        crate::S3Config {
+            payload: crate::PayloadProtection::SelfAuthenticated,
+            ..self.config(bucket, prefix)
+        }
+    }
 }
 
 impl Drop for MinioServer {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use holdfast_store::testing::MinioServer;
-use holdfast_store::{LocalStore, S3Store, Store, StoreError};
+use holdfast_store::{LocalStore, PayloadProtection, S3Config, S3Store, Store, StoreError};
 
 async fn exercise(store: &dyn Store) {
     assert!(store.head("config").await.expect("head").is_none());
@@ -111,16 +111,63 @@ async fn s3_store_contract_against_minio() {
     let Some(minio) = MinioServer::start() else {
         return;
     };
-    for prefix in ["", "some/prefix"] {
-        let store = S3Store::new(minio.config("contract", prefix))
+    for payload in [
+        PayloadProtection::SignedUnlessTls,
+        PayloadProtection::Signed,
+        PayloadProtection::SelfAuthenticated,
+    ] {
+        for prefix in ["", "some/prefix"] {
+            let store = S3Store::new(S3Config {
+                payload,
+                ..minio.config("contract", prefix)
+            })
             .await
             .expect("client");
-        store.ensure_bucket().await.expect("bucket");
-        exercise(&store).await;
-        for o in store.list("").await.expect("list") {
-            store.delete(&o.key).await.expect("cleanup");
+            store.ensure_bucket().await.expect("bucket");
+            exercise(&store).await;
+            for o in store.list("").await.expect("list") {
+                store.delete(&o.key).await.expect("cleanup");
+            }
         }
     }
+}
+
+/// What `PayloadProtection::SelfAuthenticated` relies on over plain http: the server takes
+/// `UNSIGNED-PAYLOAD` and verifies `x-amz-checksum-crc32c`, refusing a body that does not
+/// match (as it would be after damage in transit).
+#[tokio::test]
+async fn minio_verifies_the_crc32c_of_unsigned_payloads() {
+    let Some(minio) = MinioServer::start() else {
+        return;
+    };
+    let store = S3Store::new(minio.config("crc", "")).await.expect("client");
+    store.ensure_bucket().await.expect("bucket");
+    let put = |body: &'static [u8], crc: &str| {
+        store
+            .client()
+            .put_object()
+            .bucket("crc")
+            .key("k")
+            .checksum_crc32_c(crc)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(body))
+            .customize()
+            .disable_payload_signing()
+            .send()
+    };
+    // CRC32C("123456789") = 0xe3069283, base64 of its big-endian bytes.
+    put(b"123456789", "4waSgw==")
+        .await
+        .expect("matching CRC32C accepted");
+    let e = put(b"123456780", "4waSgw==")
+        .await
+        .expect_err("a body that does not match its CRC32C must be refused");
+    let msg = aws_sdk_s3::error::DisplayErrorContext(&e).to_string();
+    assert!(msg.contains("XAmzContentChecksumMismatch"), "{msg}");
+    assert_eq!(
+        store.get("k").await.expect("get"),
+        Bytes::from_static(b"123456789"),
+        "the refused PUT left the object as it was"
+    );
 }
 
 #[tokio::test]
