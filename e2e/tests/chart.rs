@@ -1,6 +1,8 @@
 //! The Helm chart: lints, renders (its CRDs equal crds/), installs on the real API server, and
 //! the operator it deploys reconciles a location in its namespace; an upgrade from the
-//! previous chart version takes over the CRDs and keeps backups and restores working.
+//! previous chart version takes over the CRDs and keeps backups and restores working, and
+//! after `helm uninstall` and deleting the operator namespace, a reinstall with the same
+//! location and passphrase brings the backups back.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -406,7 +408,7 @@ fn chart_aggregates_the_tenant_roles_of_config() {
 /// chart's crds/ folder and were never upgraded), upgraded to this chart: the CRDs pass to the
 /// release (`--take-ownership`, once), and backups taken before and after restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
+async fn chart_upgrade_uninstall_and_reinstall_keep_backups_working() {
     ensure_crds();
     let e = env();
     let client = e.client().await;
@@ -521,6 +523,96 @@ async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
             );
         }
     }
+    // Uninstall, then delete the operator namespace (its Backups, Restores, Secrets): neither
+    // hangs, and the bucket keeps everything. Only the passphrase is kept, as the README says.
+    let passphrase = {
+        let sec =
+            kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &opns.name)
+                .get("holdfast-passphrase-primary")
+                .await
+                .expect("generated passphrase Secret");
+        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
+    };
+    let t = std::time::Instant::now();
+    run_helm(&["uninstall", &release, "--namespace", &opns.name, "--wait"]);
+    let uninstall = t.elapsed();
+    e.kubectl_ok([
+        "get",
+        "crd",
+        "backups.holdfast.dev",
+        "schedules.holdfast.dev",
+    ]);
+    let t = std::time::Instant::now();
+    e.kubectl_ok([
+        "delete",
+        "namespace",
+        &opns.name,
+        "--wait=true",
+        "--timeout=180s",
+    ]);
+    let namespace = t.elapsed();
+    eprintln!(
+        "helm uninstall took {:.1} s; deleting the operator namespace after it {:.1} s",
+        uninstall.as_secs_f64(),
+        namespace.as_secs_f64()
+    );
+
+    // Reinstalled with the same location and passphrase: both backups come back (synced from
+    // the location's catalog, under their names) and restore byte for byte.
+    helm_with(&[
+        "install",
+        &release,
+        chart.to_str().expect("utf-8"),
+        "--create-namespace",
+    ]);
+    e.apply_yaml(
+        &opns.name,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: kept-passphrase}}\nstringData: {{passphrase: \"{passphrase}\"}}\n"
+        ),
+    );
+    e.apply_yaml(
+        &opns.name,
+        &format!(
+            "{}  syncInterval: 5s\n  encryption: {{passphraseSecretRef: {{name: kept-passphrase, key: passphrase}}}}\n",
+            app::location_yaml("primary", &bucket)
+        ),
+    );
+    for name in ["before", "after"] {
+        let b = wait_backup(&client, &opns.name, name, Duration::from_secs(120)).await;
+        assert_eq!(
+            b.status.as_ref().and_then(|s| s.phase),
+            Some(BackupPhase::Completed),
+            "{name}: {:#?}",
+            b.status
+        );
+        assert!(
+            b.status.as_ref().and_then(|s| s.synced.as_ref()).is_some(),
+            "{name} synced"
+        );
+    }
+    let target = TestNamespace {
+        name: format!("{}-again", app_ns.name),
+    };
+    e.apply_yaml(&opns.name, &format!(
+        "apiVersion: holdfast.dev/v1alpha1\nkind: Restore\nmetadata: {{name: again}}\nspec:\n  source: {{backup: after}}\n  namespaceMapping: {{{}: {}}}\n",
+        app_ns.name, target.name
+    ));
+    let r = wait_restore(&client, &opns.name, "again").await;
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed),
+        "{:#?}",
+        r.status
+    );
+    for (w, sum) in WORKLOADS.iter().zip(&at_after) {
+        app::wait_seeded(&target.name, w).await;
+        assert_eq!(
+            &app::volume_checksums(&target.name, w),
+            sum,
+            "{w} after the reinstall"
+        );
+    }
     e.kubectl_ok([
         "delete",
         "restores,backups",
@@ -531,10 +623,4 @@ async fn chart_upgrade_from_the_previous_version_keeps_backups_working() {
         "--timeout=120s",
     ]);
     run_helm(&["uninstall", &release, "--namespace", &opns.name, "--wait"]);
-    e.kubectl_ok([
-        "get",
-        "crd",
-        "backups.holdfast.dev",
-        "schedules.holdfast.dev",
-    ]);
 }
