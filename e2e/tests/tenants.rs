@@ -301,6 +301,42 @@ async fn tenant_backs_up_and_restores_its_own_namespace_only() {
         app::wait_seeded(t1n, w).await;
         assert_eq!(&app::volume_checksums(t1n, w), want, "{w} restored");
     }
+    // The restore did not complete: the claims it put back say so, and which restore.
+    let labelled = holdfast_e2e::wait_until(
+        "the restored claims to be labelled incomplete",
+        std::time::Duration::from_secs(60),
+        Some(t1n),
+        || async {
+            let out = e.kubectl_ok([
+                "get",
+                "pvc",
+                "-n",
+                t1n,
+                "-l",
+                "holdfast.dev/restore-incomplete=true",
+                "-o",
+                "name",
+            ]);
+            (out.lines().count() == 2).then(|| out.clone())
+        },
+    )
+    .await;
+    for pvc in labelled.lines() {
+        let why = e.kubectl_ok([
+            "get",
+            pvc,
+            "-n",
+            t1n,
+            "-o",
+            "jsonpath={.metadata.annotations.holdfast\\.dev/restore-incomplete-reason}",
+        ]);
+        assert!(
+            why.starts_with(&format!(
+                "Restore {t1n}/r1 ended PartiallyFailed (ObjectsFailed)"
+            )),
+            "{pvc}: {why}"
+        );
+    }
     // The restore's RoleBinding (admin for holdfast:tenant-restorer) is gone again.
     let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), t1n);
     let left: Vec<String> = rbs

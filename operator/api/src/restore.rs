@@ -75,7 +75,10 @@ pub struct RestoreSpec {
     /// Set to true to stop a running restore. A volume is written into a temporary volume and
     /// given to its claim only once complete, so a cancelled or failed restore never leaves a
     /// claim with partial data: claims already restored stay, the others are not created
-    /// (InPlace: the existing claim keeps its old data). Cannot be unset.
+    /// (InPlace: the existing claim keeps its old data). The claims a cancelled, failed or
+    /// partly failed restore put back are labelled `holdfast.dev/restore-incomplete: "true"`
+    /// (annotation `holdfast.dev/restore-incomplete-reason`: which restore and why). Cannot
+    /// be unset.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
 }

@@ -43,6 +43,13 @@ pub const RESTORE_NAMESPACE: &str = "holdfast.dev/restore-namespace";
 pub const RESTORE_UID: &str = "holdfast.dev/restore-uid";
 /// Label on restored objects: the Restore's name.
 pub const RESTORE_LABEL: &str = "holdfast.dev/restore";
+/// Label (`"true"`) on the claims of a restore that did not complete (cancelled, failed or
+/// partly failed): each such claim holds whole data (a volume is given to its claim only
+/// once complete), but the namespace is not all back; the annotation
+/// [`RESTORE_INCOMPLETE_REASON`] says which restore and why.
+pub const RESTORE_INCOMPLETE: &str = "holdfast.dev/restore-incomplete";
+/// Annotation next to [`RESTORE_INCOMPLETE`].
+pub const RESTORE_INCOMPLETE_REASON: &str = "holdfast.dev/restore-incomplete-reason";
 /// Label on restored objects: the Backup's name.
 pub const BACKUP_LABEL: &str = "holdfast.dev/backup";
 const POLL: Duration = Duration::from_secs(2);
@@ -146,9 +153,12 @@ impl Reconciler for Restores {
         &self,
         r: &Restore,
         ctx: &Context,
-        _st: &RestoreStatus,
+        st: &RestoreStatus,
     ) -> Result<Action, RestoreError> {
         self.sources.forget(r);
+        mark_incomplete(r, ctx, st)
+            .await
+            .map_err(RestoreError::Cleanup)?;
         let gone = delete_downloads(r, ctx)
             .await
             .map_err(RestoreError::Cleanup)?;
@@ -256,6 +266,52 @@ async fn cancel(r: &Restore, ctx: &Context, st: &mut RestoreStatus) -> Result<Ac
         RestorePhase::Cancelled,
         Refusal::new(RestoreReason::Cancelled, why),
     ))
+}
+
+/// Labels the claims a restore that did not complete put back ([`RESTORE_INCOMPLETE`]);
+/// claims already labelled are left alone.
+async fn mark_incomplete(r: &Restore, ctx: &Context, st: &RestoreStatus) -> Result<(), Error> {
+    let phase = st.phase.unwrap_or(RestorePhase::Pending);
+    if phase == RestorePhase::Completed {
+        return Ok(());
+    }
+    let why = format!(
+        "Restore {}/{} ended {phase:?} ({}): {}",
+        r.namespace().unwrap_or_default(),
+        r.name_any(),
+        st.reason.as_deref().unwrap_or(""),
+        st.message.as_deref().unwrap_or("")
+    );
+    for v in st
+        .volumes
+        .iter()
+        .filter(|v| v.phase == TransferPhase::Completed)
+    {
+        let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(ctx.client.clone(), &v.target.namespace);
+        let Some(pvc) = api
+            .get_opt(&v.target.name)
+            .await
+            .map_err(Error::kube("get restored PersistentVolumeClaim"))?
+        else {
+            continue;
+        };
+        if pvc.labels().contains_key(RESTORE_INCOMPLETE) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {
+            "labels": {RESTORE_INCOMPLETE: "true"},
+            "annotations": {RESTORE_INCOMPLETE_REASON: why},
+        }});
+        merge_patch(
+            &api,
+            &v.target.name,
+            &patch,
+            "label restored claim incomplete",
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Ends the restore in `phase` with a reason and message.
