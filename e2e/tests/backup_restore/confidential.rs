@@ -103,7 +103,14 @@ async fn nothing_readable_in_the_bucket() {
     eprintln!("scanned {} objects, {scanned} bytes", keys.len());
 
     // The stock restic restores the objects from the catalog: the Secret is there.
-    let password = repo_password(&s.client, &opns, CATALOG).await;
+    // With the user's passphrase alone (the catalog's own password is another key).
+    let password = {
+        let sec = Api::<Secret>::namespaced(s.client.clone(), &opns)
+            .get("holdfast-passphrase-primary")
+            .await
+            .expect("passphrase Secret");
+        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
+    };
     let dir = std::env::temp_dir().join(format!("hf-conf-{}", holdfast_e2e::random_suffix()));
     let uid = format!("uid:{}", b.metadata.uid.clone().unwrap_or_default());
     let out = app::restic(
@@ -144,15 +151,8 @@ async fn nothing_readable_in_the_bucket() {
 
     // The user's passphrase alone: restic checks every byte of the catalog and of the
     // volumes' repository, and restores the volume with the marked file.
-    let passphrase = {
-        let sec = Api::<Secret>::namespaced(s.client.clone(), &opns)
-            .get("holdfast-passphrase-primary")
-            .await
-            .expect("passphrase Secret");
-        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
-    };
     for repo in [CATALOG, app_ns.as_str()] {
-        let out = app::restic(&s.bucket, repo, &passphrase, &["check", "--read-data"]);
+        let out = app::restic(&s.bucket, repo, &password, &["check", "--read-data"]);
         assert!(
             out.status.success(),
             "restic check --read-data of {repo} with the passphrase: {}",
@@ -173,7 +173,7 @@ async fn nothing_readable_in_the_bucket() {
     let out = app::restic(
         &s.bucket,
         &app_ns,
-        &passphrase,
+        &password,
         &["restore", &writer, "--target", vol.to_str().expect("utf-8")],
     );
     assert!(
@@ -225,4 +225,124 @@ async fn nothing_readable_in_the_bucket() {
         !created.status.success(),
         "a damaged backup restored namespace {target}"
     );
+}
+
+/// A backup written before the catalog (its `metadata.json` and `resources.tar.gz` plain in
+/// the bucket, no record in the catalog) still restores, byte for byte, and deleting it
+/// removes those objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_written_before_the_catalog_still_restore() {
+    let s = setup("legacy", 2, &[], Share::Together).await;
+    let e = env();
+    let (opns, app_ns) = (s.opns.name.clone(), s.app_ns.name.clone());
+    let b = completed_backup(&s, "old", "").await;
+    let before = super::checksums(&app_ns);
+    // Turn it into the old layout: its record's two files go plain into the bucket under the
+    // backup's prefix, and the record leaves the catalog.
+    let password = repo_password(&s.client, &opns, CATALOG).await;
+    let uid = format!("uid:{}", b.metadata.uid.clone().unwrap_or_default());
+    let dir = std::env::temp_dir().join(format!("hf-legacy-{}", holdfast_e2e::random_suffix()));
+    let out = app::restic(
+        &s.bucket,
+        CATALOG,
+        &password,
+        &[
+            "restore",
+            "latest",
+            "--tag",
+            &uid,
+            "--target",
+            dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tar = std::fs::read(dir.join("resources.tar")).expect("resources.tar");
+    let md = std::fs::read(dir.join("metadata.json")).expect("metadata.json");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let store = app::s3_store(&s.bucket).await;
+    let prefix = super::backup_prefix(&s, &opns, "old");
+    store
+        .put(&format!("{prefix}resources.tar.gz"), gz.into())
+        .await
+        .expect("put archive");
+    store
+        .put(&format!("{prefix}metadata.json"), md.into())
+        .await
+        .expect("put metadata");
+    let listed = app::restic(
+        &s.bucket,
+        CATALOG,
+        &password,
+        &["snapshots", "--json", "--no-lock", "--tag", &uid],
+    );
+    let snaps: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    for id in snaps
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .filter_map(|v| v["id"].as_str())
+    {
+        let out = app::restic(&s.bucket, CATALOG, &password, &["forget", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let target = format!("{app_ns}-legacy");
+    e.apply_yaml(
+        &opns,
+        &super::restore_yaml(
+            "from-old",
+            &format!("  source: {{backup: old}}\n  namespaceMapping: {{{app_ns}: {target}}}\n"),
+        ),
+    );
+    let r = super::wait_restore(&s.client, &opns, "from-old").await;
+    assert_eq!(
+        r.status.as_ref().and_then(|s| s.phase),
+        Some(RestorePhase::Completed),
+        "{:#?}\n{}",
+        r.status,
+        s.op.logs()
+    );
+    for w in app::WORKLOADS {
+        app::wait_seeded(&target, w).await;
+    }
+    assert_eq!(
+        super::checksums(&target),
+        before,
+        "restored from the old layout"
+    );
+
+    // Deleted (deletionPolicy Delete): its plain objects go from the bucket.
+    e.kubectl_ok([
+        "delete",
+        "backup",
+        "old",
+        "-n",
+        &opns,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    holdfast_e2e::wait_until(
+        "the old layout's objects to be removed",
+        std::time::Duration::from_secs(120),
+        Some(&opns),
+        || async {
+            super::bucket_keys(&s, &prefix)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    e.kubectl(["delete", "namespace", &target, "--wait=false"]);
 }
