@@ -221,9 +221,12 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
     // Synced Backups of this location whose record is gone from it.
     for b in &existing {
         let st = b.status.as_ref();
+        // Synced from this location by this operator (another operator's location may have
+        // the same name and another bucket).
         let from_here = st
             .and_then(|s| s.synced.as_ref())
-            .is_some_and(|s| s.location == location);
+            .is_some_and(|s| s.location == location)
+            && st.and_then(|s| s.operator_namespace.as_deref()) == Some(ctx.namespace.as_str());
         if b.labels().contains_key(SYNCED_LABEL)
             && from_here
             && b.metadata.deletion_timestamp.is_none()
