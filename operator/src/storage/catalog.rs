@@ -44,6 +44,23 @@ pub fn origin_uid(b: &Backup) -> String {
         .unwrap_or_else(|| b.uid().unwrap_or_default())
 }
 
+/// Backups whose data this process is removing (by origin uid): sync does not bring them
+/// back from their record in the moments before the record goes.
+static LEAVING: LazyLock<Mutex<std::collections::HashSet<String>>> =
+    LazyLock::new(Default::default);
+
+/// Marks a backup's data as being removed (until [`remove`] removed its record).
+pub fn leaving(uid: &str) {
+    if let Ok(mut l) = LEAVING.lock() {
+        l.insert(uid.to_string());
+    }
+}
+
+/// Whether a backup's data is being removed by this process.
+pub fn is_leaving(uid: &str) -> bool {
+    LEAVING.lock().is_ok_and(|l| l.contains(uid))
+}
+
 /// The value of tag `key:<value>` of a snapshot.
 pub fn tag<'a>(s: &'a Snapshot, key: &str) -> Option<&'a str> {
     s.tags
@@ -374,6 +391,7 @@ fn damage(e: &RepoError) -> bool {
 /// Removes a backup's snapshots from the catalog (the complete record first, so it stops
 /// being a backup before its objects go); prune reclaims the space later.
 pub async fn remove(ctx: &Context, bsl: &BackupStorageLocation, uid: &str) -> Result<(), Error> {
+    leaving(uid);
     let Some(repo) = open_for_read(ctx, bsl).await? else {
         return Ok(());
     };
@@ -388,6 +406,14 @@ pub async fn remove(ctx: &Context, bsl: &BackupStorageLocation, uid: &str) -> Re
             .map_err(repo_error(bsl, "removing a backup from"))?;
         repository::deleted(ctx, &bsl.name_any(), CATALOG).await?;
     }
+    // Listings made before the removal may still show it: keep it marked for a while.
+    let uid = uid.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        if let Ok(mut l) = LEAVING.lock() {
+            l.remove(&uid);
+        }
+    });
     Ok(())
 }
 

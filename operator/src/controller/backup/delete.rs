@@ -161,15 +161,22 @@ pub(super) async fn cleanup(b: &Backup, ctx: &Context) -> Result<bool, Error> {
 /// (`controller::departed`): its DataUploads go, and its data per `deletionPolicy` unless it
 /// was removed already (expiry) or its namespace is being deleted. True when done.
 pub async fn after_deletion(b: &Backup, ctx: &Context) -> Result<bool, Error> {
+    let removing = b.spec.deletion_policy == DeletionPolicy::Delete
+        && !b.annotations().contains_key(DATA_REMOVED)
+        && !crate::controller::departed::namespace_leaving(
+            ctx,
+            &b.namespace().unwrap_or_default(),
+        )
+        .await;
+    if removing {
+        // Not synced back from its record while its transfers stop.
+        crate::storage::catalog::leaving(&crate::storage::catalog::origin_uid(b));
+    }
     cancel_children(b, ctx).await?;
     if children_left(b, ctx).await? {
         return Ok(false);
     }
-    if b.spec.deletion_policy != DeletionPolicy::Delete
-        || b.annotations().contains_key(DATA_REMOVED)
-        || crate::controller::departed::namespace_leaving(ctx, &b.namespace().unwrap_or_default())
-            .await
-    {
+    if !removing {
         return Ok(true);
     }
     remove_data(b, ctx).await
@@ -178,6 +185,8 @@ pub async fn after_deletion(b: &Backup, ctx: &Context) -> Result<bool, Error> {
 /// Removes the backup's snapshots and copies; true when done (snapshots still being deleted:
 /// false, call again).
 pub async fn remove_data(b: &Backup, ctx: &Context) -> Result<bool, Error> {
+    // Not synced back while its data goes (the record goes with the copies).
+    crate::storage::catalog::leaving(&crate::storage::catalog::origin_uid(b));
     if remove_snapshots(b, ctx).await? > 0 {
         return Ok(false);
     }

@@ -173,6 +173,9 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
         };
         report.records += 1;
         recorded.insert(uid.to_string());
+        if catalog::is_leaving(uid) {
+            continue;
+        }
         if let Some(b) = by_uid.get(uid) {
             // Made by an earlier pass that stopped before writing its status.
             if b.labels().contains_key(SYNCED_LABEL)
