@@ -163,11 +163,8 @@ pub(super) async fn cleanup(b: &Backup, ctx: &Context) -> Result<bool, Error> {
 pub async fn after_deletion(b: &Backup, ctx: &Context) -> Result<bool, Error> {
     let removing = b.spec.deletion_policy == DeletionPolicy::Delete
         && !b.annotations().contains_key(DATA_REMOVED)
-        && !crate::controller::departed::namespace_leaving(
-            ctx,
-            &b.namespace().unwrap_or_default(),
-        )
-        .await;
+        && !crate::controller::departed::namespace_leaving(ctx, &b.namespace().unwrap_or_default())
+            .await;
     if removing {
         // Not synced back from its record while its transfers stop.
         crate::storage::catalog::leaving(&crate::storage::catalog::origin_uid(b));
