@@ -85,7 +85,11 @@ fn paths(b: &Backup) -> Vec<String> {
     )]
 }
 
-fn repo_error(bsl: &BackupStorageLocation, doing: &str) -> impl FnOnce(RepoError) -> Error {
+/// Adapter for `map_err` on catalog operations: names the location and what was done.
+pub(crate) fn repo_error(
+    bsl: &BackupStorageLocation,
+    doing: &str,
+) -> impl FnOnce(RepoError) -> Error {
     let what = format!("{doing} the catalog of location {}", bsl.name_any());
     move |source| Error::Repository {
         what,
@@ -123,12 +127,7 @@ pub async fn open_for_read(
     {
         return repository::open(ctx, bsl, CATALOG, false).await.map(Some);
     }
-    let passphrase = super::passphrase::read(ctx, bsl)
-        .await?
-        .map_err(|message| Error::Config {
-            reason: "PassphraseMissing",
-            message,
-        })?;
+    let passphrase = super::passphrase::require(ctx, bsl).await?;
     Repository::open(store, &passphrase)
         .await
         .map(Some)
@@ -217,17 +216,19 @@ pub async fn write_objects(
 
 /// Records a backup that ended: one snapshot of its metadata and its objects (stored at the
 /// start, or, for a backup begun by an older operator, the archive it left in the bucket),
-/// then the objects-only snapshots go. Idempotent.
+/// then the objects-only snapshots go. Idempotent. True when the archive was the one left in
+/// the bucket (the caller then removes that plaintext).
 pub async fn write_record(
     ctx: &Context,
     bsl: &BackupStorageLocation,
     b: &Backup,
     metadata: Vec<u8>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let repo = open_for_write(ctx, bsl).await?;
     let uid = origin_uid(b);
     let all = records(&repo).await.map_err(repo_error(bsl, "listing"))?;
     let objects: Vec<Id> = of_uid(&all, &uid, TAG_OBJECTS).map(|(id, _)| *id).collect();
+    let mut legacy = false;
     if of_uid(&all, &uid, TAG_BACKUP).next().is_none() {
         let mut entries = vec![Entry::New {
             name: layout::METADATA.into(),
@@ -253,10 +254,13 @@ pub async fn write_record(
                     })?;
                 entries.push(Entry::Kept(Box::new(node)));
             }
-            None => entries.push(Entry::New {
-                name: layout::RESOURCES.into(),
-                data: legacy_archive(ctx, bsl, b).await?,
-            }),
+            None => {
+                legacy = true;
+                entries.push(Entry::New {
+                    name: layout::RESOURCES.into(),
+                    data: legacy_archive(ctx, bsl, b).await?,
+                });
+            }
         }
         files::save(
             &repo,
@@ -269,13 +273,25 @@ pub async fn write_record(
         )
         .await
         .map_err(repo_error(bsl, "recording a backup in"))?;
+    } else if let Some((_, s)) = of_uid(&all, &uid, TAG_BACKUP).last() {
+        // Recorded by an earlier pass that may have stopped before the plaintext went: a
+        // record holding the old archive's name was made from it.
+        let index = repo
+            .load_index()
+            .await
+            .map_err(repo_error(bsl, "reading the index of"))?;
+        legacy = files::list(&repo, &index, s)
+            .await
+            .map_err(repo_error(bsl, "reading a record in"))?
+            .iter()
+            .any(|n| n.name == layout::RESOURCES);
     }
     if !objects.is_empty() {
         files::remove(&repo, &objects)
             .await
             .map_err(repo_error(bsl, "removing the objects-only snapshots of"))?;
     }
-    Ok(())
+    Ok(legacy)
 }
 
 /// The archive a backup started by an older operator left in the bucket (then removed

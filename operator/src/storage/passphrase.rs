@@ -115,6 +115,14 @@ pub async fn read(
     }
 }
 
+/// [`read`], a missing or unusable passphrase as the error `PassphraseMissing`.
+pub async fn require(ctx: &Context, bsl: &BackupStorageLocation) -> Result<String, Error> {
+    read(ctx, bsl).await?.map_err(|message| Error::Config {
+        reason: "PassphraseMissing",
+        message,
+    })
+}
+
 fn generate() -> Result<String, Error> {
     use std::io::Read;
     let mut b = [0u8; 24];

@@ -160,12 +160,7 @@ pub async fn ensure(
     bsl: &BackupStorageLocation,
     namespace: &str,
 ) -> Result<(), Error> {
-    let passphrase = super::passphrase::read(ctx, bsl)
-        .await?
-        .map_err(|message| Error::Config {
-            reason: "PassphraseMissing",
-            message,
-        })?;
+    let passphrase = super::passphrase::require(ctx, bsl).await?;
     // A repository that exists without a password Secret here (a new cluster, the Secret
     // lost) is opened with the location's passphrase, which then serves as its password.
     let have_secret = read_password(ctx, &bsl.name_any(), namespace)
@@ -211,12 +206,7 @@ pub async fn ensure_readable(
     {
         return Ok(());
     }
-    let passphrase = super::passphrase::read(ctx, bsl)
-        .await?
-        .map_err(|message| Error::Config {
-            reason: "PassphraseMissing",
-            message,
-        })?;
+    let passphrase = super::passphrase::require(ctx, bsl).await?;
     ensure_password(ctx, &bsl.name_any(), namespace, Some(passphrase)).await?;
     Ok(())
 }

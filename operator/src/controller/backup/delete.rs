@@ -182,8 +182,6 @@ pub async fn after_deletion(b: &Backup, ctx: &Context) -> Result<bool, Error> {
 /// Removes the backup's snapshots and copies; true when done (snapshots still being deleted:
 /// false, call again).
 pub async fn remove_data(b: &Backup, ctx: &Context) -> Result<bool, Error> {
-    // Not synced back while its data goes (the record goes with the copies).
-    crate::storage::catalog::leaving(&crate::storage::catalog::origin_uid(b));
     if remove_snapshots(b, ctx).await? > 0 {
         return Ok(false);
     }

@@ -49,9 +49,10 @@ pub(super) async fn complete(
     };
     let ns = b.namespace().unwrap_or_default();
     let body = serde_json::to_vec_pretty(&md).map_err(Error::internal("serialising metadata"))?;
-    storage::catalog::write_record(ctx, bsl, b, body).await?;
-    // What a backup begun by an older operator left in plain text in the bucket.
-    storage::delete_legacy_objects(ctx, bsl, &ns, &b.name_any()).await?;
+    if storage::catalog::write_record(ctx, bsl, b, body).await? {
+        // What a backup begun by an older operator left in plain text in the bucket.
+        storage::delete_legacy_objects(ctx, bsl, &ns, &b.name_any()).await?;
+    }
     st.phase = Some(phase);
     st.reason = reason.map(Into::into);
     st.message = message;

@@ -273,55 +273,35 @@ async fn rotate_passphrase(
         st.passphrase = Some(to.to_string());
         return;
     }
-    match rotate::rotate(ctx, bsl, from, to, st).await {
-        Ok(true) => {
-            st.passphrase = Some(to.to_string());
-            let note = st
-                .rotation
-                .as_ref()
-                .and_then(|r| r.message.clone())
-                .unwrap_or_default();
-            info!(location = %bsl.name_any(), "passphrase rotated: {note}");
-            ctx.event(bsl, EventType::Normal, "PassphraseRotated", &note, "Rotate")
-                .await;
-        }
-        Ok(false) => {
-            let note = st
-                .rotation
-                .as_ref()
-                .and_then(|r| r.message.clone())
-                .unwrap_or_default();
-            tracing::warn!(location = %bsl.name_any(), "passphrase rotation: {note}");
-            ctx.event(
-                bsl,
-                EventType::Warning,
-                "PassphraseRotationFailed",
-                &note,
-                "Rotate",
-            )
-            .await;
-        }
+    let done = match rotate::rotate(ctx, bsl, from, to, st).await {
+        Ok(done) => done,
         Err(e) => {
-            let note = format!(
-                "{e}; retried on the next validation (the old passphrase still opens every repository)"
-            );
             st.rotation = Some(holdfast_api::location::PassphraseRotation {
                 from: from.to_string(),
                 to: to.to_string(),
                 phase: holdfast_api::location::RotationPhase::Failed,
-                message: Some(note.clone()),
+                message: Some(format!(
+                    "{e}; retried on the next validation (the old passphrase still opens every repository)"
+                )),
                 ..Default::default()
             });
-            ctx.event(
-                bsl,
-                EventType::Warning,
-                "PassphraseRotationFailed",
-                &note,
-                "Rotate",
-            )
-            .await;
+            false
         }
-    }
+    };
+    let note = st
+        .rotation
+        .as_ref()
+        .and_then(|r| r.message.clone())
+        .unwrap_or_default();
+    let (type_, reason) = if done {
+        st.passphrase = Some(to.to_string());
+        info!(location = %bsl.name_any(), "passphrase rotated: {note}");
+        (EventType::Normal, "PassphraseRotated")
+    } else {
+        tracing::warn!(location = %bsl.name_any(), "passphrase rotation: {note}");
+        (EventType::Warning, "PassphraseRotationFailed")
+    };
+    ctx.event(bsl, type_, reason, &note, "Rotate").await;
 }
 
 /// Syncs the location's catalog when its interval has passed (conditions `Synced`, Events

@@ -19,9 +19,8 @@ use kube::api::{Api, ListParams};
 use tracing::info;
 
 use crate::runtime::{Context, Error};
-use crate::storage::layout::CATALOG;
+use crate::storage::passphrase;
 use crate::storage::repository::{self, LOCATION_LABEL};
-use crate::storage::{self, passphrase};
 
 /// Splits `Secret/key` (as `status.passphrase` shows it). Pure.
 pub fn split_ref(r: &str) -> Option<(&str, &str)> {
@@ -72,20 +71,10 @@ pub async fn rotate(
     st: &mut BackupStorageLocationStatus,
 ) -> Result<bool, Error> {
     let ns = bsl.namespace().unwrap_or_else(|| ctx.namespace.clone());
-    let new = passphrase::read(ctx, bsl)
-        .await?
-        .map_err(|message| Error::Config {
-            reason: "PassphraseMissing",
-            message,
-        })?;
+    let new = passphrase::require(ctx, bsl).await?;
     let old = read_ref(ctx, &ns, from).await?;
-    let mut names = repositories(ctx, bsl).await?;
-    // The catalog has its BackupRepository too, but one made by an older operator may not.
-    if !names.iter().any(|n| n == CATALOG)
-        && storage::catalog::open_for_read(ctx, bsl).await?.is_some()
-    {
-        names.push(CATALOG.to_string());
-    }
+    // Every repository of the location has its BackupRepository, the catalog's included.
+    let names = repositories(ctx, bsl).await?;
     let mut r = PassphraseRotation {
         from: from.to_string(),
         to: to.to_string(),

@@ -128,11 +128,7 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
     let records: Vec<(Id, Snapshot)> = match &repo {
         Some(repo) => catalog::records(repo)
             .await
-            .map_err(|source| Error::Repository {
-                what: format!("listing the catalog of location {location}"),
-                fix: "retrying".into(),
-                source: Box::new(source),
-            })?
+            .map_err(catalog::repo_error(bsl, "listing"))?
             .into_iter()
             .filter(|(_, s)| s.tags.iter().any(|t| t == TAG_BACKUP))
             .collect(),
@@ -180,7 +176,7 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
             // Made by an earlier pass that stopped before writing its status.
             if b.labels().contains_key(SYNCED_LABEL)
                 && b.status.as_ref().and_then(|s| s.phase).is_none()
-                && let Some(md) = metadata(ctx, bsl, repo.as_ref(), &mut index, id, s).await?
+                && let Some(md) = metadata(bsl, repo.as_ref(), &mut index, id, s).await?
             {
                 write_status(ctx, b, &status_of(&md, &location, &ctx.namespace, uid)).await?;
             }
@@ -202,7 +198,7 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
                 .push(format!("{ns}/{name}: {target} is too long a name"));
             continue;
         }
-        let Some(md) = metadata(ctx, bsl, repo.as_ref(), &mut index, id, s).await? else {
+        let Some(md) = metadata(bsl, repo.as_ref(), &mut index, id, s).await? else {
             report.skipped.push(format!(
                 "{ns}/{name}: its record has no {}",
                 layout::METADATA
@@ -221,11 +217,22 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
         create(ctx, bsl, &target_ns, &target, uid, &md).await?;
         report.created += 1;
     }
-    // Synced Backups of this location whose record is gone from it.
-    for b in &existing {
+    report.removed = remove_unrecorded(ctx, &location, &existing, &recorded).await?;
+    Ok(report)
+}
+
+/// Deletes the synced Backups of this location (made by this operator: another operator's
+/// location may have the same name and another bucket) whose record is gone from it; returns
+/// how many.
+async fn remove_unrecorded(
+    ctx: &Context,
+    location: &str,
+    existing: &[Backup],
+    recorded: &HashSet<String>,
+) -> Result<u32, Error> {
+    let mut removed = 0;
+    for b in existing {
         let st = b.status.as_ref();
-        // Synced from this location by this operator (another operator's location may have
-        // the same name and another bucket).
         let from_here = st
             .and_then(|s| s.synced.as_ref())
             .is_some_and(|s| s.location == location)
@@ -253,15 +260,14 @@ pub async fn sync(ctx: &Context, bsl: &BackupStorageLocation) -> Result<Report, 
             )
             .await?;
             info!(location = %location, backup = %b.name_any(), "synced backup gone from the location; Backup removed");
-            report.removed += 1;
+            removed += 1;
         }
     }
-    Ok(report)
+    Ok(removed)
 }
 
 /// The metadata of a record (cached per snapshot).
 async fn metadata(
-    ctx: &Context,
     bsl: &BackupStorageLocation,
     repo: Option<&holdfast_repo::Repository>,
     index: &mut Option<holdfast_repo::Index>,
@@ -272,19 +278,11 @@ async fn metadata(
         return Ok(Some(md));
     }
     let Some(repo) = repo else { return Ok(None) };
-    let err = |doing: &'static str| {
-        let what = format!("{doing} the catalog of location {}", bsl.name_any());
-        move |source| Error::Repository {
-            what,
-            fix: "retrying".into(),
-            source: Box::new(source),
-        }
-    };
     if index.is_none() {
         *index = Some(
             repo.load_index()
                 .await
-                .map_err(err("reading the index of"))?,
+                .map_err(catalog::repo_error(bsl, "reading the index of"))?,
         );
     }
     let Some(ix) = index.as_ref() else {
@@ -306,7 +304,6 @@ async fn metadata(
             return Ok(None);
         }
     };
-    let _ = ctx;
     if let Ok(mut m) = METADATA.lock() {
         m.insert(*id, md.clone());
     }
