@@ -289,6 +289,31 @@ pub fn restic_snapshots(bucket: &str, source_ns: &str, password: &str) -> serde_
     serde_json::from_slice(&out.stdout).expect("restic json")
 }
 
+/// Restores the catalog record of the Backup with uid `uid` (its `metadata.json` and object
+/// archive) from `bucket` into `dir` with the stock `restic` and `password`.
+pub fn restore_record(bucket: &str, password: &str, uid: &str, dir: &std::path::Path) {
+    let tag = format!("uid:{uid}");
+    let out = restic(
+        bucket,
+        holdfast::storage::layout::CATALOG,
+        password,
+        &[
+            "restore",
+            "latest",
+            "--no-lock",
+            "--tag",
+            &tag,
+            "--target",
+            dir.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "restic restore of the record of {uid} from the catalog: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the stock `restic` on the repository of `source_ns` in `bucket`.
 pub fn restic(
     bucket: &str,

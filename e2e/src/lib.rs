@@ -292,6 +292,19 @@ impl Drop for TestNamespace {
     }
 }
 
+/// The value of key `key` of Secret `ns/name` (panics when missing).
+pub async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> String {
+    let sec = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("get Secret {ns}/{name}: {e}"));
+    let data = sec.data.unwrap_or_default();
+    let v = data
+        .get(key)
+        .unwrap_or_else(|| panic!("Secret {ns}/{name} has no key {key}"));
+    String::from_utf8(v.0.clone()).expect("utf-8")
+}
+
 /// A short random suffix for names.
 pub fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};

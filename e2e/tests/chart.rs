@@ -525,14 +525,13 @@ async fn chart_upgrade_uninstall_and_reinstall_keep_backups_working() {
     }
     // Uninstall, then delete the operator namespace (its Backups, Restores, Secrets): neither
     // hangs, and the bucket keeps everything. Only the passphrase is kept, as the README says.
-    let passphrase = {
-        let sec =
-            kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &opns.name)
-                .get("holdfast-passphrase-primary")
-                .await
-                .expect("generated passphrase Secret");
-        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
-    };
+    let passphrase = holdfast_e2e::secret_value(
+        &client,
+        &opns.name,
+        "holdfast-passphrase-primary",
+        "passphrase",
+    )
+    .await;
     let t = std::time::Instant::now();
     run_helm(&["uninstall", &release, "--namespace", &opns.name, "--wait"]);
     let uninstall = t.elapsed();

@@ -9,8 +9,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use holdfast::storage::layout::CATALOG;
 use holdfast_api::restore::RestorePhase;
 use holdfast_store::Store;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use std::io::Read;
 
 use super::{Share, app, completed_backup, env, repo_password, setup};
@@ -104,34 +102,16 @@ async fn nothing_readable_in_the_bucket() {
 
     // The stock restic restores the objects from the catalog: the Secret is there.
     // With the user's passphrase alone (the catalog's own password is another key).
-    let password = {
-        let sec = Api::<Secret>::namespaced(s.client.clone(), &opns)
-            .get("holdfast-passphrase-primary")
-            .await
-            .expect("passphrase Secret");
-        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
-    };
+    let password = holdfast_e2e::secret_value(
+        &s.client,
+        &opns,
+        "holdfast-passphrase-primary",
+        "passphrase",
+    )
+    .await;
     let dir = std::env::temp_dir().join(format!("hf-conf-{}", holdfast_e2e::random_suffix()));
-    let uid = format!("uid:{}", b.metadata.uid.clone().unwrap_or_default());
-    let out = app::restic(
-        &s.bucket,
-        CATALOG,
-        &password,
-        &[
-            "restore",
-            "latest",
-            "--no-lock",
-            "--tag",
-            &uid,
-            "--target",
-            dir.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "restic restore from the catalog: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let uid = b.metadata.uid.clone().unwrap_or_default();
+    app::restore_record(&s.bucket, &password, &uid, &dir);
     let tar_bytes = std::fs::read(dir.join("resources.tar")).expect("resources.tar restored");
     let mut secret = None;
     let mut archive = tar::Archive::new(tar_bytes.as_slice());
@@ -240,26 +220,10 @@ async fn backups_written_before_the_catalog_still_restore() {
     // Turn it into the old layout: its record's two files go plain into the bucket under the
     // backup's prefix, and the record leaves the catalog.
     let password = repo_password(&s.client, &opns, CATALOG).await;
-    let uid = format!("uid:{}", b.metadata.uid.clone().unwrap_or_default());
+    let uid = b.metadata.uid.clone().unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("hf-legacy-{}", holdfast_e2e::random_suffix()));
-    let out = app::restic(
-        &s.bucket,
-        CATALOG,
-        &password,
-        &[
-            "restore",
-            "latest",
-            "--tag",
-            &uid,
-            "--target",
-            dir.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    app::restore_record(&s.bucket, &password, &uid, &dir);
+    let uid = format!("uid:{uid}");
     let tar = std::fs::read(dir.join("resources.tar")).expect("resources.tar");
     let md = std::fs::read(dir.join("metadata.json")).expect("metadata.json");
     let _ = std::fs::remove_dir_all(&dir);

@@ -25,7 +25,6 @@ use holdfast_e2e::ops::wait_backup;
 use holdfast_e2e::second::SecondTestbed;
 use holdfast_e2e::{TestNamespace, ensure_crds, ensure_crds_on, wait_location, wait_until};
 use holdfast_store::Store;
-use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 
@@ -98,13 +97,9 @@ async fn a_new_cluster_finds_the_backups_and_restores_a_namespace() {
         .iter()
         .map(|w| app::volume_checksums_on(&a.env, &app_ns, w))
         .collect();
-    let passphrase = {
-        let sec = Api::<Secret>::namespaced(ca.clone(), &old_opns)
-            .get("holdfast-passphrase-primary")
-            .await
-            .expect("generated passphrase Secret");
-        String::from_utf8(sec.data.expect("data")["passphrase"].0.clone()).expect("utf-8")
-    };
+    let passphrase =
+        holdfast_e2e::secret_value(&ca, &old_opns, "holdfast-passphrase-primary", "passphrase")
+            .await;
 
     // Cluster A is destroyed completely: only the bucket is left.
     drop(op_a);

@@ -26,14 +26,6 @@ async fn location(s: &super::Setup) -> BackupStorageLocation {
         .expect("get location")
 }
 
-async fn secret_value(s: &super::Setup, name: &str, key: &str) -> String {
-    let sec = Api::<Secret>::namespaced(s.client.clone(), &s.opns.name)
-        .get(name)
-        .await
-        .expect("get Secret");
-    String::from_utf8(sec.data.expect("data")[key].0.clone()).expect("utf-8")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repositories_open_with_the_locations_passphrase() {
     let s = setup("key", 2, &[], Share::Together).await;
@@ -61,7 +53,13 @@ async fn repositories_open_with_the_locations_passphrase() {
         "{}",
         cond.message
     );
-    let generated = secret_value(&s, "holdfast-passphrase-primary", "passphrase").await;
+    let generated = holdfast_e2e::secret_value(
+        &s.client,
+        &opns,
+        "holdfast-passphrase-primary",
+        "passphrase",
+    )
+    .await;
     // The stock restic opens the repository with it, as with the operator's own password.
     // (one repository snapshot per volume: the app has two claims)
     assert_eq!(snapshot_count(&s.bucket, &app_ns, &generated), Ok(2));
