@@ -200,24 +200,35 @@ async fn sla_policy_snapshots_and_copies_expire_on_their_own_cadences() {
             assert!(dropped(b), "{} is marked", b.name_any());
         }
     }
-    // Expired points lost their VolumeSnapshots; the repository holds the surviving copies.
+    // Expired points lose their VolumeSnapshots, and the repository keeps only the surviving
+    // copies. A finished Backup has no finalizer: its object goes at once and its data just
+    // after (controller::departed), so both are waited for.
     for b in seen.values().filter(|b| !left.contains_key(&b.name_any())) {
-        let vs = snapshots_of(b);
-        assert!(
-            vs.trim().is_empty(),
-            "expired {} keeps snapshots: {vs}",
-            b.name_any()
-        );
+        wait_until(
+            &format!("expired {} to lose its snapshots", b.name_any()),
+            Duration::from_secs(120),
+            Some(&opns),
+            || async { snapshots_of(b).trim().is_empty().then_some(()) },
+        )
+        .await;
     }
     let password = repo_password(&s.client, &opns, &app_ns).await;
-    let restic = app::restic_snapshots(&s.bucket, &app_ns, &password);
-    let tags: Vec<String> = restic
-        .as_array()
-        .expect("snapshots")
-        .iter()
-        .map(|v| v["tags"].to_string())
-        .collect();
-    assert_eq!(tags.len(), 4, "two copy points of 2 volumes: {tags:?}");
+    let tags: Vec<String> = wait_until(
+        "the repository to hold only the two surviving copy points",
+        Duration::from_secs(120),
+        Some(&opns),
+        || async {
+            let restic = app::restic_snapshots(&s.bucket, &app_ns, &password);
+            let tags: Vec<String> = restic
+                .as_array()
+                .expect("snapshots")
+                .iter()
+                .map(|v| v["tags"].to_string())
+                .collect();
+            (tags.len() == 4).then_some(tags)
+        },
+    )
+    .await;
     for c in &copies {
         assert_eq!(
             tags.iter().filter(|t| t.contains(c.as_str())).count(),
