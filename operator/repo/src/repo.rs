@@ -182,14 +182,23 @@ impl Repository {
         let mut master = None;
         for k in &keys {
             let raw = store.get(&k.key).await?;
-            let kf: KeyFile = serde_json::from_slice(&raw).map_err(|source| FormatError::Json {
-                what: k.key.clone(),
-                source,
-            })?;
-            let pw = password.to_string();
-            let opened = tokio::task::spawn_blocking(move || kf.open(&pw))
-                .await
-                .map_err(|e| RepoError::Internal(e.to_string()))??;
+            let memo = opened_keys::id(&raw, password);
+            let opened = match opened_keys::get(&memo) {
+                Some(known) => known,
+                None => {
+                    let kf: KeyFile =
+                        serde_json::from_slice(&raw).map_err(|source| FormatError::Json {
+                            what: k.key.clone(),
+                            source,
+                        })?;
+                    let pw = password.to_string();
+                    let opened = tokio::task::spawn_blocking(move || kf.open(&pw))
+                        .await
+                        .map_err(|e| RepoError::Internal(e.to_string()))??;
+                    opened_keys::put(memo, opened.clone());
+                    opened
+                }
+            };
             if let Some(key) = opened {
                 master = Some(key);
                 break;
@@ -833,4 +842,44 @@ impl Drop for LockGuard {
 /// Encrypted size of a blob of `n` plaintext bytes.
 pub fn encrypted_len(n: usize) -> usize {
     n + crypto::OVERHEAD
+}
+
+/// Key files already opened by this process, by the hash of the file and the password: a key
+/// file never changes (its name is its content's hash), so one password opens it, or does not,
+/// forever. Spares scrypt (32 MiB and tens of milliseconds a time) for a process that opens the
+/// same repositories again and again: the operator, every sync and maintenance pass. Holds the
+/// master keys the process already had; bounded.
+mod opened_keys {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+
+    use sha2::{Digest, Sha256};
+
+    use crate::crypto::Key;
+
+    const MAX: usize = 4096;
+
+    static OPENED: LazyLock<Mutex<HashMap<[u8; 32], Option<Key>>>> =
+        LazyLock::new(Default::default);
+
+    pub(super) fn id(key_file: &[u8], password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((key_file.len() as u64).to_le_bytes());
+        h.update(key_file);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    pub(super) fn get(id: &[u8; 32]) -> Option<Option<Key>> {
+        OPENED.lock().ok()?.get(id).cloned()
+    }
+
+    pub(super) fn put(id: [u8; 32], key: Option<Key>) {
+        if let Ok(mut m) = OPENED.lock() {
+            if m.len() >= MAX {
+                m.clear();
+            }
+            m.insert(id, key);
+        }
+    }
 }

@@ -78,6 +78,7 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
+        .modify(strip)
         .reflect(writer)
         .applied_objects();
     tokio::spawn(async move {
@@ -89,4 +90,10 @@ where
         }
     });
     reader
+}
+
+/// Drops what a cache never reads: `managedFields` (server-side apply's field ownership), about
+/// a third of a small object.
+pub fn strip<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
 }

@@ -18,10 +18,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::object::HasStatus;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use super::conditions::{self, READY, RECONCILING, STALLED};
@@ -33,6 +36,11 @@ use super::{Context, Error, scope};
 pub const STALL_AFTER: u32 = 3;
 /// How often an object whose cleanup is not finished is looked at again.
 pub const CLEANUP_POLL: Duration = Duration::from_secs(2);
+/// Reconciles of one kind running at once. Unbounded, a start with 5,000 Backups ran 5,000
+/// reconciles together, each with its own connection to the API server (hyper opens one per
+/// request in flight): ~370 MiB held, mostly connection buffers and TLS state. Passes are
+/// short (a step, then a requeue), so a few in flight keep up.
+pub const RECONCILE_CONCURRENCY: u16 = 16;
 
 /// Where an object stands, for the standard conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +215,25 @@ impl<R: Reconciler> Kernel<R> {
     }
 }
 
+/// A controller of kind `K` whose cache keeps objects without their `managedFields` (every
+/// reconcile reads the object fresh; the cache only triggers and answers lookups), which are
+/// about a third of a small object's memory.
+pub fn controller<K>(api: Api<K>, config: watcher::Config) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream =
+        reflector(writer, watcher(api, config).modify(super::cache::strip)).applied_objects();
+    Controller::for_stream(stream, reader)
+}
+
 /// Runs `controller` (built with the kind's watches) with `reconciler` until `shutdown`.
 pub async fn run<R: Reconciler>(
     ctx: Arc<Context>,
@@ -220,6 +247,7 @@ pub async fn run<R: Reconciler>(
         failures: Mutex::new(HashMap::new()),
     });
     controller
+        .with_config(Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::<R>, error_policy::<R>, kernel)
         .for_each(|res| async move {

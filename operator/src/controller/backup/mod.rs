@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -60,7 +60,7 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let uploads: Api<DataUpload> = Api::namespaced(client.clone(), &ctx.namespace);
-    let controller = Controller::new(
+    let controller = kernel::controller(
         Api::<Backup>::all(client.clone()),
         watcher::Config::default(),
     )

@@ -72,6 +72,7 @@ pub async fn run(
     // Only spec changes (generation) trigger; our own status writes do not.
     let trigger = watcher(locations, watcher::Config::default())
         .default_backoff()
+        .modify(crate::runtime::cache::strip)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());

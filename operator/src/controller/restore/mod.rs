@@ -24,7 +24,7 @@ use holdfast_api::transfer::DataDownload;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
@@ -59,7 +59,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let downloads: Api<DataDownload> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let controller = Controller::new(
+    let controller = kernel::controller(
         Api::<Restore>::all(ctx.client.clone()),
         watcher::Config::default(),
     )

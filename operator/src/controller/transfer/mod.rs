@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -112,7 +112,7 @@ pub async fn run<R: Reconciler>(
 ) {
     let api: Api<R::Object> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let controller = Controller::new(api, watcher::Config::default())
+    let controller = kernel::controller(api, watcher::Config::default())
         .owns(pods, watcher::Config::default().labels(TRANSFER_LABEL));
     kernel::run(ctx, reconciler, controller, shutdown).await;
 }
