@@ -246,6 +246,10 @@ impl Scale {
     pub fn big_file(&self) -> u64 {
         ((768.0 * self.factor * MIB as f64) as u64).max(8 * MIB)
     }
+    /// Files of dataset (e): 1,000,000 at scale 1.
+    pub fn many_files(&self) -> u64 {
+        ((1_000_000.0 * self.factor).round() as u64).max(1_000)
+    }
     /// Apparent size of the sparse file (a multiple of 16 MiB).
     pub fn sparse_size(&self) -> u64 {
         ((1024.0 * self.factor / 16.0).round() as u64).max(2) * 16 * MIB
@@ -387,6 +391,42 @@ pub fn generate(root: &Path, seed: u64, scale: Scale) -> anyhow::Result<Vec<File
     generator.write_file(&root.join("b").join(&big.rel), &big, 0)?;
     write_sparse(&generator, &root.join("c/sparse.img"), scale)?;
     Ok(files)
+}
+
+/// Dataset (e) under `dir`: `n` files of 0–512 bytes of seeded random data, 1,000 per
+/// directory and 100 directories per top directory (the many-small-files workload Velero
+/// users report as slow). Written by two threads.
+pub fn generate_many(dir: &Path, seed: u64, n: u64) -> anyhow::Result<()> {
+    let dirs = n.div_ceil(1_000);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2u64)
+            .map(|t| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut buf = [0u8; 512];
+                    for d in (t..dirs).step_by(2) {
+                        let first = d * 1_000;
+                        let parent = dir.join(many_path(first));
+                        let parent = parent.parent().expect("a file has a directory");
+                        fs::create_dir_all(parent)?;
+                        for i in first..(first + 1_000).min(n) {
+                            let mut rng = Rng::new(mix(&[seed, 0xe, i]));
+                            let len = rng.below(513) as usize;
+                            rng.fill(&mut buf[..len]);
+                            fs::write(dir.join(many_path(i)), &buf[..len])?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("writer thread"))
+    })
+}
+
+fn many_path(i: u64) -> PathBuf {
+    PathBuf::from(format!("{:03}/{:04}/f{i:07}", i / 100_000, i / 1_000))
 }
 
 /// The file of dataset (b), relative to `b/`.
@@ -563,6 +603,21 @@ mod tests {
             buf.iter()
                 .all(|b| b.is_ascii_lowercase() || *b == b' ' || *b == b'\n')
         );
+    }
+
+    #[test]
+    fn many_files_are_deterministic_and_small() {
+        let (x, y) = (tmp("many-x"), tmp("many-y"));
+        generate_many(&x, 7, 2_500).expect("generate");
+        generate_many(&y, 7, 2_500).expect("generate");
+        let m = manifest(&x).expect("manifest");
+        assert_eq!(m.len(), 2_500);
+        assert!(m.iter().all(|(_, size)| *size <= 512));
+        assert_eq!(contents(&x), contents(&y));
+        let dirs: std::collections::BTreeSet<_> = m.iter().map(|(p, _)| p.parent()).collect();
+        assert_eq!(dirs.len(), 3, "1,000 files per directory");
+        let _ = fs::remove_dir_all(&x);
+        let _ = fs::remove_dir_all(&y);
     }
 
     #[test]

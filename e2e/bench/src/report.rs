@@ -6,15 +6,26 @@ use serde_json::{Value, json};
 
 use crate::run::{
     CEILING_B, CEILING_B_SIGNED, CEILING_MIXED, PHASE_CHANGED, PHASE_FIRST, PHASE_FIRST_B,
-    PHASE_FIRST_C, PHASE_RESTORE, PHASE_UNCHANGED, Raw, RunArgs,
+    PHASE_FIRST_C, PHASE_FIRST_E, PHASE_RESTORE, PHASE_RESTORE_E, PHASE_UNCHANGED,
+    PHASE_UNCHANGED_E, Raw, RunArgs,
 };
 
 const US: &str = "holdfast";
 const PEERS: [&str; 3] = ["restic", "kopia", "rustic"];
-/// The phases of `ratios` in the JSON.
+/// The phases with a target of their own in PERFORMANCE.md.
 pub const RATIO_PHASES: [&str; 4] = [PHASE_FIRST, PHASE_UNCHANGED, PHASE_CHANGED, PHASE_RESTORE];
-/// Phases reported in the Markdown only.
-const EXTRA_PHASES: [&str; 2] = [PHASE_FIRST_B, PHASE_FIRST_C];
+/// The other phases of the ratio table (in the JSON's `ratios` too).
+const EXTRA_PHASES: [&str; 5] = [
+    PHASE_FIRST_B,
+    PHASE_FIRST_C,
+    PHASE_FIRST_E,
+    PHASE_UNCHANGED_E,
+    PHASE_RESTORE_E,
+];
+/// Dataset (e)'s phases: their peak RSS is reported apart.
+const MANY_FILES_PHASES: [&str; 3] = [PHASE_FIRST_E, PHASE_UNCHANGED_E, PHASE_RESTORE_E];
+/// Peak RSS allowed to holdfast on dataset (e) (issue 17: 1,000,000 files in ≤ 256 MiB).
+const MANY_FILES_RSS_MIB: f64 = 256.0;
 
 /// The machine and its load.
 #[derive(Clone, Debug, Default)]
@@ -185,13 +196,22 @@ impl<'a> Report<'a> {
         }))
     }
 
-    /// Peak RSS over all phases of a round, median over rounds.
+    /// Peak RSS over the phases of datasets (a)–(d) of a round, median over rounds.
     pub fn peak_rss_mib(&self, tool: &str) -> Option<f64> {
+        self.peak_rss_where(tool, |p| !MANY_FILES_PHASES.contains(&p))
+    }
+
+    /// Peak RSS over the phases of dataset (e) of a round, median over rounds.
+    pub fn many_files_peak_rss_mib(&self, tool: &str) -> Option<f64> {
+        self.peak_rss_where(tool, |p| MANY_FILES_PHASES.contains(&p))
+    }
+
+    fn peak_rss_where(&self, tool: &str, phase: impl Fn(&str) -> bool) -> Option<f64> {
         median(&self.per_round(|r| {
             self.raw
                 .samples
                 .iter()
-                .filter(|s| s.round == r && s.tool == tool)
+                .filter(|s| s.round == r && s.tool == tool && phase(&s.phase))
                 .map(|s| s.usage.max_rss_kib as f64 / 1024.0)
                 .reduce(f64::max)
         }))
@@ -224,16 +244,19 @@ impl<'a> Report<'a> {
         (min, l.iter().sum::<f64>() / l.len() as f64, max)
     }
 
-    /// The JSON summary: exactly `ratios`, `ceiling_fraction`, `cpu_seconds_per_gb`,
-    /// `peak_rss_mib`, `rounds`, `machine`.
+    /// The JSON summary: exactly `ratios` (every phase of the table), `ceiling_fraction`,
+    /// `cpu_seconds_per_gb`, `peak_rss_mib`, `many_files_peak_rss_mib`, `rounds`, `machine`.
     pub fn json(&self) -> Value {
         let mut ratios = serde_json::Map::new();
-        for phase in RATIO_PHASES {
+        for phase in RATIO_PHASES.iter().chain(EXTRA_PHASES.iter()) {
+            if !self.shown(phase) {
+                continue;
+            }
             let mut m = serde_json::Map::new();
             for peer in PEERS {
                 m.insert(peer.into(), num(median(&self.ratios(phase, peer))));
             }
-            ratios.insert(phase.into(), Value::Object(m));
+            ratios.insert((*phase).into(), Value::Object(m));
         }
         let per_tool = |f: &dyn Fn(&str) -> Option<f64>| {
             let mut m = serde_json::Map::new();
@@ -248,6 +271,7 @@ impl<'a> Report<'a> {
             "ceiling_fraction": num(self.ceiling_fraction()),
             "cpu_seconds_per_gb": per_tool(&|t| self.cpu_per_gb(t)),
             "peak_rss_mib": per_tool(&|t| self.peak_rss_mib(t)),
+            "many_files_peak_rss_mib": per_tool(&|t| self.many_files_peak_rss_mib(t)),
             "rounds": self.rounds.len(),
             "machine": {
                 "cpu": self.machine.cpu,
@@ -261,6 +285,12 @@ impl<'a> Report<'a> {
                 "page_cache_dropped_before_each_command": self.machine.page_cache_dropped,
             },
         })
+    }
+
+    /// Whether the tables show `phase`: always the targeted ones, the others when measured
+    /// (dataset (e) can be left out with `--many-files 0`).
+    fn shown(&self, phase: &str) -> bool {
+        RATIO_PHASES.contains(&phase) || self.raw.samples.iter().any(|s| s.phase == phase)
     }
 
     fn fmt_ratio(&self, phase: &str, peer: &str) -> String {
@@ -299,6 +329,19 @@ impl<'a> Report<'a> {
             PHASE_RESTORE => {
                 let ok = min_of(&["restic", "kopia"]).is_none_or(|x| x >= 1.5);
                 format!("≥1.5× restic and kopia: {}", fmt(ok))
+            }
+            PHASE_UNCHANGED_E => {
+                let ok = min_of(&PEERS).is_none_or(|x| x > 1.0);
+                format!("faster than every peer: {}", fmt(ok))
+            }
+            PHASE_FIRST_E | PHASE_RESTORE_E => {
+                match self.median_of(US, phase, |x| x.usage.max_rss_kib as f64 / 1024.0) {
+                    Some(rss) => format!(
+                        "holdfast peak RSS {rss:.0} MiB ≤ {MANY_FILES_RSS_MIB:.0}: {}",
+                        fmt(rss <= MANY_FILES_RSS_MIB)
+                    ),
+                    None => String::new(),
+                }
             }
             _ => String::new(),
         }
@@ -339,6 +382,9 @@ impl<'a> Report<'a> {
         }
         s.push('\n');
         for phase in RATIO_PHASES.iter().chain(EXTRA_PHASES.iter()) {
+            if !self.shown(phase) {
+                continue;
+            }
             let _ = write!(s, "| {} |", phase_label(phase));
             for p in PEERS {
                 let _ = write!(s, " {} |", self.fmt_ratio(phase, p));
@@ -408,7 +454,8 @@ impl<'a> Report<'a> {
         let _ = writeln!(
             s,
             "\nCPU s per GB: user+sys CPU of the first backups of (a) and (b) over their bytes (10^9); target ≤ 0.5× restic: {}. \
-             Peak RSS: the largest `ru_maxrss` over all phases of a round, median of rounds; target ≤ restic's: {}.\n",
+             Peak RSS: the largest `ru_maxrss` over the phases of (a)–(d) of a round, median of rounds; target ≤ restic's: {}. \
+             The many-files phases (e) are apart: {}.\n",
             match (ours_cpu, restic_cpu) {
                 (Some(o), Some(r)) => format!(
                     "{:.2}× restic, {}",
@@ -424,7 +471,16 @@ impl<'a> Report<'a> {
                     if o <= r { "met" } else { "**missed**" }
                 ),
                 _ => "–".into(),
-            }
+            },
+            self.tools
+                .iter()
+                .map(|t| format!(
+                    "{t} {} MiB",
+                    self.many_files_peak_rss_mib(t)
+                        .map_or("–".into(), |x| format!("{x:.0}"))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
 
         let m = self.machine;
@@ -480,7 +536,8 @@ impl<'a> Report<'a> {
              - (b) one incompressible file: {:.0} MiB\n\
              - (c) sparse file: {:.0} MiB apparent, {:.0} MiB allocated (1 MiB of random data every 16 MiB)\n\
              - (d) (a) changed in place: {} files modified ({} small files rewritten, 4×64 KiB rewritten in one \
-             {:.0} MiB file), {} renamed, {} added: {} files, {:.0} MiB",
+             {:.0} MiB file), {} renamed, {} added: {} files, {:.0} MiB\n\
+             - (e) many small files: {} files of 0–512 bytes (random), {:.0} MiB, 1,000 per directory",
             sz.a_files,
             mib(sz.a_bytes),
             sz.a_files.saturating_sub(8),
@@ -493,7 +550,9 @@ impl<'a> Report<'a> {
             sz.renamed,
             sz.added,
             sz.d_files,
-            mib(sz.d_bytes)
+            mib(sz.d_bytes),
+            sz.e_files,
+            mib(sz.e_bytes)
         );
         let _ = writeln!(
             s,
@@ -503,8 +562,9 @@ impl<'a> Report<'a> {
              default policy does not compress). Phases: first backup of (a) into an empty repository; unchanged \
              re-backup of (a); backup after (a) was changed into (d) in place (same path, so each tool's parent \
              detection applies); full restore of (d) into an empty directory (verified: same files and sizes, changed \
-             files byte for byte); first backups of (b) and (c) as separate paths into the same repository. Repository \
-             creation is not timed.\n"
+             files byte for byte); first backups of (b) and (c) as separate paths into the same repository; then (e) \
+             into a repository of its own: first backup, unchanged re-backup, full restore (verified: same files and \
+             sizes). Repository creation is not timed.\n"
         );
 
         let _ = writeln!(s, "## Absolute figures (medians of rounds)\n");
@@ -621,6 +681,9 @@ fn phase_label(p: &str) -> &str {
         PHASE_RESTORE => "full restore (d)",
         PHASE_FIRST_B => "first backup, incompressible (b)",
         PHASE_FIRST_C => "first backup, sparse (c)",
+        PHASE_FIRST_E => "first backup, many files (e)",
+        PHASE_UNCHANGED_E => "unchanged re-backup, many files (e)",
+        PHASE_RESTORE_E => "full restore, many files (e)",
         CEILING_MIXED => "ceiling: read+PUT (a)",
         CEILING_B => "ceiling: read+PUT (b)",
         CEILING_B_SIGNED => "ceiling: read+PUT (b), signed",
@@ -772,6 +835,7 @@ mod tests {
             "ceiling_fraction",
             "cpu_seconds_per_gb",
             "peak_rss_mib",
+            "many_files_peak_rss_mib",
             "rounds",
             "machine",
         ];

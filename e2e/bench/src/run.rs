@@ -21,6 +21,10 @@ pub const PHASE_CHANGED: &str = "changed_backup";
 pub const PHASE_RESTORE: &str = "restore";
 pub const PHASE_FIRST_B: &str = "first_backup_incompressible";
 pub const PHASE_FIRST_C: &str = "first_backup_sparse";
+/// Dataset (e), many small files, in a repository of its own per tool.
+pub const PHASE_FIRST_E: &str = "first_backup_many_files";
+pub const PHASE_UNCHANGED_E: &str = "unchanged_backup_many_files";
+pub const PHASE_RESTORE_E: &str = "restore_many_files";
 /// Ceiling measurements (tool name `ceiling`).
 pub const CEILING_MIXED: &str = "ceiling_mixed";
 pub const CEILING_B: &str = "ceiling_incompressible";
@@ -37,6 +41,10 @@ pub struct RunArgs {
     pub scale: f64,
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
+    /// Files of dataset (e), the many-small-files tree (0–512 bytes each); default
+    /// 1,000,000 × scale; 0 leaves its phases out.
+    #[arg(long)]
+    pub many_files: Option<u64>,
     /// Work directory (datasets, MinIO data, restores, logs). Its data is removed at
     /// the end unless --keep; logs and raw.json stay.
     #[arg(long)]
@@ -119,6 +127,10 @@ pub struct Sizes {
     pub b_bytes: u64,
     pub c_apparent: u64,
     pub c_allocated: u64,
+    #[serde(default)]
+    pub e_files: u64,
+    #[serde(default)]
+    pub e_bytes: u64,
 }
 
 /// Everything measured, as written to `raw.json`.
@@ -236,16 +248,82 @@ impl Bench {
 }
 
 fn repo_for(b: &Bench, tool: Tool, round: usize) -> Repo {
+    repo_named(b, tool, format!("{}-r{}", tool.name(), round + 1))
+}
+
+fn repo_named(b: &Bench, tool: Tool, name: String) -> Repo {
     Repo {
         tool,
         bin: b.bins.of(tool).to_path_buf(),
         endpoint: b.minio.endpoint.clone(),
-        bucket: format!("{}-r{}", tool.name(), round + 1),
-        state: b
-            .work
-            .join("state")
-            .join(format!("r{}-{}", round + 1, tool.name())),
+        state: b.work.join("state").join(&name),
+        bucket: name,
     }
+}
+
+/// Dataset (e) for every tool in `order`, each in a repository of its own: first backup,
+/// unchanged re-backup, full restore (verified: same files and sizes).
+fn many_files_round(
+    b: &mut Bench,
+    round: usize,
+    order: &[Tool],
+    edir: &Path,
+    bytes: u64,
+) -> anyhow::Result<()> {
+    let repos: Vec<Repo> = order
+        .iter()
+        .map(|t| repo_named(b, *t, format!("{}-e-r{}", t.name(), round + 1)))
+        .collect();
+    for r in &repos {
+        r.prepare()?;
+        b.rt.block_on(b.minio.create_bucket(&r.bucket))?;
+        r.init().output(&r.log("init")).map(|_| ())?;
+    }
+    for phase in [PHASE_FIRST_E, PHASE_UNCHANGED_E] {
+        for r in &repos {
+            b.measure(
+                round,
+                r.tool.name(),
+                phase,
+                &r.backup(edir),
+                &r.log(phase),
+                bytes,
+            )?;
+        }
+    }
+    let want = dataset::manifest(edir)?;
+    for r in &repos {
+        let target = b.work.join("restore").join(format!("e-{}", r.tool.name()));
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        let cmd = r.restore(edir, &target)?;
+        b.measure(
+            round,
+            r.tool.name(),
+            PHASE_RESTORE_E,
+            &cmd,
+            &r.log(PHASE_RESTORE_E),
+            bytes,
+        )?;
+        let got = dataset::manifest(&r.restored_root(edir, &target))?;
+        if got != want {
+            bail!(
+                "{} restored {} files of (e), {} expected, or other sizes",
+                r.tool.name(),
+                got.len(),
+                want.len()
+            );
+        }
+        std::fs::remove_dir_all(&target)?;
+    }
+    for r in &repos {
+        b.rt.block_on(b.minio.remove_bucket(&r.bucket))?;
+        for d in ["home", "cache", "config", "kopia"] {
+            let _ = std::fs::remove_dir_all(r.state.join(d));
+        }
+    }
+    Ok(())
 }
 
 /// Compares a restored tree with the source: same files and sizes, and the changed
@@ -325,6 +403,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         sizes.c_apparent = md.len();
         sizes.c_allocated = md.blocks() * 512;
     }
+    let edir = data.join("e");
+    let many = args.many_files.unwrap_or_else(|| scale.many_files());
+    if many > 0 {
+        dataset::generate_many(&edir, args.seed, many)?;
+        (sizes.e_bytes, sizes.e_files) = dataset::tree_size(&edir)?;
+    }
     dataset::apply_changes(&vol, args.seed, &changes)?;
     (sizes.d_bytes, sizes.d_files) = dataset::tree_size(&vol)?;
     dataset::revert_changes(&vol, args.seed, &changes)?;
@@ -333,7 +417,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     sizes.modified_large_bytes = changes.modified_large.0.size;
     sizes.added = changes.added.len() as u64;
     println!(
-        "datasets in {:.0} s: (a) {} files {:.0} MiB, (b) {:.0} MiB, (c) {:.0} MiB apparent / {:.0} MiB allocated, (d) {} modified {} renamed {} added",
+        "datasets in {:.0} s: (a) {} files {:.0} MiB, (b) {:.0} MiB, (c) {:.0} MiB apparent / {:.0} MiB allocated, (d) {} modified {} renamed {} added, (e) {} files {:.0} MiB",
         t0.elapsed().as_secs_f64(),
         sizes.a_files,
         sizes.a_bytes as f64 / 1048576.0,
@@ -342,7 +426,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         sizes.c_allocated as f64 / 1048576.0,
         sizes.modified,
         sizes.renamed,
-        sizes.added
+        sizes.added,
+        sizes.e_files,
+        sizes.e_bytes as f64 / 1048576.0
     );
 
     let minio_bin = match &args.minio {
@@ -508,6 +594,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         b.raw.stored.extend(stored);
         dataset::revert_changes(&vol, args.seed, &changes)?;
+        if many > 0 {
+            many_files_round(&mut b, round, &order, &edir, sizes.e_bytes)?;
+        }
         for r in &repos {
             b.rt.block_on(b.minio.remove_bucket(&r.bucket))?;
             // keep the logs, drop caches and configs
