@@ -396,6 +396,12 @@ impl Ctx<'_> {
                 })?;
             for u in places {
                 let path = &paths[u.file as usize];
+                if open.len() >= OPEN_PER_RUN && !open.contains_key(&u.file) {
+                    // A run of small files' blobs touches thousands of files: close them
+                    // (they are written in order, rarely again) instead of running out of
+                    // file descriptors.
+                    open.clear();
+                }
                 let f = match open.entry(u.file) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => v.insert(
@@ -458,6 +464,9 @@ impl Ctx<'_> {
             })
     }
 }
+
+/// Files a worker keeps open while it writes one run's blobs.
+const OPEN_PER_RUN: usize = 32;
 
 /// Splits blobs of one pack, sorted by offset, into runs read with one request each:
 /// a new run starts where the gap to the previous blob exceeds [`MAX_GAP`] or the run
