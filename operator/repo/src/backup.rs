@@ -1003,8 +1003,14 @@ fn regions_from_extents(extents: &[(u64, u64)], len: u64, z: u64) -> Vec<Region>
 
 type UploadResult = Result<(Id, Vec<PackedBlob>, u64), RepoError>;
 
+/// Blobs in one index file at most (restic's limit too): packs of small files' blobs
+/// hold tens of thousands each, and one index of a 1,000,000-file backup took ~350 MB to
+/// encode.
+pub const INDEX_MAX_BLOBS: usize = 50_000;
+
 /// Uploads packs as they come, several at a time, and writes index files for
-/// uploaded packs (every 64 packs and at the end). Returns the index files written.
+/// uploaded packs (every 64 packs or [`INDEX_MAX_BLOBS`] blobs, and at the end). Returns
+/// the index files written.
 async fn uploader(
     repo: Repository,
     mut rx: mpsc::Receiver<FinishedPack>,
@@ -1014,6 +1020,7 @@ async fn uploader(
 ) -> Result<Vec<Id>, RepoError> {
     let mut set: tokio::task::JoinSet<UploadResult> = tokio::task::JoinSet::new();
     let mut pending = IndexJson::default();
+    let mut pending_blobs = 0usize;
     let mut written = Vec::new();
     let mut open = true;
     loop {
@@ -1040,9 +1047,11 @@ async fn uploader(
                 let (id, blobs, n) = r.map_err(|e| RepoError::Internal(e.to_string()))??;
                 BackupStats::add(&stats.bytes_uploaded, n);
                 BackupStats::add(&stats.packs_uploaded, 1);
+                pending_blobs += blobs.len();
                 pending.packs.push(IndexPack { id, blobs: blobs.iter().map(IndexBlob::from).collect() });
-                if pending.packs.len() >= 64 {
+                if pending.packs.len() >= 64 || pending_blobs >= INDEX_MAX_BLOBS {
                     written.push(repo.save_json(FileType::Index, &std::mem::take(&mut pending)).await?);
+                    pending_blobs = 0;
                 }
             },
             else => break,
