@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Sub {
     /// Run the benchmark and write the report.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Only generate the datasets into a directory.
     Generate {
         #[arg(long)]
@@ -57,7 +57,7 @@ enum Sub {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Sub::Run(a) => run::run(a),
+        Sub::Run(a) => run::run(*a),
         Sub::Generate { dir, scale, seed } => {
             dataset::generate(&dir, seed, dataset::Scale { factor: scale }).map(|_| ())
         }
