@@ -171,6 +171,46 @@ struct Bench {
 }
 
 impl Bench {
+    /// Makes each repository's state dir and bucket and initialises the repository.
+    fn open_repos(&self, repos: &[Repo]) -> anyhow::Result<()> {
+        for r in repos {
+            r.prepare()?;
+            self.rt.block_on(self.minio.create_bucket(&r.bucket))?;
+            r.init().output(&r.log("init")).map(|_| ())?;
+        }
+        Ok(())
+    }
+
+    /// Removes each repository's bucket and its tool's caches and configs (logs stay).
+    fn close_repos(&self, repos: &[Repo]) -> anyhow::Result<()> {
+        for r in repos {
+            self.rt.block_on(self.minio.remove_bucket(&r.bucket))?;
+            for d in ["home", "cache", "config", "kopia"] {
+                let _ = std::fs::remove_dir_all(r.state.join(d));
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the latest snapshot of `source` from `r` into an empty `target`, measured as
+    /// `phase`; returns where the restored tree's root is.
+    fn measure_restore(
+        &mut self,
+        round: usize,
+        r: &Repo,
+        phase: &str,
+        source: &Path,
+        target: &Path,
+        bytes: u64,
+    ) -> anyhow::Result<PathBuf> {
+        if target.exists() {
+            std::fs::remove_dir_all(target)?;
+        }
+        let cmd = r.restore(source, target)?;
+        self.measure(round, r.tool.name(), phase, &cmd, &r.log(phase), bytes)?;
+        Ok(r.restored_root(source, target))
+    }
+
     fn measure(
         &mut self,
         round: usize,
@@ -274,11 +314,7 @@ fn many_files_round(
         .iter()
         .map(|t| repo_named(b, *t, format!("{}-e-r{}", t.name(), round + 1)))
         .collect();
-    for r in &repos {
-        r.prepare()?;
-        b.rt.block_on(b.minio.create_bucket(&r.bucket))?;
-        r.init().output(&r.log("init")).map(|_| ())?;
-    }
+    b.open_repos(&repos)?;
     for phase in [PHASE_FIRST_E, PHASE_UNCHANGED_E] {
         for r in &repos {
             b.measure(
@@ -294,19 +330,8 @@ fn many_files_round(
     let want = dataset::manifest(edir)?;
     for r in &repos {
         let target = b.work.join("restore").join(format!("e-{}", r.tool.name()));
-        if target.exists() {
-            std::fs::remove_dir_all(&target)?;
-        }
-        let cmd = r.restore(edir, &target)?;
-        b.measure(
-            round,
-            r.tool.name(),
-            PHASE_RESTORE_E,
-            &cmd,
-            &r.log(PHASE_RESTORE_E),
-            bytes,
-        )?;
-        let got = dataset::manifest(&r.restored_root(edir, &target))?;
+        let restored = b.measure_restore(round, r, PHASE_RESTORE_E, edir, &target, bytes)?;
+        let got = dataset::manifest(&restored)?;
         if got != want {
             bail!(
                 "{} restored {} files of (e), {} expected, or other sizes",
@@ -317,13 +342,7 @@ fn many_files_round(
         }
         std::fs::remove_dir_all(&target)?;
     }
-    for r in &repos {
-        b.rt.block_on(b.minio.remove_bucket(&r.bucket))?;
-        for d in ["home", "cache", "config", "kopia"] {
-            let _ = std::fs::remove_dir_all(r.state.join(d));
-        }
-    }
-    Ok(())
+    b.close_repos(&repos)
 }
 
 /// Compares a restored tree with the source: same files and sizes, and the changed
@@ -490,11 +509,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             loadavg()
         );
         let repos: Vec<Repo> = order.iter().map(|t| repo_for(&b, *t, round)).collect();
-        for r in &repos {
-            r.prepare()?;
-            b.rt.block_on(b.minio.create_bucket(&r.bucket))?;
-            r.init().output(&r.log("init")).map(|_| ())?;
-        }
+        b.open_repos(&repos)?;
         b.ceiling(round, CEILING_MIXED, true, &vol, sizes.a_bytes)?;
         for r in &repos {
             b.measure(
@@ -541,19 +556,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         for r in &repos {
             let target = work.join("restore").join(r.tool.name());
-            if target.exists() {
-                std::fs::remove_dir_all(&target)?;
-            }
-            let cmd = r.restore(&vol, &target)?;
-            b.measure(
-                round,
-                r.tool.name(),
-                PHASE_RESTORE,
-                &cmd,
-                &r.log(PHASE_RESTORE),
-                sizes.d_bytes,
-            )?;
-            verify_restore(&vol, &r.restored_root(&vol, &target), &changes)
+            let restored =
+                b.measure_restore(round, r, PHASE_RESTORE, &vol, &target, sizes.d_bytes)?;
+            verify_restore(&vol, &restored, &changes)
                 .with_context(|| format!("{} restore", r.tool.name()))?;
             std::fs::remove_dir_all(&target)?;
         }
@@ -597,13 +602,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if many > 0 {
             many_files_round(&mut b, round, &order, &edir, sizes.e_bytes)?;
         }
-        for r in &repos {
-            b.rt.block_on(b.minio.remove_bucket(&r.bucket))?;
-            // keep the logs, drop caches and configs
-            for d in ["home", "cache", "config", "kopia"] {
-                let _ = std::fs::remove_dir_all(r.state.join(d));
-            }
-        }
+        b.close_repos(&repos)?;
         std::fs::write(work.join("raw.json"), serde_json::to_vec_pretty(&b.raw)?)?;
     }
     let load_after = loadavg();
